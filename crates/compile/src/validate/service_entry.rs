@@ -1,0 +1,269 @@
+//! ServiceEntry validation (Istio's `ValidateServiceEntry`).
+
+use std::collections::BTreeSet;
+
+use sluice_model::networking::ServiceEntry;
+use sluice_model::networking::service_entry::{Location, Protocol, Resolution};
+
+use super::rules::{self, ExportToOwner};
+use super::workload_entry::{check_endpoint_ports, check_workload_entry};
+use super::Report;
+
+/// Label that attaches a service to an ambient waypoint proxy.
+const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+
+fn resolution_name(r: Resolution) -> &'static str {
+    match r {
+        Resolution::None => "NONE",
+        Resolution::Static => "STATIC",
+        Resolution::Dns => "DNS",
+        Resolution::DnsRoundRobin => "DNS_ROUND_ROBIN",
+        Resolution::DynamicDns => "DYNAMIC_DNS",
+    }
+}
+
+pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
+    let se = r.resource().spec.clone();
+    let namespace = r.resource().namespace().to_owned();
+    let waypoint = r.resource().meta.labels.contains_key(USE_WAYPOINT_LABEL);
+    let resolution = se.resolution();
+
+    if let Some(sel) = &se.workload_selector {
+        for e in rules::workload_selector_errors(&sel.labels) {
+            r.error("spec.workloadSelector.labels", e);
+        }
+        if sel.labels.is_empty() {
+            r.warning(
+                "spec.workloadSelector",
+                format!(
+                    "service entry: {}, will be applied to all services in namespace",
+                    rules::SELECTOR_WITHOUT_LABELS
+                ),
+            );
+        }
+        if !se.endpoints.is_empty() {
+            r.error(
+                "spec.workloadSelector",
+                "only one of WorkloadSelector or Endpoints is allowed in Service Entry",
+            );
+        }
+    }
+
+    if se.hosts.is_empty() {
+        r.error("spec.hosts", "service entry must have at least one host");
+    }
+    for (i, host) in se.hosts.iter().enumerate() {
+        let path = format!("spec.hosts[{i}]");
+        if host == "*" {
+            r.error(&path, format!("invalid host {host}"));
+            continue;
+        }
+        if let Err(e) = rules::check_wildcard_domain(host) {
+            r.error(&path, e);
+        }
+        if let Err(e) = rules::check_partial_wildcard(host) {
+            r.warning(&path, e);
+        }
+    }
+
+    let mut cidr_found = false;
+    for (i, address) in se.addresses.iter().enumerate() {
+        cidr_found |= address.contains('/');
+        if let Err(e) = rules::check_ip_subnet(address) {
+            r.error(&format!("spec.addresses[{i}]"), e);
+        }
+    }
+    if cidr_found && !matches!(resolution, Resolution::None | Resolution::Static) {
+        r.error(
+            "spec.addresses",
+            "CIDR addresses are allowed only for NONE/STATIC resolution types",
+        );
+    }
+
+    let mut port_names: BTreeSet<&str> = BTreeSet::new();
+    let mut port_numbers: BTreeSet<u32> = BTreeSet::new();
+    for (i, port) in se.ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        if !port_names.insert(&port.name) {
+            r.error(
+                &format!("{path}.name"),
+                format!("service entry port name {:?} already defined", port.name),
+            );
+        }
+        if !port_numbers.insert(port.number) {
+            r.error(
+                &format!("{path}.number"),
+                format!("service entry port {} already defined", port.number),
+            );
+        }
+        if let Some(target) = port.target_port.filter(|t| *t != 0) {
+            if let Err(e) = rules::check_port(i64::from(target)) {
+                r.error(&format!("{path}.targetPort"), e);
+            }
+            if resolution == Resolution::None {
+                r.warning(
+                    &format!("{path}.targetPort"),
+                    "targetPort has no effect when resolution mode is NONE",
+                );
+            }
+        }
+        // sluice never allocates addresses itself, so a TCP port without `addresses` can only
+        // be matched by its port: Istio's warning holds unconditionally here.
+        if se.addresses.is_empty() && matches!(port.protocol, None | Some(Protocol::Tcp)) {
+            r.warning(
+                &path,
+                "addresses are required for ports serving TCP (or unset) protocol when \
+                 ISTIO_META_DNS_AUTO_ALLOCATE is not set on a proxy",
+            );
+        }
+        if let Err(e) = rules::check_port_name(&port.name) {
+            r.error(&format!("{path}.name"), e);
+        }
+        if let Err(e) = rules::check_port(i64::from(port.number)) {
+            r.error(&format!("{path}.number"), e);
+        }
+    }
+
+    let mode = resolution_name(resolution);
+    match resolution {
+        Resolution::None => {
+            if !se.endpoints.is_empty() {
+                r.error(
+                    "spec.endpoints",
+                    "no endpoints should be provided for resolution type none",
+                );
+            }
+            if se.workload_selector.is_some() {
+                r.warning(
+                    "spec.workloadSelector",
+                    "workloadSelector should not be set when resolution mode is NONE",
+                );
+            }
+        }
+        Resolution::Static => {
+            for (i, ep) in se.endpoints.iter().enumerate() {
+                check_workload_entry(r, &format!("spec.endpoints[{i}]"), ep, Some(&port_names), false);
+            }
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            if se.endpoints.is_empty() {
+                for (i, host) in se.hosts.iter().enumerate() {
+                    if rules::check_fqdn(host).is_err() {
+                        r.error(
+                            &format!("spec.hosts[{i}]"),
+                            format!(
+                                "hosts must be FQDN or contain only prefix wildcards if no \
+                                 endpoints are provided for resolution mode {mode}"
+                            ),
+                        );
+                    }
+                }
+            }
+            if resolution == Resolution::DnsRoundRobin && se.endpoints.len() > 1 {
+                r.error(
+                    "spec.endpoints",
+                    format!("there must only be 0 or 1 endpoint for resolution mode {mode}"),
+                );
+            }
+            for (i, ep) in se.endpoints.iter().enumerate() {
+                let base = format!("spec.endpoints[{i}]");
+                let addr = ep.address.as_deref().unwrap_or_default();
+                if !rules::is_valid_ip(addr) && rules::check_fqdn(addr).is_err() {
+                    r.error(
+                        &format!("{base}.address"),
+                        format!("endpoint address {addr:?} is not a valid FQDN or an IP address"),
+                    );
+                }
+                for e in rules::label_errors(&ep.labels) {
+                    r.error(&format!("{base}.labels"), e);
+                }
+                check_endpoint_ports(r, &base, ep, Some(&port_names));
+            }
+            if se.workload_selector.is_some() {
+                r.warning(
+                    "spec.workloadSelector",
+                    format!("workloadSelector should not be set when resolution mode is {mode}"),
+                );
+            }
+            if !se.addresses.is_empty()
+                && se.hosts.len() > 1
+                && se.ports.iter().any(|p| p.protocol.is_some_and(Protocol::is_tcp))
+            {
+                r.warning(
+                    "spec.hosts",
+                    "service entry can not have more than one host specified simultaneously \
+                     with address and tcp port",
+                );
+            }
+        }
+        Resolution::DynamicDns => {
+            // DYNAMIC_DNS (2025) resolves the name each request carries (Host header or SNI):
+            // it needs wildcard hosts, no endpoints, no addresses, and HTTP or TLS ports.
+            for (i, host) in se.hosts.iter().enumerate() {
+                if !host.starts_with('*') {
+                    r.error(
+                        &format!("spec.hosts[{i}]"),
+                        format!("host must be wildcarded for resolution mode {mode}"),
+                    );
+                }
+            }
+            if !se.endpoints.is_empty() {
+                r.error(
+                    "spec.endpoints",
+                    format!("no endpoints should be provided for resolution mode {mode}"),
+                );
+            }
+            if !se.addresses.is_empty() {
+                r.error(
+                    "spec.addresses",
+                    format!("addresses should not be provided for resolution mode {mode}"),
+                );
+            }
+            for (i, port) in se.ports.iter().enumerate() {
+                if !port.protocol.is_some_and(|p| p.is_http() || p == Protocol::Tls) {
+                    r.error(
+                        &format!("spec.ports[{i}].protocol"),
+                        format!(
+                            "only HTTP and TLS protocols are supported for resolution mode {mode}, \
+                             found {}",
+                            port.protocol.map_or("unset", Protocol::as_str)
+                        ),
+                    );
+                }
+            }
+            if se.workload_selector.is_some() {
+                r.warning(
+                    "spec.workloadSelector",
+                    format!("workloadSelector should not be set when resolution mode is {mode}"),
+                );
+            }
+            if waypoint && se.location() == Location::MeshInternal {
+                r.error(
+                    "metadata.labels",
+                    format!(
+                        "resolution mode {mode} with location MESH_INTERNAL cannot be bound to a \
+                         waypoint ({USE_WAYPOINT_LABEL})"
+                    ),
+                );
+            }
+        }
+    }
+
+    // With plain TCP nothing tells the hosts apart, unless the addresses are passed through.
+    if resolution != Resolution::None && se.hosts.len() > 1 {
+        if let Some(i) = se
+            .ports
+            .iter()
+            .position(|p| !p.protocol.is_some_and(|p| p.is_http() || p.is_tls()))
+        {
+            r.error(
+                &format!("spec.ports[{i}]"),
+                "multiple hosts provided with non-HTTP, non-TLS ports",
+            );
+        }
+    }
+
+    for e in rules::export_to_errors(&namespace, &se.export_to, ExportToOwner::ServiceEntry) {
+        r.error("spec.exportTo", e);
+    }
+}

@@ -1,0 +1,372 @@
+//! Acceptance: Istio's own webhook-validation cases for the networking kinds
+//! (`testdata/acceptance/validation/`), Istio's CRD fixtures, the curated `cases.md` entries,
+//! and the guide's YAML. Every case must get Istio's verdict; the few that cannot are listed in
+//! `KNOWN_DIFFERENCES` with the reason, and must keep failing in exactly that way.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use sluice_compile::validate::validate;
+use sluice_model::{Level, load_str, load_value, parse_yaml};
+
+fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(rel)
+}
+
+fn read(rel: &str) -> String {
+    let path = testdata(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// What sluice says about one resource: load diagnostics plus validation.
+#[derive(Debug, Default)]
+struct Verdict {
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+fn judge_value(file: &str, resource: Value) -> Verdict {
+    let loaded = load_value(file, resource);
+    let mut diags = loaded.diagnostics;
+    diags.extend(validate(&loaded.resources));
+    collect(diags)
+}
+
+fn judge_yaml(file: &str, text: &str) -> Verdict {
+    let loaded = load_str(file, text);
+    let mut diags = loaded.diagnostics;
+    diags.extend(validate(&loaded.resources));
+    collect(diags)
+}
+
+fn collect(diags: Vec<sluice_model::Diagnostic>) -> Verdict {
+    let mut v = Verdict::default();
+    for d in diags {
+        match d.level {
+            Level::Error => v.errors.push(d.message),
+            Level::Warning => v.warnings.push(d.message),
+            Level::Info => {}
+        }
+    }
+    v
+}
+
+/// How a case can disagree with Istio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    /// Istio rejects it; sluice accepted it.
+    Accepted,
+    /// Istio accepts it; sluice rejected it.
+    Rejected,
+    /// Both reject, but no sluice error contains the text Istio's test asserts.
+    WrongError,
+    /// Istio warns; sluice did not.
+    NoWarning,
+}
+
+struct Case {
+    file: &'static str,
+    id: String,
+    name: String,
+    valid: bool,
+    warning: bool,
+    error_contains: Option<String>,
+    resource: Value,
+}
+
+const WEBHOOK_FILES: [&str; 6] = [
+    "serviceentry-serviceentries",
+    "gateway-gateway",
+    "gateway-server",
+    "virtualservice-virtualservice",
+    "destinationrule-destinationrule",
+    "sidecar-sidecar",
+];
+
+/// Cases sluice cannot decide as Istio does, with the reason and the way they fail. Keyed by
+/// file and `metadata.name` (case names repeat within a file).
+const KNOWN_DIFFERENCES: &[(&str, &str, Miss, &str)] = &[];
+
+fn load_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for file in WEBHOOK_FILES {
+        let text = read(&format!("acceptance/validation/webhook-cases/{file}.yaml"));
+        let docs = parse_yaml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let list = docs
+            .first()
+            .and_then(|d| d.get("cases"))
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("{file}: no `cases` list"));
+        for c in list {
+            let resource = c.get("resource").cloned().unwrap_or(Value::Null);
+            let id = resource
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            cases.push(Case {
+                file,
+                id,
+                name: c.get("case").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                valid: c.get("valid").and_then(Value::as_bool).unwrap_or(false),
+                warning: c.get("warning").and_then(Value::as_bool).unwrap_or(false),
+                error_contains: c
+                    .get("error_contains")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                resource,
+            });
+        }
+    }
+    cases
+}
+
+fn check_case(case: &Case, v: &Verdict) -> Option<Miss> {
+    if case.valid {
+        if !v.errors.is_empty() {
+            return Some(Miss::Rejected);
+        }
+    } else {
+        if v.errors.is_empty() {
+            return Some(Miss::Accepted);
+        }
+        if let Some(want) = &case.error_contains {
+            if !v.errors.iter().any(|e| e.contains(want.as_str())) {
+                return Some(Miss::WrongError);
+            }
+        }
+    }
+    if case.warning && v.warnings.is_empty() {
+        return Some(Miss::NoWarning);
+    }
+    None
+}
+
+#[test]
+fn istio_webhook_cases_for_networking_kinds() {
+    let cases = load_cases();
+    assert!(cases.len() >= 200, "only {} cases read", cases.len());
+    let known: BTreeMap<(&str, &str), (Miss, &str)> = KNOWN_DIFFERENCES
+        .iter()
+        .map(|(f, id, miss, why)| ((*f, *id), (*miss, *why)))
+        .collect();
+
+    let mut per_file: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut known_seen = 0;
+    for case in &cases {
+        let v = judge_value(&format!("{}.yaml", case.file), case.resource.clone());
+        let miss = check_case(case, &v);
+        let tally = per_file.entry(case.file).or_default();
+        tally.1 += 1;
+        match (miss, known.get(&(case.file, case.id.as_str()))) {
+            (None, None) => tally.0 += 1,
+            (Some(got), Some((want, _))) if got == *want => known_seen += 1,
+            (got, expected) => failures.push(format!(
+                "{:<32} {:<60} got {:?}, listed as {:?}\n      errors: {:?}\n      warnings: {:?}",
+                case.file,
+                format!("{} ({})", case.name, case.id),
+                got,
+                expected.map(|e| e.0),
+                v.errors,
+                v.warnings
+            )),
+        }
+    }
+
+    println!("webhook cases (networking):");
+    for (file, (pass, total)) in &per_file {
+        println!("  {file:<34} {pass:>3}/{total}");
+    }
+    let total: usize = per_file.values().map(|t| t.1).sum();
+    let passed: usize = per_file.values().map(|t| t.0).sum();
+    println!("  {:<34} {passed:>3}/{total} ({known_seen} known differences)", "all");
+    for (file, id, miss, why) in KNOWN_DIFFERENCES {
+        println!("  known: {file} {id}: {miss:?}: {why}");
+    }
+    if !failures.is_empty() {
+        println!("\nFAILING CASES:");
+        for f in &failures {
+            println!("  {f}");
+        }
+    }
+    assert!(failures.is_empty(), "{} cases disagree with Istio", failures.len());
+    assert_eq!(known_seen, KNOWN_DIFFERENCES.len(), "a known difference was not found");
+}
+
+/// Istio's CRD fixtures: every `*-invalid.yaml` document must be rejected, every
+/// `*-valid.yaml` one accepted (Istio's TestCRDs asserts the webhook agrees with the API server).
+#[test]
+fn istio_crd_fixtures_for_networking_kinds() {
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for kind in ["serviceentry", "destinationrule"] {
+        for valid in [true, false] {
+            let file = format!("{kind}-{}.yaml", if valid { "valid" } else { "invalid" });
+            let text = read(&format!("acceptance/validation/crd-testdata/{file}"));
+            let docs = parse_yaml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            for (i, mut doc) in docs.into_iter().enumerate() {
+                let expected = doc
+                    .as_object_mut()
+                    .and_then(|m| m.remove("_err"))
+                    .and_then(|e| e.as_str().map(str::to_owned));
+                count += 1;
+                let name = doc
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let v = judge_value(&file, doc);
+                if valid && !v.errors.is_empty() {
+                    failures.push(format!("{file}[{i}] {name}: rejected: {:?}", v.errors));
+                }
+                if !valid && v.errors.is_empty() {
+                    failures.push(format!(
+                        "{file}[{i}] {name}: accepted (API server says {expected:?})"
+                    ));
+                }
+            }
+        }
+    }
+    println!("CRD fixtures: {}/{count} agree", count - failures.len());
+    for f in &failures {
+        println!("  {f}");
+    }
+    assert!(count >= 20, "only {count} fixture documents read");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Curated entries of `cases.md` (V01…) whose error text sluice words differently from Istio,
+/// with the reason. Each must still be rejected.
+const CASES_MD_TEXT_DIFFERENCES: &[(&str, &str)] = &[];
+
+/// `cases.md` draws its networking entries from the webhook cases: each must name a case that
+/// exists there as invalid, be rejected by sluice, and every error text it quotes must appear in
+/// one of sluice's messages.
+#[test]
+fn curated_networking_cases_are_covered_with_istio_texts() {
+    let text = read("acceptance/validation/cases.md");
+    let cases = load_cases();
+    let kinds = ["ServiceEntry", "VirtualService", "DestinationRule", "Gateway", "Sidecar"];
+    let mut failures = Vec::new();
+    let mut covered = 0;
+    for entry in text.split("\n### ").skip(1) {
+        let title = entry.lines().next().unwrap_or_default();
+        let Some((id, rest)) = title.split_once(". ") else { continue };
+        let Some((kind, case_name)) = rest.split_once(": ") else { continue };
+        if !kinds.contains(&kind) {
+            continue;
+        }
+        covered += 1;
+        // The webhook case it was drawn from.
+        let from = entry
+            .lines()
+            .find(|l| l.starts_with("- from:"))
+            .unwrap_or_default();
+        let file = from
+            .split('`')
+            .nth(1)
+            .and_then(|f| f.strip_prefix("webhook-cases/"))
+            .and_then(|f| f.strip_suffix(".yaml"))
+            .unwrap_or_default();
+        let source = cases
+            .iter()
+            .find(|c| c.file == file && c.name == case_name && !c.valid);
+        if source.is_none() {
+            failures.push(format!("{id}: no invalid case {case_name:?} in {file:?}"));
+        }
+        // The YAML of the entry, and the texts it quotes.
+        let yaml = entry
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|y| y.split("```").next())
+            .unwrap_or_default();
+        let v = judge_yaml(&format!("cases.md#{id}"), yaml);
+        if v.errors.is_empty() {
+            failures.push(format!("{id} {case_name}: accepted"));
+            continue;
+        }
+        if CASES_MD_TEXT_DIFFERENCES.iter().any(|(k, _)| *k == id) {
+            continue;
+        }
+        let quoted = entry
+            .lines()
+            .find_map(|l| l.strip_prefix("- Istio error contains: "))
+            .unwrap_or_default();
+        for want in quoted.split("; ").map(|q| q.trim().trim_matches('`').trim()) {
+            if !want.is_empty() && !v.errors.iter().any(|e| e.contains(want)) {
+                failures.push(format!("{id} {case_name}: no error contains {want:?}: {:?}", v.errors));
+            }
+        }
+    }
+    println!("cases.md networking entries: {covered}");
+    for f in &failures {
+        println!("  {f}");
+    }
+    assert_eq!(covered, 47, "ServiceEntry 15, VirtualService 12, DestinationRule 5, Gateway 9, Sidecar 6");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The guide's YAML must pass validation; its warnings are printed for review.
+#[test]
+fn guide_networking_files_validate_cleanly() {
+    let dir = testdata("guide");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    let networking = [
+        "ServiceEntry",
+        "Gateway",
+        "VirtualService",
+        "DestinationRule",
+        "Sidecar",
+        "WorkloadEntry",
+    ];
+    let mut checked = 0;
+    let mut errors = Vec::new();
+    for path in entries {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let loaded = load_str(&name, &text);
+        let r = &loaded.resources;
+        let has_networking = !(r.service_entries.is_empty()
+            && r.gateways.is_empty()
+            && r.virtual_services.is_empty()
+            && r.destination_rules.is_empty()
+            && r.sidecars.is_empty()
+            && r.workload_entries.is_empty());
+        if !has_networking {
+            continue;
+        }
+        checked += 1;
+        let mut diags = loaded.diagnostics.clone();
+        diags.extend(validate(r));
+        for d in diags {
+            let networking_origin = d
+                .origin
+                .as_deref()
+                .is_some_and(|o| networking.iter().any(|k| o.starts_with(&format!("{k} "))));
+            let line = format!(
+                "{name}:{} [{}] {} {}",
+                d.location.as_ref().map_or(0, |l| l.line),
+                d.code,
+                d.origin.as_deref().unwrap_or("-"),
+                d.message
+            );
+            match d.level {
+                Level::Error if networking_origin || d.origin.is_none() => errors.push(line),
+                Level::Warning if networking_origin => println!("warning: {line}"),
+                _ => {}
+            }
+        }
+    }
+    println!("guide files with networking kinds: {checked}");
+    assert!(checked >= 10, "only {checked} guide files hold networking kinds");
+    assert!(errors.is_empty(), "{errors:#?}");
+}
