@@ -39,8 +39,8 @@ impl<'a, T: IstioKind> Report<'a, T> {
     }
 }
 
-impl<T> Report<'_, T> {
-    pub fn resource(&self) -> &Resource<T> {
+impl<'a, T> Report<'a, T> {
+    pub fn resource(&self) -> &'a Resource<T> {
         self.resource
     }
 

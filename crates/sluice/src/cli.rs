@@ -28,6 +28,10 @@ pub struct Cli {
 pub enum Command {
     /// Load, validate and analyze Istio configuration (files, directories, or - for stdin).
     Analyze(AnalyzeArgs),
+    /// Run the egress gateway: the mesh's single, controlled exit.
+    Gateway(crate::gateway::GatewayArgs),
+    /// Show the running proxy's listeners, routes, clusters or endpoints (from its admin API).
+    ProxyConfig(crate::proxy_config::ProxyConfigArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,8 +58,11 @@ pub struct AnalyzeArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let code = match cli.command {
         Command::Analyze(args) => crate::analyze::run(&args, &mut std::io::stdout().lock()),
+        Command::Gateway(args) => crate::gateway::run(args),
+        Command::ProxyConfig(args) => crate::proxy_config::run(&args, &mut std::io::stdout().lock()),
     };
     match code {
         Ok(code) => ExitCode::from(code),
@@ -64,4 +71,15 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit::FAILURE)
         }
     }
+}
+
+/// Logs go to stderr; `RUST_LOG` (or `SLUICE_LOG`) filters them, `info` by default.
+fn init_logging() {
+    let filter = std::env::var("SLUICE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,4 +1,8 @@
 //! The `sluice` binary: composition root and command line.
 
+pub mod admin;
 pub mod analyze;
 pub mod cli;
+pub mod gateway;
+pub mod proxy_config;
+pub mod reload;

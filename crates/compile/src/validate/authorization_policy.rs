@@ -27,7 +27,7 @@ const ALWAYS_REJECT_ANNOTATION: &str = "istio.io/alwaysReject";
 pub(crate) fn validate(r: &mut Report<'_, AuthorizationPolicy>) {
     // `Report::resource` borrows the report; a copy of the (small) resource lets findings be
     // pushed while walking it.
-    let res = r.resource().clone();
+    let res = r.resource();
     let spec = &res.spec;
     let (name, namespace) = (res.name().to_owned(), res.namespace().to_owned());
     let dry_run = res.meta.annotations.get(DRY_RUN_ANNOTATION).cloned();
@@ -197,9 +197,21 @@ pub(crate) fn check_selector_and_targets<T>(
         } else {
             "spec.targetRefs"
         };
-        r.error(path, "only one of targetRefs or workloadSelector can be set");
+        r.error(
+            path,
+            "only one of targetRefs or workloadSelector can be set",
+        );
     }
     check_workload_selector(r, selector, "spec.selector");
+    check_target_refs(r, target_ref, target_refs);
+}
+
+/// Each `targetRef`/`targetRefs` entry is well formed; sluice says it does not attach by them.
+pub(crate) fn check_target_refs<T>(
+    r: &mut Report<'_, T>,
+    target_ref: Option<&PolicyTargetReference>,
+    target_refs: &[PolicyTargetReference],
+) {
     if let Some(t) = target_ref {
         check_target_ref(r, t, "spec.targetRef");
     }
@@ -233,13 +245,19 @@ pub(crate) fn check_workload_selector<T>(
         if k.is_empty() {
             r.error(
                 &at,
-                format!("empty key is not supported in selector: {:?}", format!("{k}={v}")),
+                format!(
+                    "empty key is not supported in selector: {:?}",
+                    format!("{k}={v}")
+                ),
             );
         }
         if k.contains('*') || v.contains('*') {
             r.error(
                 &at,
-                format!("wildcard is not supported in selector: {:?}", format!("{k}={v}")),
+                format!(
+                    "wildcard is not supported in selector: {:?}",
+                    format!("{k}={v}")
+                ),
             );
         }
     }
@@ -347,7 +365,8 @@ fn check_custom_rule(
     rule: &sluice_model::security::authorization_policy::Rule,
     i: usize,
 ) {
-    let not_with_custom = |name: &str| format!("{name} is currently not supported with CUSTOM action");
+    let not_with_custom =
+        |name: &str| format!("{name} is currently not supported with CUSTOM action");
     for (j, from) in rule.from.iter().enumerate() {
         let Some(src) = &from.source else { continue };
         let path = format!("spec.rules[{i}].from[{j}].source");
@@ -374,9 +393,23 @@ fn check_custom_rule(
             "source.namespace" | "source.serviceAccount" | "source.principal"
         ) || key.starts_with("request.auth.")
         {
-            r.error(&format!("spec.rules[{i}].when[{j}].key"), not_with_custom(key));
+            r.error(
+                &format!("spec.rules[{i}].when[{j}].key"),
+                not_with_custom(key),
+            );
         }
     }
+}
+
+/// What the values of a `source` field are.
+#[derive(Clone, Copy)]
+enum ValueKind {
+    /// Principals and namespaces: exact, prefix, suffix or presence matches.
+    Identity,
+    /// `<namespace>/<name>` or `<name>`.
+    ServiceAccount,
+    /// IP addresses or CIDR ranges.
+    Ip,
 }
 
 /// One `from.source`. Returns whether it uses a TCP-level attribute (anything but request
@@ -400,45 +433,83 @@ fn check_source(
         );
     }
 
-    let lists: [(&[String], &str, &str); 12] = [
-        (&src.principals, "principals", "Principals"),
-        (&src.request_principals, "requestPrincipals", "RequestPrincipals"),
-        (&src.namespaces, "namespaces", "Namespaces"),
-        (&src.service_accounts, "serviceAccounts", "ServiceAccounts"),
-        (&src.ip_blocks, "ipBlocks", "IpBlocks"),
-        (&src.remote_ip_blocks, "remoteIpBlocks", "RemoteIpBlocks"),
-        (&src.not_principals, "notPrincipals", "NotPrincipals"),
-        (&src.not_request_principals, "notRequestPrincipals", "NotRequestPrincipals"),
-        (&src.not_namespaces, "notNamespaces", "NotNamespaces"),
-        (&src.not_service_accounts, "notServiceAccounts", "NotServiceAccounts"),
-        (&src.not_ip_blocks, "notIpBlocks", "NotIpBlocks"),
-        (&src.not_remote_ip_blocks, "notRemoteIpBlocks", "NotRemoteIpBlocks"),
+    use ValueKind::{Identity, Ip, ServiceAccount};
+    let lists: [(&[String], &str, &str, ValueKind); 12] = [
+        (&src.principals, "principals", "Principals", Identity),
+        (
+            &src.request_principals,
+            "requestPrincipals",
+            "RequestPrincipals",
+            Identity,
+        ),
+        (&src.namespaces, "namespaces", "Namespaces", Identity),
+        (
+            &src.service_accounts,
+            "serviceAccounts",
+            "ServiceAccounts",
+            ServiceAccount,
+        ),
+        (&src.ip_blocks, "ipBlocks", "IpBlocks", Ip),
+        (
+            &src.remote_ip_blocks,
+            "remoteIpBlocks",
+            "RemoteIpBlocks",
+            Ip,
+        ),
+        (
+            &src.not_principals,
+            "notPrincipals",
+            "NotPrincipals",
+            Identity,
+        ),
+        (
+            &src.not_request_principals,
+            "notRequestPrincipals",
+            "NotRequestPrincipals",
+            Identity,
+        ),
+        (
+            &src.not_namespaces,
+            "notNamespaces",
+            "NotNamespaces",
+            Identity,
+        ),
+        (
+            &src.not_service_accounts,
+            "notServiceAccounts",
+            "NotServiceAccounts",
+            ServiceAccount,
+        ),
+        (&src.not_ip_blocks, "notIpBlocks", "NotIpBlocks", Ip),
+        (
+            &src.not_remote_ip_blocks,
+            "notRemoteIpBlocks",
+            "NotRemoteIpBlocks",
+            Ip,
+        ),
     ];
-    if lists.iter().all(|(values, _, _)| values.is_empty()) {
+    if lists.iter().all(|(values, ..)| values.is_empty()) {
         r.error(
             path,
             format!("`from.source` must not be empty, found at rule {rule}"),
         );
     }
-    for (values, field, go_name) in lists {
+    for (values, field, go_name, kind) in lists {
         let field_path = format!("{path}.{field}");
         check_empty_values(r, values, go_name, &field_path);
-        if field.ends_with("pBlocks") {
-            for (k, v) in values.iter().enumerate() {
-                if let Err(e) = check_ip_or_cidr(v) {
-                    r.error(&format!("{field_path}[{k}]"), e);
+        for (k, v) in values.iter().enumerate() {
+            let at = format!("{field_path}[{k}]");
+            let checked = match kind {
+                Ip => check_ip_or_cidr(v),
+                ServiceAccount => check_service_account(v),
+                Identity => {
+                    check_match_value(r, v, &at);
+                    Ok(())
                 }
+            };
+            if let Err(e) = checked {
+                r.error(&at, e);
             }
-        } else if field.ends_with("erviceAccounts") {
-            for (k, v) in values.iter().enumerate() {
-                if let Err(e) = check_service_account(v) {
-                    r.error(&format!("{field_path}[{k}]"), e);
-                }
-            }
-        }
-        if field.ends_with("rincipals") || field.ends_with("amespaces") || field.contains("ervice")
-        {
-            check_match_values(r, values, &field_path);
         }
     }
 
@@ -691,8 +762,9 @@ pub(crate) fn check_port(v: &str) -> Result<u16, String> {
         Err(_) => Err(format!(
             "bad port ({v}): strconv.ParseUint: parsing {v:?}: value out of range"
         )),
-        Ok(n) => u16::try_from(n)
-            .map_err(|_| format!("bad port ({v}): must be in the range 0..65535")),
+        Ok(n) => {
+            u16::try_from(n).map_err(|_| format!("bad port ({v}): must be in the range 0..65535"))
+        }
     }
 }
 
@@ -757,12 +829,6 @@ fn check_match_value<T>(r: &mut Report<'_, T>, v: &str, path: &str) {
     }
 }
 
-fn check_match_values<T>(r: &mut Report<'_, T>, values: &[String], path: &str) {
-    for (k, v) in values.iter().enumerate() {
-        check_match_value(r, v, &format!("{path}[{k}]"));
-    }
-}
-
 /// HTTP methods are case-sensitive tokens; Istio compares them as written.
 fn check_method<T>(r: &mut Report<'_, T>, m: &str, path: &str) {
     if m.is_empty() || m == "*" {
@@ -812,7 +878,10 @@ mod tests {
         diags_with(spec, json!({"name": "p", "namespace": "ns"}))
     }
 
-    fn diags_with(spec: serde_json::Value, meta: serde_json::Value) -> Vec<sluice_model::Diagnostic> {
+    fn diags_with(
+        spec: serde_json::Value,
+        meta: serde_json::Value,
+    ) -> Vec<sluice_model::Diagnostic> {
         let loaded = sluice_model::load_value(
             "test.yaml",
             json!({
@@ -827,7 +896,8 @@ mod tests {
     }
 
     fn has(d: &[sluice_model::Diagnostic], level: Level, text: &str) -> bool {
-        d.iter().any(|d| d.level == level && d.message.contains(text))
+        d.iter()
+            .any(|d| d.level == level && d.message.contains(text))
     }
 
     #[test]
@@ -836,7 +906,11 @@ mod tests {
         let cases: &[(&str, &[&str], Option<&str>)] = &[
             ("source.ip", &["1.2.3.4", "10.0.0.0/8", "::1"], None),
             ("source.ip", &["a.b.c.d"], Some("bad IP address (a.b.c.d)")),
-            ("remote.ip", &["1.2.3.4/33"], Some("bad CIDR range (1.2.3.4/33)")),
+            (
+                "remote.ip",
+                &["1.2.3.4/33"],
+                Some("bad CIDR range (1.2.3.4/33)"),
+            ),
             ("destination.port", &["80", "65535"], None),
             ("destination.port", &["65536"], Some("bad port (65536)")),
             ("destination.port", &["http"], Some("invalid syntax")),
@@ -848,11 +922,27 @@ mod tests {
             ("experimental.envoy.filters.a.b[c]", &["v"], None),
             ("connection.sni", &["*.example.com"], None),
             ("source.trustDomain", &["cluster.local"], None),
-            ("destination.namespace", &["ns"], Some("replaced by the metadata.namespace")),
-            ("destination.labels[app]", &["x"], Some("replaced by the workload selector")),
-            ("destination.user", &["x"], Some("only supported in v1alpha1")),
+            (
+                "destination.namespace",
+                &["ns"],
+                Some("replaced by the metadata.namespace"),
+            ),
+            (
+                "destination.labels[app]",
+                &["x"],
+                Some("replaced by the workload selector"),
+            ),
+            (
+                "destination.user",
+                &["x"],
+                Some("only supported in v1alpha1"),
+            ),
             ("key1", &["v1"], Some("unknown attribute: key1")),
-            ("source.namespace", &["a", ""], Some("empty value not allowed")),
+            (
+                "source.namespace",
+                &["a", ""],
+                Some("empty value not allowed"),
+            ),
         ];
         for (key, values, want) in cases {
             let got = validate_attribute(key, &s(values));
@@ -868,7 +958,13 @@ mod tests {
 
     #[test]
     fn path_templates() {
-        for ok in ["/a/b", "/path/template/{*}", "/{**}/path/template", "*/suffix", "/prefix/*"] {
+        for ok in [
+            "/a/b",
+            "/path/template/{*}",
+            "/{**}/path/template",
+            "*/suffix",
+            "/prefix/*",
+        ] {
             assert!(path_template_ok(ok), "{ok}");
         }
         for bad in ["/{*}/foo/{bar}", "/{*}/{x=*}", "/{**}/*", "/{*}/{}"] {
@@ -890,7 +986,10 @@ mod tests {
             "action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]
         }));
         assert!(!d.iter().any(|d| d.is_error()), "{d:?}");
-        assert!(d.iter().any(|d| d.code == "SLC0006" && d.message.contains("CUSTOM")));
+        assert!(
+            d.iter()
+                .any(|d| d.code == "SLC0006" && d.message.contains("CUSTOM"))
+        );
 
         let d = diags(json!({
             "rules": [{
@@ -912,7 +1011,12 @@ mod tests {
             "ports": ["0"]
         }}]}]}));
         assert!(!d.iter().any(|d| d.is_error()), "{d:?}");
-        for text in ["case-sensitive", "does not begin with '/'", "scheme or a path", "port 0"] {
+        for text in [
+            "case-sensitive",
+            "does not begin with '/'",
+            "scheme or a path",
+            "port 0",
+        ] {
             assert!(has(&d, Level::Warning, text), "{text}: {d:?}");
         }
         let d = diags(json!({"rules": [{"from": [{"source": {"principals": ["a*b"]}}]}]}));
@@ -926,14 +1030,31 @@ mod tests {
             "rules": [{"from": [{"source": {"serviceAccounts": ["sa"]}}],
                        "when": [{"key": "source.serviceAccount", "values": ["sa"]}]}]
         }));
-        assert!(has(&d, Level::Error, "From.ServiceAccounts is currently not supported"), "{d:?}");
-        assert!(has(&d, Level::Error, "source.serviceAccount is currently not supported"), "{d:?}");
+        assert!(
+            has(
+                &d,
+                Level::Error,
+                "From.ServiceAccounts is currently not supported"
+            ),
+            "{d:?}"
+        );
+        assert!(
+            has(
+                &d,
+                Level::Error,
+                "source.serviceAccount is currently not supported"
+            ),
+            "{d:?}"
+        );
 
         let d = diags_with(
             json!({"action": "DENY", "rules": [{}]}),
             json!({"name": "p", "annotations": {"istio.io/alwaysReject": "true"}}),
         );
-        assert!(has(&d, Level::Error, "annotation found, rejecting"), "{d:?}");
+        assert!(
+            has(&d, Level::Error, "annotation found, rejecting"),
+            "{d:?}"
+        );
 
         let d = diags_with(
             json!({"action": "ALLOW"}),

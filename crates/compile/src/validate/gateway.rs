@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 
 use sluice_model::networking::Gateway;
-use sluice_model::networking::gateway::{Port, Server, ServerTLSMode, ServerTLSSettings, TLSProtocol};
+use sluice_model::networking::gateway::{
+    Port, Server, ServerTLSMode, ServerTLSSettings, TLSProtocol,
+};
 
 use super::Report;
 use super::rules;
@@ -13,7 +15,7 @@ use super::rules;
 const GATEWAY_SEMANTICS_ANNOTATION: &str = "internal.istio.io/gateway-semantics";
 
 pub(crate) fn validate(r: &mut Report<'_, Gateway>) {
-    let gw = r.resource().spec.clone();
+    let gw = &r.resource().spec;
     let meta = &r.resource().meta;
     let gateway_semantics = meta
         .annotations
@@ -89,11 +91,11 @@ fn check_server(r: &mut Report<'_, Gateway>, path: &str, server: &Server, gatewa
     let bind = server.bind.as_deref().unwrap_or_default();
     let unix_bind = bind.starts_with(rules::UNIX_ADDRESS_PREFIX);
     let mut port_ok = true;
-    if port.number > 0 || !unix_bind {
-        if let Err(e) = rules::check_port(i64::from(port.number)) {
-            r.error(&format!("{path}.port.number"), e);
-            port_ok = false;
-        }
+    if (port.number > 0 || !unix_bind)
+        && let Err(e) = rules::check_port(i64::from(port.number))
+    {
+        r.error(&format!("{path}.port.number"), e);
+        port_ok = false;
     }
     if port.target_port.is_some_and(|t| t > 0) {
         r.error(
@@ -124,10 +126,10 @@ fn check_server(r: &mut Report<'_, Gateway>, path: &str, server: &Server, gatewa
                 ),
             );
         }
-    } else if !bind.is_empty() {
-        if let Err(e) = rules::check_ip(bind) {
-            r.error(&format!("{path}.bind"), e);
-        }
+    } else if !bind.is_empty()
+        && let Err(e) = rules::check_ip(bind)
+    {
+        r.error(&format!("{path}.bind"), e);
     }
 
     if let Some(tls) = &server.tls {
@@ -149,14 +151,24 @@ fn check_server(r: &mut Report<'_, Gateway>, path: &str, server: &Server, gatewa
                         tls.mode(),
                         ServerTLSMode::Passthrough | ServerTLSMode::AutoPassthrough
                     );
-                    let has_files = [&tls.ca_certificates, &tls.private_key, &tls.server_certificate]
-                        .into_iter()
-                        .any(|f| f.as_deref().is_some_and(|s| !s.is_empty()));
+                    let has_files = [
+                        &tls.ca_certificates,
+                        &tls.private_key,
+                        &tls.server_certificate,
+                    ]
+                    .into_iter()
+                    .any(|f| f.as_deref().is_some_and(|s| !s.is_empty()));
                     if !passthrough || has_files {
-                        r.error(&tls_path, "server cannot have TLS settings for plain text HTTP ports");
+                        r.error(
+                            &tls_path,
+                            "server cannot have TLS settings for plain text HTTP ports",
+                        );
                     }
                 } else {
-                    r.error(&tls_path, "server cannot have TLS settings for non HTTPS/TLS ports");
+                    r.error(
+                        &tls_path,
+                        "server cannot have TLS settings for non HTTPS/TLS ports",
+                    );
                 }
             }
             _ => {}
@@ -222,30 +234,47 @@ pub(crate) fn check_server_tls<T>(r: &mut Report<'_, T>, path: &str, tls: &Serve
     if mode == ServerTLSMode::IstioMutual {
         // ISTIO_MUTUAL uses the workload identity; certificate fields make no sense.
         if set(&tls.server_certificate) {
-            r.error(&field("serverCertificate"), "ISTIO_MUTUAL TLS cannot have associated server certificate");
+            r.error(
+                &field("serverCertificate"),
+                "ISTIO_MUTUAL TLS cannot have associated server certificate",
+            );
         }
         if set(&tls.private_key) {
-            r.error(&field("privateKey"), "ISTIO_MUTUAL TLS cannot have associated private key");
+            r.error(
+                &field("privateKey"),
+                "ISTIO_MUTUAL TLS cannot have associated private key",
+            );
         }
         if set(&tls.ca_certificates) {
-            r.error(&field("caCertificates"), "ISTIO_MUTUAL TLS cannot have associated CA bundle");
+            r.error(
+                &field("caCertificates"),
+                "ISTIO_MUTUAL TLS cannot have associated CA bundle",
+            );
         }
         if set(&tls.credential_name) {
-            r.error(&field("credentialName"), "ISTIO_MUTUAL TLS cannot have associated credentialName");
+            r.error(
+                &field("credentialName"),
+                "ISTIO_MUTUAL TLS cannot have associated credentialName",
+            );
         }
         return;
     }
 
-    if matches!(mode, ServerTLSMode::Passthrough | ServerTLSMode::AutoPassthrough)
-        && (set(&tls.ca_crl)
-            || set(&tls.server_certificate)
-            || set(&tls.private_key)
-            || set(&tls.ca_certificates)
-            || set(&tls.credential_name))
+    if matches!(
+        mode,
+        ServerTLSMode::Passthrough | ServerTLSMode::AutoPassthrough
+    ) && (set(&tls.ca_crl)
+        || set(&tls.server_certificate)
+        || set(&tls.private_key)
+        || set(&tls.ca_certificates)
+        || set(&tls.credential_name))
     {
         r.warning(
             path,
-            format!("{} mode does not use certificates, they will be ignored", mode_name(mode)),
+            format!(
+                "{} mode does not use certificates, they will be ignored",
+                mode_name(mode)
+            ),
         );
     }
 

@@ -7,7 +7,7 @@ use super::Report;
 use super::authorization_policy::{check_annotations, check_workload_selector};
 
 pub(crate) fn validate(r: &mut Report<'_, PeerAuthentication>) {
-    let spec = r.resource().spec.clone();
+    let spec = &r.resource().spec;
     check_annotations(r);
 
     let empty_selector = spec
@@ -52,7 +52,10 @@ mod tests {
             ),
             (
                 json!({"portLevelMtls": {"8080": {"mode": "DISABLE"}}}),
-                Some((Level::Error, "mesh/namespace peer authentication cannot have port level mTLS")),
+                Some((
+                    Level::Error,
+                    "mesh/namespace peer authentication cannot have port level mTLS",
+                )),
             ),
             (
                 json!({"selector": {}, "portLevelMtls": {"8080": {"mode": "DISABLE"}}}),
@@ -70,7 +73,10 @@ mod tests {
                 json!({"selector": {"matchLabels": {"app": "a*"}}}),
                 Some((Level::Error, "wildcard is not supported in selector")),
             ),
-            (json!({"selector": {}}), Some((Level::Warning, "without labels"))),
+            (
+                json!({"selector": {}}),
+                Some((Level::Warning, "without labels")),
+            ),
         ];
         for (spec, want) in cases {
             let loaded = sluice_model::load_value(
@@ -83,7 +89,8 @@ mod tests {
             match want {
                 None => assert!(d.is_empty(), "{spec}: {d:?}"),
                 Some((level, text)) => assert!(
-                    d.iter().any(|d| d.level == *level && d.message.contains(text)),
+                    d.iter()
+                        .any(|d| d.level == *level && d.message.contains(text)),
                     "{spec}: want {level} {text:?}, got {d:?}"
                 ),
             }

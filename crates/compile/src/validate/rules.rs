@@ -89,7 +89,9 @@ pub fn check_dns1123_labels(domain: &str) -> Result<(), String> {
             return Ok(());
         }
         if !is_dns1123_label(label) {
-            return Err(format!("domain name {domain:?} invalid (label {label:?} invalid)"));
+            return Err(format!(
+                "domain name {domain:?} invalid (label {label:?} invalid)"
+            ));
         }
     }
     Ok(())
@@ -118,12 +120,37 @@ pub fn check_wildcard_domain(host: &str) -> Result<(), String> {
         None => (host, None),
     };
     if !is_wildcard_dns1123_label(first) {
-        return Err(format!("domain name {host:?} invalid (label {first:?} invalid)"));
+        return Err(format!(
+            "domain name {host:?} invalid (label {first:?} invalid)"
+        ));
     }
     match rest {
-        Some(rest) => check_dns1123_labels(rest),
+        // Istio names only `rest` here; naming the whole host tells the user which one it is.
+        Some(rest) => check_dns1123_labels(rest).map_err(|_| labels_error(host, rest)),
         None => Ok(()),
     }
+}
+
+/// The message of [`check_dns1123_labels`] for `labels`, naming the whole `host` they are
+/// part of.
+fn labels_error(host: &str, labels: &str) -> String {
+    let parts: Vec<&str> = labels.split('.').collect();
+    let tld = parts.last().copied().unwrap_or_default();
+    if is_go_atoi(tld) {
+        return format!(
+            "domain name {host:?} invalid (top level domain {tld:?} cannot be all-numeric)"
+        );
+    }
+    // A trailing empty label (`istio.io.`) is allowed.
+    let last = parts.len() - 1;
+    let allowed = |i: usize, l: &str| (i == last && l.is_empty()) || is_dns1123_label(l);
+    let bad = parts
+        .iter()
+        .enumerate()
+        .find(|(i, l)| !allowed(*i, l))
+        .map(|(_, l)| *l)
+        .unwrap_or_default();
+    format!("domain name {host:?} invalid (label {bad:?} invalid)")
 }
 
 /// Istio's `ValidateWildcardDomainForVirtualServiceBoundToGateway`: as
@@ -140,7 +167,9 @@ pub fn check_wildcard_domain_for_gateway(sni: bool, host: &str) -> Result<(), St
             chars.next().is_some() && chars.next().is_some_and(|c| ('0'..='8').contains(&c))
         });
         if !matches {
-            return Err(format!("domain name {host:?} invalid (label {first:?} invalid)"));
+            return Err(format!(
+                "domain name {host:?} invalid (label {first:?} invalid)"
+            ));
         }
         return Ok(());
     }
@@ -185,7 +214,8 @@ pub fn gateway_host_errors(host: &str) -> Vec<String> {
 }
 
 /// Istio's `ValidateNamespaceSlashWildcardHostname` for `Sidecar.egress[].hosts`:
-/// `namespace/dnsName`, where the namespace is `*`, `.`, `~` or a DNS label.
+/// `namespace/dnsName`, where the namespace is `*`, `.`, `~`, a DNS label, or `~` followed by
+/// a DNS label (an exclusion).
 pub fn sidecar_host_errors(host: &str) -> Vec<String> {
     namespace_host_errors(host, false)
 }
@@ -204,7 +234,8 @@ fn namespace_host_errors(host: &str, is_gateway: bool) -> Vec<String> {
     let special = if is_gateway {
         matches!(ns, "*" | ".")
     } else {
-        matches!(ns, "*" | "." | "~")
+        // `~` imports nothing; `~ns` excludes namespace `ns` from a wider import.
+        matches!(ns, "*" | "." | "~") || ns.strip_prefix('~').is_some_and(is_dns1123_label)
     };
     if !special && !is_dns1123_label(ns) {
         let kind = if is_gateway { "gateway" } else { "sidecar" };
@@ -419,7 +450,11 @@ pub enum ExportToOwner {
 
 /// Istio's `validateExportTo` for a whole list: entry syntax, duplicates (`.` counts as the
 /// resource's own namespace), `*` and `~` only on their own.
-pub fn export_to_errors(namespace: &str, export_to: &[String], owner: ExportToOwner) -> Vec<String> {
+pub fn export_to_errors(
+    namespace: &str,
+    export_to: &[String],
+    owner: ExportToOwner,
+) -> Vec<String> {
     let mut errs = Vec::new();
     if export_to.is_empty() {
         return errs;
@@ -463,7 +498,9 @@ pub fn export_to_errors(namespace: &str, export_to: &[String], owner: ExportToOw
         }
     }
     if seen.contains("*") && export_to.len() > 1 {
-        errs.push("cannot have both public (*) and non-public exportTo values for a resource".into());
+        errs.push(
+            "cannot have both public (*) and non-public exportTo values for a resource".into(),
+        );
     }
     if seen.contains("~") && export_to.len() > 1 {
         errs.push("cannot export service entry to no one (~) and someone".into());
@@ -537,7 +574,9 @@ pub fn check_unix_address(addr: &str) -> Result<(), String> {
 /// the field in the message (Istio writes e.g. `"uri"`).
 pub fn check_regex(re: &str, field: &str) -> Result<(), String> {
     if re.len() > MAX_REGEX_LENGTH {
-        return Err(format!("{field:?}: regex is too large, max length allowed is 1024"));
+        return Err(format!(
+            "{field:?}: regex is too large, max length allowed is 1024"
+        ));
     }
     match regex::Regex::new(re) {
         Ok(_) => Ok(()),
@@ -585,7 +624,7 @@ pub fn check_duration(d: Duration) -> Result<(), String> {
     if d < std::time::Duration::from_millis(1) {
         return Err("duration must be greater than 1ms".into());
     }
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return Err("only durations to ms precision are supported".into());
     }
     Ok(())
@@ -700,7 +739,10 @@ mod tests {
             ("a.b.c.d", Ok(())),
             ("localhost", Ok(())),
             ("", Err("empty domain name not allowed")),
-            ("1.1.1.1", Err("top level domain \"1\" cannot be all-numeric")),
+            (
+                "1.1.1.1",
+                Err("top level domain \"1\" cannot be all-numeric"),
+            ),
             ("a..b", Err("label \"\" invalid")),
             ("-", Err("domain name \"-\" invalid (label \"-\" invalid)")),
             ("*.istio.io", Err("label \"*\" invalid")),
@@ -747,11 +789,27 @@ mod tests {
         for (host, want) in partial {
             assert_eq!(ok(check_partial_wildcard(host)), want, "{host:?}");
         }
-        assert!(check_partial_wildcard("*bar.com")
-            .is_err_and(|e| e == r#"partial wildcard "*bar.com" not allowed"#));
+        assert_eq!(
+            check_wildcard_domain("foo.ba!r"),
+            Err(r#"domain name "foo.ba!r" invalid (label "ba!r" invalid)"#.into())
+        );
+        assert_eq!(
+            check_wildcard_domain("foo.*.com"),
+            Err(r#"domain name "foo.*.com" invalid (label "*" invalid)"#.into())
+        );
+        assert_eq!(
+            check_wildcard_domain("*.1"),
+            Err(r#"domain name "*.1" invalid (top level domain "1" cannot be all-numeric)"#.into())
+        );
+        assert!(
+            check_partial_wildcard("*bar.com")
+                .is_err_and(|e| e == r#"partial wildcard "*bar.com" not allowed"#)
+        );
         assert!(check_wildcard_domain_for_gateway(true, "outbound_.80_._.e2e.foobar.mesh").is_ok());
         assert!(check_wildcard_domain_for_gateway(true, "outbound_.x_._.e2e.foobar.mesh").is_err());
-        assert!(check_wildcard_domain_for_gateway(false, "outbound_.80_._.e2e.foobar.mesh").is_err());
+        assert!(
+            check_wildcard_domain_for_gateway(false, "outbound_.80_._.e2e.foobar.mesh").is_err()
+        );
     }
 
     #[test]
@@ -783,6 +841,8 @@ mod tests {
             ("*/*", 0),
             ("./*", 0),
             ("~/*", 0),
+            ("~ns1/*", 0),
+            ("~Bad_NS/*", 1),
             ("ns1/foo.bar.com", 0),
             ("*/*.bar.com", 0),
             ("foo.bar.com", 1),
@@ -856,7 +916,14 @@ mod tests {
 
     #[test]
     fn ports_names_protocols() {
-        let ports = [(0, false), (1, true), (80, true), (65535, true), (65536, false), (-1, false)];
+        let ports = [
+            (0, false),
+            (1, true),
+            (80, true),
+            (65535, true),
+            (65536, false),
+            (-1, false),
+        ];
         for (port, want) in ports {
             assert_eq!(ok(check_port(port)), want, "{port}");
         }
@@ -864,10 +931,21 @@ mod tests {
             check_port(65536),
             Err("port number 65536 must be in the range 1..65535".into())
         );
-        for (name, want) in [("http", true), ("http-web", true), ("", false), ("Http_1", false)] {
+        for (name, want) in [
+            ("http", true),
+            ("http-web", true),
+            ("", false),
+            ("Http_1", false),
+        ] {
             assert_eq!(ok(check_port_name(name)), want, "{name:?}");
         }
-        for (p, want) in [("", true), ("http", true), ("TLS", true), ("grpc-web", true), ("quic", false)] {
+        for (p, want) in [
+            ("", true),
+            ("http", true),
+            ("TLS", true),
+            ("grpc-web", true),
+            ("quic", false),
+        ] {
             assert_eq!(ok(check_protocol(p)), want, "{p:?}");
         }
     }
@@ -890,13 +968,25 @@ mod tests {
             assert_eq!(ok(check_label_key(k)), want, "{k:?}");
         }
         assert!(check_label_key(&"k".repeat(64)).is_err_and(|e| e.contains("name is too long")));
-        let values = [("", true), ("v1", true), ("a.b_c-d", true), ("-v", false), ("v v", false)];
+        let values = [
+            ("", true),
+            ("v1", true),
+            ("a.b_c-d", true),
+            ("-v", false),
+            ("v v", false),
+        ];
         for (v, want) in values {
             assert_eq!(ok(check_label_value(v)), want, "{v:?}");
         }
-        let labels = BTreeMap::from([("good".to_owned(), "@bad".to_owned()), ("$k".to_owned(), "v".to_owned())]);
+        let labels = BTreeMap::from([
+            ("good".to_owned(), "@bad".to_owned()),
+            ("$k".to_owned(), "v".to_owned()),
+        ]);
         assert_eq!(label_errors(&labels).len(), 2);
-        let sel = BTreeMap::from([("".to_owned(), "v".to_owned()), ("app".to_owned(), "*".to_owned())]);
+        let sel = BTreeMap::from([
+            ("".to_owned(), "v".to_owned()),
+            ("app".to_owned(), "*".to_owned()),
+        ]);
         assert_eq!(workload_selector_errors(&sel).len(), 2);
     }
 
@@ -942,6 +1032,7 @@ mod tests {
             ("10.1.2.3/8", true),
             ("2001:db8::/32", true),
             ("::1", true),
+            ("001:db8::", true),
             ("1.1.1.1/33", false),
             ("1.1.1.1/", false),
             ("1.1.1.1/+8", false),
@@ -959,7 +1050,13 @@ mod tests {
             check_ip_subnet("1.1.1.1/33"),
             Err("1.1.1.1/33 is not a valid CIDR block".into())
         );
-        for (a, want) in [("/var/run/a.sock", true), ("@abstract", true), ("rel/a", false), ("/dir/", false), ("", false)] {
+        for (a, want) in [
+            ("/var/run/a.sock", true),
+            ("@abstract", true),
+            ("rel/a", false),
+            ("/dir/", false),
+            ("", false),
+        ] {
             assert_eq!(ok(check_unix_address(a)), want, "{a:?}");
         }
     }
@@ -975,14 +1072,33 @@ mod tests {
         for (p, want) in [(0, true), (100, true), (101, false), (-1, false)] {
             assert_eq!(ok(check_percent(p)), want, "{p}");
         }
-        for (p, want) in [(0.0, true), (0.0001, true), (0.00001, false), (100.0, true), (100.5, false), (-1.0, false)] {
+        for (p, want) in [
+            (0.0, true),
+            (0.0001, true),
+            (0.00001, false),
+            (100.0, true),
+            (100.5, false),
+            (-1.0, false),
+        ] {
             assert_eq!(ok(check_fractional_percent(p)), want, "{p}");
         }
-        for (d, want) in [("1ms", true), ("10s", true), ("0s", false), ("500us", false), ("1.5ms", false)] {
+        for (d, want) in [
+            ("1ms", true),
+            ("10s", true),
+            ("0s", false),
+            ("500us", false),
+            ("1.5ms", false),
+        ] {
             let dur = Duration::parse(d).expect(d);
             assert_eq!(ok(check_duration(dur)), want, "{d}");
         }
-        for (h, want) in [("x-user", true), ("X_Y", true), ("", false), (":authority", false), ("a b", false)] {
+        for (h, want) in [
+            ("x-user", true),
+            ("X_Y", true),
+            ("", false),
+            (":authority", false),
+            ("a b", false),
+        ] {
             assert_eq!(ok(check_http_header_name(h)), want, "{h:?}");
         }
     }

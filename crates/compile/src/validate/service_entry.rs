@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use sluice_model::networking::ServiceEntry;
 use sluice_model::networking::service_entry::{Location, Protocol, Resolution};
 
+use super::Report;
 use super::rules::{self, ExportToOwner};
 use super::workload_entry::{check_endpoint_ports, check_workload_entry};
-use super::Report;
 
 /// Label that attaches a service to an ambient waypoint proxy.
 const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
@@ -23,14 +23,19 @@ fn resolution_name(r: Resolution) -> &'static str {
 }
 
 pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
-    let se = r.resource().spec.clone();
+    let se = &r.resource().spec;
     let namespace = r.resource().namespace().to_owned();
     let waypoint = r.resource().meta.labels.contains_key(USE_WAYPOINT_LABEL);
     let resolution = se.resolution();
 
     if let Some(sel) = &se.workload_selector {
-        for e in rules::workload_selector_errors(&sel.labels) {
-            r.error("spec.workloadSelector.labels", e);
+        let errs = rules::workload_selector_errors(&sel.labels);
+        if !errs.is_empty() {
+            // Istio stops here: the selector must be fixed first.
+            for e in errs {
+                r.error("spec.workloadSelector.labels", e);
+            }
+            return;
         }
         if sel.labels.is_empty() {
             r.warning(
@@ -109,11 +114,15 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
         }
         // sluice never allocates addresses itself, so a TCP port without `addresses` can only
         // be matched by its port: Istio's warning holds unconditionally here.
-        if se.addresses.is_empty() && matches!(port.protocol, None | Some(Protocol::Tcp)) {
+        if se.addresses.is_empty()
+            && resolution != Resolution::DynamicDns
+            && matches!(port.protocol, None | Some(Protocol::Tcp))
+        {
             r.warning(
                 &path,
                 "addresses are required for ports serving TCP (or unset) protocol when \
-                 ISTIO_META_DNS_AUTO_ALLOCATE is not set on a proxy",
+                 ISTIO_META_DNS_AUTO_ALLOCATE is not set on a proxy (sluice allocates none: \
+                 without addresses, TCP traffic on this port is matched by port alone)",
             );
         }
         if let Err(e) = rules::check_port_name(&port.name) {
@@ -142,7 +151,13 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
         }
         Resolution::Static => {
             for (i, ep) in se.endpoints.iter().enumerate() {
-                check_workload_entry(r, &format!("spec.endpoints[{i}]"), ep, Some(&port_names), false);
+                check_workload_entry(
+                    r,
+                    &format!("spec.endpoints[{i}]"),
+                    ep,
+                    Some(&port_names),
+                    false,
+                );
             }
         }
         Resolution::Dns | Resolution::DnsRoundRobin => {
@@ -179,15 +194,14 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
                 }
                 check_endpoint_ports(r, &base, ep, Some(&port_names));
             }
-            if se.workload_selector.is_some() {
-                r.warning(
-                    "spec.workloadSelector",
-                    format!("workloadSelector should not be set when resolution mode is {mode}"),
-                );
-            }
+            // Istio once warned about a workloadSelector here; it now resolves the addresses of
+            // the selected WorkloadEntries by DNS, so the combination is valid.
             if !se.addresses.is_empty()
                 && se.hosts.len() > 1
-                && se.ports.iter().any(|p| p.protocol.is_some_and(Protocol::is_tcp))
+                && se
+                    .ports
+                    .iter()
+                    .any(|p| p.protocol.is_some_and(Protocol::is_tcp))
             {
                 r.warning(
                     "spec.hosts",
@@ -220,7 +234,10 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
                 );
             }
             for (i, port) in se.ports.iter().enumerate() {
-                if !port.protocol.is_some_and(|p| p.is_http() || p == Protocol::Tls) {
+                if !port
+                    .protocol
+                    .is_some_and(|p| p.is_http() || p == Protocol::Tls)
+                {
                     r.error(
                         &format!("spec.ports[{i}].protocol"),
                         format!(
@@ -250,17 +267,17 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
     }
 
     // With plain TCP nothing tells the hosts apart, unless the addresses are passed through.
-    if resolution != Resolution::None && se.hosts.len() > 1 {
-        if let Some(i) = se
+    if resolution != Resolution::None
+        && se.hosts.len() > 1
+        && let Some(i) = se
             .ports
             .iter()
             .position(|p| !p.protocol.is_some_and(|p| p.is_http() || p.is_tls()))
-        {
-            r.error(
-                &format!("spec.ports[{i}]"),
-                "multiple hosts provided with non-HTTP, non-TLS ports",
-            );
-        }
+    {
+        r.error(
+            &format!("spec.ports[{i}]"),
+            "multiple hosts provided with non-HTTP, non-TLS ports",
+        );
     }
 
     for e in rules::export_to_errors(&namespace, &se.export_to, ExportToOwner::ServiceEntry) {

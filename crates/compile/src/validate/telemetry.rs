@@ -15,7 +15,7 @@ const ACCESS_LOG_PROVIDER: &str = "envoy";
 const METRICS_PROVIDER: &str = "prometheus";
 
 pub(crate) fn validate(r: &mut Report<'_, Telemetry>) {
-    let spec = r.resource().spec.clone();
+    let spec = &r.resource().spec;
     check_annotations(r);
     check_selector_and_targets(
         r,
@@ -124,7 +124,10 @@ fn check_metrics(r: &mut Report<'_, Telemetry>, metrics: &[Metrics]) {
 
 fn check_tracing(r: &mut Report<'_, Telemetry>, tracing: &[Tracing]) {
     if tracing.len() > 1 {
-        r.warning("spec.tracing", "multiple tracing is not currently supported");
+        r.warning(
+            "spec.tracing",
+            "multiple tracing is not currently supported",
+        );
     }
     for (i, t) in tracing.iter().enumerate() {
         let path = format!("spec.tracing[{i}]");
@@ -135,13 +138,13 @@ fn check_tracing(r: &mut Report<'_, Telemetry>, tracing: &[Tracing]) {
             );
         }
         check_providers(r, &t.providers, &path);
-        if let Some(p) = t.random_sampling_percentage {
-            if !(0.0..=100.0).contains(&p) {
-                r.error(
-                    &format!("{path}.randomSamplingPercentage"),
-                    "randomSamplingPercentage must be in range [0.0, 100.0]",
-                );
-            }
+        if let Some(p) = t.random_sampling_percentage
+            && !(0.0..=100.0).contains(&p)
+        {
+            r.error(
+                &format!("{path}.randomSamplingPercentage"),
+                "randomSamplingPercentage must be in range [0.0, 100.0]",
+            );
         }
         for (name, tag) in &t.custom_tags {
             let tpath = format!("{path}.customTags.{name}");
@@ -179,13 +182,13 @@ fn check_tracing(r: &mut Report<'_, Telemetry>, tracing: &[Tracing]) {
 fn check_access_logging(r: &mut Report<'_, Telemetry>, logging: &[AccessLogging]) {
     for (i, l) in logging.iter().enumerate() {
         let path = format!("spec.accessLogging[{i}]");
-        if let Some(filter) = &l.filter {
-            if let Err(e) = cel::check_syntax(&filter.expression) {
-                r.error(
-                    &format!("{path}.filter.expression"),
-                    format!("must be a valid CEL expression, {e}"),
-                );
-            }
+        if let Some(filter) = &l.filter
+            && let Err(e) = cel::check_syntax(&filter.expression)
+        {
+            r.error(
+                &format!("{path}.filter.expression"),
+                format!("must be a valid CEL expression, {e}"),
+            );
         }
         check_providers(r, &l.providers, &path);
         report_unused_providers(r, &l.providers, &path, ACCESS_LOG_PROVIDER, "access logs");
@@ -210,8 +213,21 @@ pub(crate) mod cel {
     ];
 
     const RESERVED: [&str; 15] = [
-        "as", "break", "const", "continue", "else", "for", "function", "if", "import", "let",
-        "loop", "package", "namespace", "return", "var",
+        "as",
+        "break",
+        "const",
+        "continue",
+        "else",
+        "for",
+        "function",
+        "if",
+        "import",
+        "let",
+        "loop",
+        "package",
+        "namespace",
+        "return",
+        "var",
     ];
 
     fn lex(src: &str) -> Result<Vec<(Tok, usize)>, String> {
@@ -243,7 +259,9 @@ pub(crate) mod cel {
                     i += 1;
                 }
                 out.push((Tok::Ident(src[start..i].to_owned()), start));
-            } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) {
+            } else if c.is_ascii_digit()
+                || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+            {
                 let start = i;
                 if c == b'0' && matches!(b.get(i + 1), Some(b'x' | b'X')) {
                     i += 2;
@@ -437,9 +455,10 @@ pub(crate) mod cel {
                     self.expr()?;
                     self.expect("]")?;
                 } else if matches!(self.peek(), Some(Tok::Punct("{")))
-                    && self.toks.get(self.pos.wrapping_sub(1)).is_some_and(|(t, _)| {
-                        matches!(t, Tok::Ident(_))
-                    })
+                    && self
+                        .toks
+                        .get(self.pos.wrapping_sub(1))
+                        .is_some_and(|(t, _)| matches!(t, Tok::Ident(_)))
                 {
                     // message construction: `Type{field: value}`
                     self.pos += 1;
@@ -633,7 +652,8 @@ mod tests {
     }
 
     fn has(d: &[Diagnostic], level: Level, text: &str) -> bool {
-        d.iter().any(|d| d.level == level && d.message.contains(text))
+        d.iter()
+            .any(|d| d.level == level && d.message.contains(text))
     }
 
     #[test]
@@ -698,7 +718,10 @@ mod tests {
         ];
         for (spec, level, text) in cases {
             let d = diags(spec.clone());
-            assert!(has(&d, *level, text), "{spec}: want {level} {text:?}, got {d:?}");
+            assert!(
+                has(&d, *level, text),
+                "{spec}: want {level} {text:?}, got {d:?}"
+            );
         }
     }
 

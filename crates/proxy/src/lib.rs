@@ -1,0 +1,5 @@
+//! sluice's data plane (being written).
+
+pub mod config;
+
+pub use config::ProxyConfig;

@@ -1,0 +1,139 @@
+//! Upstream clusters and their endpoints.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One upstream service at one port (and subset).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub name: String,
+    /// The service host (`api.github.com`), for logs and metrics.
+    pub service: String,
+    pub port: u16,
+    pub discovery: Discovery,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    #[serde(with = "crate::route::duration")]
+    pub connect_timeout: Duration,
+    pub lb: LbPolicy,
+    pub limits: Limits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<Outlier>,
+    /// Speak HTTP/2 to the upstream (DestinationRule `h2UpgradePolicy: UPGRADE`, or
+    /// protocol HTTP2/GRPC).
+    #[serde(default)]
+    pub http2: bool,
+}
+
+/// Where endpoints come from (ServiceEntry `resolution`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// STATIC: these endpoints (addresses, or names resolved like DNS).
+    Static { endpoints: Vec<Endpoint> },
+    /// DNS / DNS_ROUND_ROBIN: resolve `host`, honouring TTLs.
+    Dns { host: String, round_robin: bool },
+    /// DYNAMIC_DNS (wildcard hosts): resolve the request's Host or the connection's SNI.
+    DynamicDns,
+    /// NONE: the destination the client connected to.
+    OriginalDestination,
+    /// Refuse (REGISTRY_ONLY's BlackHoleCluster).
+    BlackHole,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// An IP address, or a host name to resolve.
+    pub address: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LbPolicy {
+    LeastRequest,
+    RoundRobin,
+    Random,
+    Passthrough,
+}
+
+/// Circuit-breaker limits (DestinationRule `connectionPool`); `None` is Envoy's default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::route::opt_duration"
+    )]
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outlier {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(with = "crate::route::duration")]
+    pub interval: Duration,
+    #[serde(with = "crate::route::duration")]
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+/// TLS toward the upstream (DestinationRule `tls`). Part of the connection-pool key: two
+/// clusters with different settings never share a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    pub mode: UpstreamTlsMode,
+    /// SNI to send; `None` sends the host being dialed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    pub trust: Trust,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PathBuf>,
+    /// The server certificate must carry one of these names; empty: the SNI (or host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UpstreamTlsMode {
+    Simple,
+    Mutual,
+    /// Mesh mTLS: the proxy's own workload certificate, the mesh trust bundle.
+    IstioMutual,
+}
+
+/// Whom to trust for the server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trust {
+    /// The platform store (honours `SSL_CERT_FILE`).
+    Platform,
+    /// A CA bundle file (`caCertificates`).
+    File(PathBuf),
+    /// The mesh trust bundle (`ISTIO_MUTUAL`).
+    Mesh,
+    /// `insecureSkipVerify: true`.
+    SkipVerify,
+}

@@ -1,0 +1,99 @@
+//! The compiled routing state: what a sluice proxy listens on, how it routes, where it sends.
+//!
+//! A [`Snapshot`] is an immutable value built by `sluice-compile` from Istio resources and
+//! swapped whole into the running proxy; a connection reads the snapshot current when it starts
+//! and keeps it to its end. It speaks Envoy's vocabulary (listeners, filter chains, routes,
+//! clusters, endpoints), not Istio's, holds no I/O handles, and serializes deterministically:
+//! `/config_dump` and `sluice proxy-config` print it as it is.
+
+pub mod cluster;
+pub mod listener;
+pub mod matching;
+pub mod route;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use cluster::{Cluster, Discovery, Endpoint, LbPolicy, UpstreamTls};
+pub use listener::{App, FilterChain, Listener, ServerTls};
+pub use matching::{HostMatch, Regex, StringMatcher};
+pub use route::{Route, RouteAction, RouteMatch, VirtualHost};
+
+/// Names Envoy and Istio give to the clusters of refused and of unrouted-but-allowed traffic.
+pub const BLACK_HOLE_CLUSTER: &str = "BlackHoleCluster";
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+
+/// Which proxy this snapshot drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The egress gateway: listeners are bound on the Gateway servers' ports.
+    Gateway,
+    /// Beside a workload: listeners are virtual, one per destination port, reached through the
+    /// explicit proxy.
+    Sidecar,
+}
+
+/// What the sidecar does with traffic to a host no route names (Istio's
+/// `outboundTrafficPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundPolicy {
+    /// To `BlackHoleCluster`: HTTP 502, TLS/TCP closed.
+    RegistryOnly,
+    /// To `PassthroughCluster`: the original destination.
+    AllowAny,
+}
+
+/// Where and how each request or connection is logged (meshConfig `accessLogFile` and
+/// `accessLogFormat`, Telemetry `accessLogging`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AccessLog {
+    /// `None`: no access log. `/dev/stdout` is the usual value.
+    pub path: Option<String>,
+    /// Envoy format string; `None` for Istio's default text format.
+    pub format: Option<String>,
+    /// Emit JSON objects instead of text.
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub role: Role,
+    /// Labels of the proxy's workload (selects Gateways and policies).
+    pub labels: BTreeMap<String, String>,
+    /// Sorted by port.
+    pub listeners: Vec<Listener>,
+    /// By cluster name (`outbound|443||api.github.com`, `outbound|5432|replica|db.example.com`).
+    pub clusters: BTreeMap<String, Cluster>,
+    pub outbound_policy: OutboundPolicy,
+    pub access_log: AccessLog,
+}
+
+impl Snapshot {
+    /// An empty snapshot: listens on nothing, routes nothing.
+    pub fn empty(role: Role) -> Self {
+        Snapshot {
+            role,
+            labels: BTreeMap::new(),
+            listeners: Vec::new(),
+            clusters: BTreeMap::new(),
+            outbound_policy: OutboundPolicy::AllowAny,
+            access_log: AccessLog::default(),
+        }
+    }
+
+    pub fn listener(&self, port: u16) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.get(name)
+    }
+}
+
+/// Istio's cluster name: `outbound|<port>|<subset>|<host>`.
+pub fn cluster_name(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}

@@ -1,0 +1,30 @@
+//! Real servers for tests, on loopback only, stopped when dropped.
+//!
+//! - [`TestCa`] / [`CertKey`]: a test CA and certificates (rcgen, ring), rustls configs.
+//! - [`HttpsUpstream`], [`HttpUpstream`], [`TcpUpstream`]: upstream stand-ins that echo what
+//!   they saw as JSON (or a banner + echo for TCP).
+//! - [`DnsServer`]: a hickory DNS server (UDP + TCP) with mutable answers.
+//! - [`SluiceProcess`]: the `sluice` binary as a child process, ready-checked and killed on drop.
+//! - [`client`]: small real clients (HTTPS, HTTP, raw TCP, curl).
+//! - [`TempDir`]: a scratch directory removed on drop.
+
+pub mod ca;
+pub mod tempdir;
+
+use std::net::{IpAddr, SocketAddr};
+
+pub use ca::{CertKey, TestCa};
+pub use tempdir::TempDir;
+
+/// Panics unless `ip` is loopback (127.0.0.0/8 or ::1): tests never touch other addresses.
+pub fn assert_loopback_ip(ip: IpAddr, what: &str) {
+    assert!(
+        ip.is_loopback(),
+        "test bug: {what} must use a loopback address (127.0.0.0/8 or ::1), got {ip}"
+    );
+}
+
+/// [`assert_loopback_ip`] for a socket address.
+pub fn assert_loopback(addr: SocketAddr, what: &str) {
+    assert_loopback_ip(addr.ip(), what);
+}
