@@ -4,79 +4,12 @@
 //! the guide's YAML. Every case must get Istio's verdict; the few that cannot are listed in
 //! `KNOWN_DIFFERENCES` with the reason, and must keep failing in exactly that way.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod common;
 
+use common::*;
 use serde_json::Value;
 use sluice_compile::validate::validate;
-use sluice_model::{Diagnostic, Level, load_str, load_value, parse_yaml};
-
-fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(rel)
-}
-
-fn read(rel: &str) -> String {
-    let path = testdata(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// What sluice says about one resource: load diagnostics plus validation.
-#[derive(Debug, Default)]
-struct Verdict {
-    errors: Vec<String>,
-    warnings: Vec<String>,
-}
-
-fn judge_value(file: &str, resource: Value) -> Verdict {
-    let loaded = load_value(file, resource);
-    let mut diags = loaded.diagnostics;
-    diags.extend(validate(&loaded.resources));
-    collect(diags)
-}
-
-fn judge_yaml(file: &str, text: &str) -> Verdict {
-    let loaded = load_str(file, text);
-    let mut diags = loaded.diagnostics;
-    diags.extend(validate(&loaded.resources));
-    collect(diags)
-}
-
-fn collect(diags: Vec<Diagnostic>) -> Verdict {
-    let mut v = Verdict::default();
-    for d in diags {
-        match d.level {
-            Level::Error => v.errors.push(d.message),
-            Level::Warning => v.warnings.push(d.message),
-            Level::Info => {}
-        }
-    }
-    v
-}
-
-/// How a case can disagree with Istio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Miss {
-    /// Istio rejects it; sluice accepted it.
-    Accepted,
-    /// Istio accepts it; sluice rejected it.
-    Rejected,
-    /// Both reject, but no sluice error contains the text Istio's test asserts.
-    WrongError,
-    /// Istio warns; sluice did not.
-    NoWarning,
-}
-
-struct Case {
-    file: &'static str,
-    id: String,
-    name: String,
-    valid: bool,
-    warning: bool,
-    error_contains: Option<String>,
-    resource: Value,
-}
+use sluice_model::{load_str, parse_yaml};
 
 const WEBHOOK_FILES: [&str; 2] = [
     "authorizationpolicy-authorizationpolicy",
@@ -134,131 +67,15 @@ fn undo_go_constant_names(v: &mut Value) {
     }
 }
 
-fn load_cases() -> Vec<Case> {
-    let mut cases = Vec::new();
-    for file in WEBHOOK_FILES {
-        let text = read(&format!("acceptance/validation/webhook-cases/{file}.yaml"));
-        let docs = parse_yaml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let list = docs
-            .first()
-            .and_then(|d| d.get("cases"))
-            .and_then(Value::as_array)
-            .unwrap_or_else(|| panic!("{file}: no `cases` list"));
-        for c in list {
-            let mut resource = c.get("resource").cloned().unwrap_or(Value::Null);
-            undo_go_constant_names(&mut resource);
-            let id = resource
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            cases.push(Case {
-                file,
-                id,
-                name: c
-                    .get("case")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                valid: c.get("valid").and_then(Value::as_bool).unwrap_or(false),
-                warning: c.get("warning").and_then(Value::as_bool).unwrap_or(false),
-                error_contains: c
-                    .get("error_contains")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                resource,
-            });
-        }
-    }
-    cases
-}
-
-fn check_case(case: &Case, v: &Verdict) -> Option<Miss> {
-    if case.valid {
-        if !v.errors.is_empty() {
-            return Some(Miss::Rejected);
-        }
-    } else {
-        if v.errors.is_empty() {
-            return Some(Miss::Accepted);
-        }
-        if let Some(want) = &case.error_contains
-            && !v.errors.iter().any(|e| e.contains(want.as_str()))
-        {
-            return Some(Miss::WrongError);
-        }
-    }
-    if case.warning && v.warnings.is_empty() {
-        return Some(Miss::NoWarning);
-    }
-    None
-}
-
 #[test]
 fn istio_webhook_cases_for_policy_kinds() {
-    let cases = load_cases();
+    let cases = load_cases(&WEBHOOK_FILES, undo_go_constant_names);
     assert_eq!(
         cases.len(),
         83,
         "AuthorizationPolicy 67 + Telemetry 16 cases"
     );
-    let known: BTreeMap<(&str, &str), (Miss, &str)> = KNOWN_DIFFERENCES
-        .iter()
-        .map(|(f, id, miss, why)| ((*f, *id), (*miss, *why)))
-        .collect();
-
-    let mut per_file: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    let mut failures = Vec::new();
-    let mut known_seen = 0;
-    for case in &cases {
-        let v = judge_value(&format!("{}.yaml", case.file), case.resource.clone());
-        let miss = check_case(case, &v);
-        let tally = per_file.entry(case.file).or_default();
-        tally.1 += 1;
-        match (miss, known.get(&(case.file, case.id.as_str()))) {
-            (None, None) => tally.0 += 1,
-            (Some(got), Some((want, _))) if got == *want => known_seen += 1,
-            (got, expected) => failures.push(format!(
-                "{:<40} {:<56} got {:?}, listed as {:?}\n      errors: {:?}\n      warnings: {:?}",
-                case.file,
-                format!("{} ({})", case.name, case.id),
-                got,
-                expected.map(|e| e.0),
-                v.errors,
-                v.warnings
-            )),
-        }
-    }
-
-    println!("webhook cases (policy kinds):");
-    for (file, (pass, total)) in &per_file {
-        println!("  {file:<42} {pass:>3}/{total}");
-    }
-    let total: usize = per_file.values().map(|t| t.1).sum();
-    let passed: usize = per_file.values().map(|t| t.0).sum();
-    println!(
-        "  {:<42} {passed:>3}/{total} ({known_seen} known differences)",
-        "all"
-    );
-    for (file, id, miss, why) in KNOWN_DIFFERENCES {
-        println!("  known: {file} {id}: {miss:?}: {why}");
-    }
-    if !failures.is_empty() {
-        println!("\nFAILING CASES:");
-        for f in &failures {
-            println!("  {f}");
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} cases disagree with Istio",
-        failures.len()
-    );
-    assert_eq!(
-        known_seen,
-        KNOWN_DIFFERENCES.len(),
-        "a known difference no longer behaves as listed: update KNOWN_DIFFERENCES"
-    );
+    run_cases("policy kinds", &cases, KNOWN_DIFFERENCES);
 }
 
 /// CRD fixture documents sluice cannot decide as Istio does: (file, metadata.name, reason).
@@ -354,7 +171,7 @@ fn istio_crd_fixtures_for_policy_kinds() {
 #[test]
 fn curated_policy_cases_are_covered_with_istio_texts() {
     let text = read("acceptance/validation/cases.md");
-    let cases = load_cases();
+    let cases = load_cases(&WEBHOOK_FILES, undo_go_constant_names);
     let kinds = ["AuthorizationPolicy", "Telemetry"];
     let mut failures = Vec::new();
     let mut covered = 0;
