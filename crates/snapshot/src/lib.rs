@@ -6,6 +6,7 @@
 //! clusters, endpoints), not Istio's, holds no I/O handles, and serializes deterministically:
 //! `/config_dump` and `sluice proxy-config` print it as it is.
 
+pub mod authz;
 pub mod cluster;
 pub mod listener;
 pub mod matching;
