@@ -6,6 +6,8 @@
 //! sluice's own checks where a setup cannot work as its author meant.
 
 pub mod analyze;
+pub mod authz;
+pub mod lower;
 pub mod validate;
 
 use sluice_model::{Diagnostic, Resources};

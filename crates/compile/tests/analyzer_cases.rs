@@ -70,7 +70,10 @@ const SCOPES: &[Scope] = &[
     Scope {
         analyzer: "virtualservice.DestinationRuleAnalyzer",
         codes: &["IST0101"],
-        references: &["host+subset in destinationrule", "mirror+subset in destinationrule"],
+        references: &[
+            "host+subset in destinationrule",
+            "mirror+subset in destinationrule",
+        ],
     },
     Scope {
         analyzer: "virtualservice.GatewayAnalyzer",
@@ -243,7 +246,12 @@ struct Case {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -266,7 +274,10 @@ fn load_cases() -> Vec<Case> {
                     a.iter()
                         .map(|m| {
                             let f = |k: &str| {
-                                m.get(k).and_then(Value::as_str).unwrap_or_default().to_owned()
+                                m.get(k)
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_owned()
                             };
                             (f("code"), f("origin"))
                         })
@@ -376,7 +387,8 @@ fn istio_analyzer_cases() {
         let known_diff = KNOWN_DIFFERENCES.iter().find(|k| k.case == case.name);
         if let Some(k) = known_diff
             && !ok
-            && (codes_of(&missing) != sorted(k.missing) || codes_of(&unexpected) != sorted(k.unexpected))
+            && (codes_of(&missing) != sorted(k.missing)
+                || codes_of(&unexpected) != sorted(k.unexpected))
         {
             problems.push(format!(
                 "{label}: fails otherwise than KNOWN_DIFFERENCES says (missing {:?}, unexpected {:?})",

@@ -25,7 +25,10 @@ pub struct AdminState {
 }
 
 /// Binds `addr` and serves the admin API until the returned task is aborted.
-pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: AdminState,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
         loop {
@@ -71,7 +74,10 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     body,
                 ),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n".into()),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding failed\n".into(),
+                ),
             }
         }
         "/config_dump" => {

@@ -30,6 +30,11 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Run the egress gateway: the mesh's single, controlled exit.
     Gateway(crate::gateway::GatewayArgs),
+    /// The whole picture on loopback: an external HTTPS service, DNS, the gateway, allowed and
+    /// refused calls.
+    Demo(crate::demo::DemoArgs),
+    /// The mesh CA: `ca init` makes a root, `ca issue` a workload SVID (tls.crt, tls.key, ca.crt).
+    Ca(sluice_identity::CaArgs),
     /// Show the running proxy's listeners, routes, clusters or endpoints (from its admin API).
     ProxyConfig(crate::proxy_config::ProxyConfigArgs),
 }
@@ -62,7 +67,11 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Analyze(args) => crate::analyze::run(&args, &mut std::io::stdout().lock()),
         Command::Gateway(args) => crate::gateway::run(args),
-        Command::ProxyConfig(args) => crate::proxy_config::run(&args, &mut std::io::stdout().lock()),
+        Command::Demo(args) => crate::demo::run(args),
+        Command::Ca(args) => sluice_identity::run_ca(args),
+        Command::ProxyConfig(args) => {
+            crate::proxy_config::run(&args, &mut std::io::stdout().lock())
+        }
     };
     match code {
         Ok(code) => ExitCode::from(code),
@@ -77,9 +86,12 @@ pub fn main() -> ExitCode {
 fn init_logging() {
     let filter = std::env::var("SLUICE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| {
+            "info,hickory_server=warn,hickory_proxy=warn,hickory_resolver=warn".into()
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -20,7 +20,13 @@ use crate::reload;
 #[derive(Debug, clap::Args)]
 pub struct GatewayArgs {
     /// Config files or directories (repeatable).
-    #[arg(short = 'c', long = "config", required = true, env = "SLUICE_CONFIG", value_delimiter = ',')]
+    #[arg(
+        short = 'c',
+        long = "config",
+        required = true,
+        env = "SLUICE_CONFIG",
+        value_delimiter = ','
+    )]
     pub config: Vec<PathBuf>,
     /// This gateway's workload labels; Gateways whose selector matches them apply.
     #[arg(long, default_value = "istio=egressgateway", env = "SLUICE_LABELS", value_parser = parse_labels)]
@@ -65,13 +71,31 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(start(args, shutdown_signal()))
+}
+
+/// Loads and compiles the configuration, then serves until `shutdown` resolves. A first
+/// configuration with errors is refused (exit 2): a gateway never starts on a config it
+/// cannot enforce.
+pub async fn start(
+    args: GatewayArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<u8> {
     let options = CompileOptions {
         role: Role::Gateway,
         labels: args.labels.clone(),
         namespace: args.namespace.clone(),
         credentials_dir: args.credentials_dir.clone(),
     };
-    let built = match reload::build(&args.config, &options) {
+    let (paths, opts) = (args.config.clone(), options.clone());
+    let built = tokio::task::spawn_blocking(move || reload::build(&paths, &opts))
+        .await
+        .context("compiling the configuration")?;
+    let built = match built {
         Ok(b) => b,
         Err(diags) => {
             for d in &diags {
@@ -81,22 +105,8 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<u8> {
             return Ok(exit::BAD_CONFIG);
         }
     };
-    for d in &built.diagnostics {
-        eprintln!("{d}");
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(serve(args, options, built.snapshot))
-}
-
-async fn serve(
-    args: GatewayArgs,
-    options: CompileOptions,
-    snapshot: sluice_snapshot::Snapshot,
-) -> anyhow::Result<u8> {
-    let (tx, rx) = watch::channel(Arc::new(snapshot));
+    reload::log_diagnostics(&built.diagnostics);
+    let (tx, rx) = watch::channel(Arc::new(built.snapshot));
     let mut registry = prometheus_client::registry::Registry::default();
     let config = ProxyConfig {
         bind: args.bind,
@@ -105,12 +115,11 @@ async fn serve(
         ..ProxyConfig::default()
     };
     let proxy = Proxy::new(config, rx.clone(), &mut registry).context("creating the proxy")?;
-    let ready = proxy.ready();
     let admin = admin::serve(
         args.admin,
         AdminState {
             snapshots: rx,
-            ready,
+            ready: proxy.ready(),
             registry: Arc::new(Mutex::new(registry)),
         },
     )
@@ -122,8 +131,8 @@ async fn serve(
         tx,
         args.reload_interval,
     ));
-    tracing::info!(admin = %args.admin, bind = %args.bind, "sluice gateway starting");
-    let result = proxy.run(shutdown_signal()).await;
+    tracing::info!(admin = %args.admin, bind = %args.bind, "sluice gateway started");
+    let result = proxy.run(shutdown).await;
     watcher.abort();
     admin.abort();
     result.context("serving")?;
@@ -135,13 +144,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

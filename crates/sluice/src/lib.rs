@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod analyze;
 pub mod cli;
+pub mod demo;
 pub mod gateway;
 pub mod proxy_config;
 pub mod reload;

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
+use sluice_snapshot::Snapshot;
 use sluice_snapshot::cluster::Discovery;
 use sluice_snapshot::listener::{App, Transport};
 use sluice_snapshot::route::RouteAction;
-use sluice_snapshot::Snapshot;
 
 use crate::cli::{Output, exit};
 
@@ -35,8 +35,8 @@ pub struct ProxyConfigArgs {
 pub fn run(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     let body = fetch(args.admin, "/config_dump")
         .with_context(|| format!("reading /config_dump from {}", args.admin))?;
-    let snapshot: Snapshot =
-        serde_json::from_str(&body).context("the admin API answered with an unexpected document")?;
+    let snapshot: Snapshot = serde_json::from_str(&body)
+        .context("the admin API answered with an unexpected document")?;
     if args.output == Output::Json {
         let value = serde_json::to_value(&snapshot)?;
         let part = match args.section {
@@ -57,19 +57,38 @@ pub fn run(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
 pub fn render(s: &Snapshot, section: Section, out: &mut impl Write) -> std::io::Result<()> {
     let all = section == Section::All;
     if all || section == Section::Listeners {
-        table(out, &["ADDRESSES", "PORT", "MATCH", "DESTINATION"], &listeners(s))?;
+        table(
+            out,
+            &["ADDRESSES", "PORT", "MATCH", "DESTINATION"],
+            &listeners(s),
+        )?;
     }
     if all || section == Section::Routes {
         if all {
             writeln!(out)?;
         }
-        table(out, &["NAME", "VHOST NAME", "DOMAINS", "MATCH", "ACTION"], &routes(s))?;
+        table(
+            out,
+            &["NAME", "VHOST NAME", "DOMAINS", "MATCH", "ACTION"],
+            &routes(s),
+        )?;
     }
     if all || section == Section::Clusters {
         if all {
             writeln!(out)?;
         }
-        table(out, &["SERVICE FQDN", "PORT", "SUBSET", "DISCOVERY", "TLS", "CLUSTER"], &clusters(s))?;
+        table(
+            out,
+            &[
+                "SERVICE FQDN",
+                "PORT",
+                "SUBSET",
+                "DISCOVERY",
+                "TLS",
+                "CLUSTER",
+            ],
+            &clusters(s),
+        )?;
     }
     if all || section == Section::Endpoints {
         if all {
@@ -89,7 +108,12 @@ fn listeners(s: &Snapshot) -> Vec<Vec<String>> {
                 Transport::Plain => "ALL".to_owned(),
             };
             if !c.match_.server_names.is_empty() {
-                let names: Vec<String> = c.match_.server_names.iter().map(|n| n.to_string()).collect();
+                let names: Vec<String> = c
+                    .match_
+                    .server_names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
                 m = format!("SNI: {}", names.join(","));
             }
             if c.tls.is_some() {
@@ -115,7 +139,11 @@ fn routes(s: &Snapshot) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for l in &s.listeners {
         for c in &l.chains {
-            let App::Http { route_config, virtual_hosts } = &c.app else {
+            let App::Http {
+                route_config,
+                virtual_hosts,
+            } = &c.app
+            else {
                 continue;
             };
             for vh in virtual_hosts {
@@ -157,8 +185,12 @@ fn clusters(s: &Snapshot) -> Vec<Vec<String>> {
             let subset = c.name.split('|').nth(2).unwrap_or("").to_owned();
             let discovery = match &c.discovery {
                 Discovery::Static { .. } => "STATIC",
-                Discovery::Dns { round_robin: false, .. } => "STRICT_DNS",
-                Discovery::Dns { round_robin: true, .. } => "LOGICAL_DNS",
+                Discovery::Dns {
+                    round_robin: false, ..
+                } => "STRICT_DNS",
+                Discovery::Dns {
+                    round_robin: true, ..
+                } => "LOGICAL_DNS",
                 Discovery::DynamicDns => "DYNAMIC_DNS",
                 Discovery::OriginalDestination => "ORIGINAL_DST",
                 Discovery::BlackHole => "BLACK_HOLE",
@@ -196,7 +228,11 @@ fn endpoints(s: &Snapshot) -> Vec<Vec<String>> {
                 }
             }
             Discovery::Dns { host, .. } => {
-                rows.push(vec![format!("{host}:{} (DNS)", c.port), String::new(), c.name.clone()]);
+                rows.push(vec![
+                    format!("{host}:{} (DNS)", c.port),
+                    String::new(),
+                    c.name.clone(),
+                ]);
             }
             _ => {}
         }
@@ -238,15 +274,23 @@ fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     use std::time::Duration;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     stream.take(64 << 20).read_to_end(&mut buf)?;
     let text = String::from_utf8(buf).context("non-UTF-8 answer")?;
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP answer")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
     if !head.starts_with("HTTP/1.1 200") {
         bail!("{}", head.lines().next().unwrap_or(""));
     }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(dechunk(body));
     }
     Ok(body.to_owned())
@@ -273,6 +317,9 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_reassembled() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
     }
 }

@@ -17,7 +17,11 @@ fn analyze(args: &[&str]) -> (String, i32) {
         .current_dir(workspace())
         .output()
         .expect("run sluice");
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (
         String::from_utf8(out.stdout).expect("utf-8"),
         out.status.code().unwrap_or(-1),
@@ -25,13 +29,19 @@ fn analyze(args: &[&str]) -> (String, i32) {
 }
 
 fn check_golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/analyze").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/analyze")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).expect("write golden");
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing golden {}; run with UPDATE_GOLDEN=1", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden {}; run with UPDATE_GOLDEN=1",
+            path.display()
+        )
+    });
     assert_eq!(actual, expected, "output of {name} changed");
 }
 
@@ -39,7 +49,12 @@ fn check_golden(name: &str, actual: &str) {
 fn every_guide_document_is_analyzed_as_pinned() {
     let mut files: Vec<_> = std::fs::read_dir(workspace().join("testdata/guide"))
         .expect("guide dir")
-        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8 name"))
+        .map(|e| {
+            e.expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8 name")
+        })
         .collect();
     files.sort();
     assert_eq!(files.len(), 19, "the guide has 19 documents");
@@ -78,14 +93,20 @@ fn json_output_has_istioctls_fields() {
     }
     assert_eq!(first["code"], "IST0101");
     assert_eq!(first["origin"], "VirtualService default/github-api-routing");
-    assert_eq!(first["reference"], "testdata/guide/virtualservice-github.yaml:17");
+    assert_eq!(
+        first["reference"],
+        "testdata/guide/virtualservice-github.yaml:17"
+    );
 }
 
 #[test]
 fn strict_turns_warnings_into_exit_1() {
     let (_, code) = analyze(&["testdata/guide/destinationrule-mtls-external.yaml"]);
     assert_eq!(code, 0, "warnings alone exit 0");
-    let (_, code) = analyze(&["--strict", "testdata/guide/destinationrule-mtls-external.yaml"]);
+    let (_, code) = analyze(&[
+        "--strict",
+        "testdata/guide/destinationrule-mtls-external.yaml",
+    ]);
     assert_eq!(code, 1);
     let (_, code) = analyze(&["testdata/guide/serviceentry-github.yaml"]);
     assert_eq!(code, 0);

@@ -601,9 +601,9 @@ impl Serialize for ServiceAccount {
 impl<'de> Deserialize<'de> for ServiceAccount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let (namespace, name) = s
-            .split_once('/')
-            .ok_or_else(|| serde::de::Error::custom("service account must be <namespace>/<name>"))?;
+        let (namespace, name) = s.split_once('/').ok_or_else(|| {
+            serde::de::Error::custom("service account must be <namespace>/<name>")
+        })?;
         Ok(ServiceAccount {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -840,7 +840,11 @@ mod tests {
             ("spiffe://cluster.local/ns/default/sa/frontend", false),
         ];
         for (pattern, want) in table {
-            assert_eq!(StrMatch::parse(pattern).matches(p, false), want, "{pattern}");
+            assert_eq!(
+                StrMatch::parse(pattern).matches(p, false),
+                want,
+                "{pattern}"
+            );
         }
     }
 
@@ -859,7 +863,10 @@ mod tests {
         assert!(any_principal.matches(&authenticated, Mode::Allow));
         assert!(any_ns.matches(&authenticated, Mode::Allow));
         // `notPrincipals: ["*"]` is Istio's way to say "no peer certificate".
-        let not_any = rule(Condition::Principal(Values::new(vec![], vec![StrMatch::Any])));
+        let not_any = rule(Condition::Principal(Values::new(
+            vec![],
+            vec![StrMatch::Any],
+        )));
         assert!(not_any.matches(&anonymous, Mode::Allow));
         assert!(!not_any.matches(&authenticated, Mode::Allow));
     }
@@ -872,7 +879,10 @@ mod tests {
         assert_eq!(p.namespace, "payments");
         assert_eq!(p.service_account, "payment-processor");
         let odd = Peer::from_spiffe("spiffe://td/workload");
-        assert_eq!((odd.namespace.as_str(), odd.service_account.as_str()), ("", ""));
+        assert_eq!(
+            (odd.namespace.as_str(), odd.service_account.as_str()),
+            ("", "")
+        );
     }
 
     #[test]
@@ -984,7 +994,10 @@ mod tests {
             )],
             ..Policies::default()
         };
-        assert!(p.evaluate(&req().with_http("GET", "/allow?param=value")).allowed);
+        assert!(
+            p.evaluate(&req().with_http("GET", "/allow?param=value"))
+                .allowed
+        );
     }
 
     #[test]
@@ -1088,7 +1101,10 @@ mod tests {
         let d = p.evaluate(&req());
         assert!(!d.allowed);
         assert_eq!(d.matched, Some(("ns[foo]-policy[a]".into(), 0)));
-        assert_eq!(d.details, "rbac_access_denied_matched_policy[ns[foo]-policy[a]-rule[0]]");
+        assert_eq!(
+            d.details,
+            "rbac_access_denied_matched_policy[ns[foo]-policy[a]-rule[0]]"
+        );
         assert_eq!(d.http_status(), Some(403));
 
         // Envoy's map is ordered by name: rule[10] comes before rule[2].
@@ -1104,7 +1120,10 @@ mod tests {
             deny: vec![many],
             ..Policies::default()
         };
-        assert_eq!(p.evaluate(&req()).matched, Some(("ns[foo]-policy[many]".into(), 10)));
+        assert_eq!(
+            p.evaluate(&req()).matched,
+            Some(("ns[foo]-policy[many]".into(), 10))
+        );
 
         let mut custom = Policy::new("foo", "ext", vec![Rule::default()]);
         custom.custom_provider = Some("my-authz".into());

@@ -89,7 +89,9 @@ pub struct FilterChain {
 impl Listener {
     /// True when some chain wants TLS, so the ClientHello must be read before choosing.
     pub fn inspects_tls(&self) -> bool {
-        self.chains.iter().any(|c| c.match_.transport == Transport::Tls)
+        self.chains
+            .iter()
+            .any(|c| c.match_.transport == Transport::Tls)
     }
 
     /// Envoy's filter-chain selection: among chains of the connection's transport, the one

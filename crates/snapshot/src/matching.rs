@@ -189,7 +189,11 @@ mod tests {
             ("*.é.com", "x.é.com", true),
         ];
         for (pattern, host, want) in table {
-            assert_eq!(HostMatch::parse(pattern).matches(host), want, "{pattern} ~ {host}");
+            assert_eq!(
+                HostMatch::parse(pattern).matches(host),
+                want,
+                "{pattern} ~ {host}"
+            );
         }
     }
 

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
 };
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
@@ -83,7 +83,9 @@ impl TestCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let cert = params.self_signed(&key).expect("rcgen: self-signing the test CA");
+        let cert = params
+            .self_signed(&key)
+            .expect("rcgen: self-signing the test CA");
         Self {
             name: name.to_string(),
             cert,
@@ -211,7 +213,8 @@ impl CertKey {
         let crt = dir.join(format!("{stem}.crt"));
         let key = dir.join(format!("{stem}.key"));
         for (path, body) in [(&crt, &self.cert_pem), (&key, &self.key_pem)] {
-            std::fs::write(path, body).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            std::fs::write(path, body)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         }
         (crt, key)
     }
@@ -285,7 +288,10 @@ mod tests {
     fn leaf_certs_carry_names() {
         let ca = TestCa::new("t");
         let s = ca.server_cert(&["api.github.com", "127.0.10.1"]);
-        assert_eq!(common_name(&s.cert_der()).as_deref(), Some("api.github.com"));
+        assert_eq!(
+            common_name(&s.cert_der()).as_deref(),
+            Some("api.github.com")
+        );
         let c = ca.client_cert("sleep", Some("spiffe://cluster.local/ns/default/sa/sleep"));
         assert_eq!(common_name(&c.cert_der()).as_deref(), Some("sleep"));
         let der = c.cert_der();
@@ -306,9 +312,17 @@ mod tests {
         let dir = crate::TempDir::new("ca");
         let ca = TestCa::new("t");
         let p = ca.write_ca_pem(dir.path());
-        assert!(std::fs::read_to_string(p).expect("read").contains("BEGIN CERTIFICATE"));
+        assert!(
+            std::fs::read_to_string(p)
+                .expect("read")
+                .contains("BEGIN CERTIFICATE")
+        );
         let (c, k) = ca.server_cert(&["x.test"]).write(dir.path(), "tls");
         assert!(c.ends_with("tls.crt") && k.ends_with("tls.key"));
-        assert!(std::fs::read_to_string(k).expect("read").contains("PRIVATE KEY"));
+        assert!(
+            std::fs::read_to_string(k)
+                .expect("read")
+                .contains("PRIVATE KEY")
+        );
     }
 }

@@ -29,7 +29,13 @@ impl TempDir {
             .unwrap_or(0);
         let clean: String = prefix
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let path = std::env::temp_dir().join(format!(
             "sluice-test-{clean}-{}-{n}-{nanos}",

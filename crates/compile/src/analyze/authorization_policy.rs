@@ -1,18 +1,19 @@
-//! AuthorizationPolicy checks for policies that apply to the egress gateway: hosts that no
-//! ServiceEntry registers, identities that no hop carries, and rules sluice evaluates
-//! differently from Istio.
+//! AuthorizationPolicy checks. For policies that apply to the egress gateway, sluice's own:
+//! hosts that no ServiceEntry registers, identities that no hop carries, and rules sluice
+//! evaluates differently from Istio. For every policy, Istio's ([`targets`]): it selects a
+//! workload (IST0127) and names namespaces that exist (IST0101).
+
+mod targets;
 
 use sluice_model::networking::destination_rule::ClientTLSMode;
 use sluice_model::security::AuthorizationPolicy;
 use sluice_model::{Diagnostic, Level, Resource};
 
-use super::registry::Registry;
+use super::registry::{Registry, WorkloadKind};
 use super::{codes, finding, hosts};
 
-/// Istio's root namespace: policies there apply mesh-wide.
-const ROOT_NAMESPACE: &str = "istio-system";
-
 pub(super) fn analyze(reg: &Registry<'_>, out: &mut Vec<Diagnostic>) {
+    targets::analyze(reg, out);
     let mesh_mtls = reg.resources.destination_rules.iter().any(|dr| {
         reg.is_gateway_service(&hosts::qualify(&dr.spec.host, dr.namespace()))
             && dr_uses_istio_mutual(&dr.spec)
@@ -59,11 +60,14 @@ pub(super) fn analyze(reg: &Registry<'_>, out: &mut Vec<Diagnostic>) {
 
 fn dr_uses_istio_mutual(dr: &sluice_model::networking::DestinationRule) -> bool {
     let policy_uses = |tp: &sluice_model::networking::destination_rule::TrafficPolicy| {
-        tp.tls.as_ref().is_some_and(|t| t.mode() == ClientTLSMode::IstioMutual)
-            || tp
-                .port_level_settings
-                .iter()
-                .any(|p| p.tls.as_ref().is_some_and(|t| t.mode() == ClientTLSMode::IstioMutual))
+        tp.tls
+            .as_ref()
+            .is_some_and(|t| t.mode() == ClientTLSMode::IstioMutual)
+            || tp.port_level_settings.iter().any(|p| {
+                p.tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode() == ClientTLSMode::IstioMutual)
+            })
     };
     dr.traffic_policy.as_ref().is_some_and(policy_uses)
         || dr
@@ -72,12 +76,23 @@ fn dr_uses_istio_mutual(dr: &sluice_model::networking::DestinationRule) -> bool 
             .any(|s| s.traffic_policy.as_ref().is_some_and(policy_uses))
 }
 
-/// True for a policy in the gateway's (root) namespace that selects a known gateway workload.
+/// True for a policy in the root namespace or the gateway's that selects a known gateway
+/// workload.
 fn applies_to_gateway(reg: &Registry<'_>, ap: &Resource<AuthorizationPolicy>) -> bool {
-    ap.namespace() == ROOT_NAMESPACE
+    let ns = ap.namespace();
+    let gateway_namespace = reg
+        .workloads
+        .iter()
+        .any(|w| w.kind == WorkloadKind::Sluice && w.namespace == ns);
+    (ns == reg.root_namespace || gateway_namespace)
         && match &ap.spec.selector {
             None => true,
-            Some(sel) => reg.workloads.iter().any(|w| sel.matches(&w.labels)),
+            Some(sel) => {
+                reg.workloads
+                    .iter()
+                    .any(|w| w.kind == WorkloadKind::Sluice && sel.matches(&w.labels))
+                    || reg.kube.pods.iter().any(|p| sel.matches(&p.labels))
+            }
         }
 }
 

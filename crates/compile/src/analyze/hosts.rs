@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn short_names_are_qualified_in_their_namespace() {
-        assert_eq!(qualify("reviews", "bookinfo"), "reviews.bookinfo.svc.cluster.local");
+        assert_eq!(
+            qualify("reviews", "bookinfo"),
+            "reviews.bookinfo.svc.cluster.local"
+        );
         assert_eq!(qualify("api.github.com", "x"), "api.github.com");
         assert_eq!(qualify("*", "x"), "*");
     }

@@ -218,7 +218,7 @@ pub(crate) fn validate(r: &mut Report<'_, VirtualService>) {
         );
     }
     for (i, tls) in vs.tls.iter().enumerate() {
-        check_tls_route(r, &format!("spec.tls[{i}]"), tls, &vs, gateway_semantics);
+        check_tls_route(r, &format!("spec.tls[{i}]"), tls, vs, gateway_semantics);
     }
     for (i, tcp) in vs.tcp.iter().enumerate() {
         check_tcp_route(r, &format!("spec.tcp[{i}]"), tcp, gateway_semantics);

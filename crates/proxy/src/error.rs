@@ -1,0 +1,216 @@
+//! The data plane's error: every way a connection or request can end early, and the one place
+//! that maps each to its Envoy outcome (response flag, HTTP status, details, retryability).
+//! Module errors (`sni::Error`, `tls::Error`, `upstream::dns::Error`, …) convert into it.
+
+use std::borrow::Cow;
+use std::io;
+use std::net::SocketAddr;
+
+use crate::{sni, tls, upstream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener's port could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The DNS resolver could not be built from the system configuration.
+    #[error("dns resolver: {0}")]
+    Resolver(String),
+    /// A configuration the data plane does not run yet.
+    #[error("not supported: {0}")]
+    NotSupported(Cow<'static, str>),
+    /// The ClientHello could not be read.
+    #[error("tls inspection: {0}")]
+    Inspect(#[from] sni::Error),
+    /// No filter chain takes this connection (Envoy's `filter_chain_not_found`).
+    #[error("no filter chain matches")]
+    NoFilterChain,
+    /// The downstream TLS handshake failed.
+    #[error("downstream tls: {0}")]
+    DownstreamTls(String),
+    /// No virtual host, route or TCP route takes this request (`NR`).
+    #[error("no route")]
+    NoRoute,
+    /// The route names a cluster the snapshot does not have (`NC`).
+    #[error("unknown cluster {0}")]
+    UnknownCluster(String),
+    /// The cluster has no endpoint to send to (`UH`).
+    #[error("no healthy upstream: {0}")]
+    NoHealthyUpstream(Cow<'static, str>),
+    /// The request is refused by design (REGISTRY_ONLY's BlackHoleCluster).
+    #[error("black hole")]
+    BlackHole,
+    /// Dynamic DNS resolution of the requested host failed (`DF`).
+    #[error("dns resolution failed: {0}")]
+    DnsFailed(#[from] upstream::dns::Error),
+    /// TCP connect failed or timed out (`UF`).
+    #[error("upstream connect {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    /// Upstream TLS settings could not be loaded, or the handshake failed (`UF`).
+    #[error("upstream tls: {0}")]
+    UpstreamTls(String),
+    /// A local TLS file could not be loaded.
+    #[error(transparent)]
+    TlsConfig(#[from] tls::Error),
+    /// A circuit-breaker limit was hit (`UO`).
+    #[error("upstream overflow: {0}")]
+    Overflow(&'static str),
+    /// The route timeout expired before the response started (`UT`).
+    #[error("upstream request timeout")]
+    Timeout,
+    /// The upstream connection ended before the response started (`UC`).
+    #[error("upstream reset: {0}")]
+    UpstreamReset(String),
+    /// The downstream sent something unusable, or too slowly (`DPE`).
+    #[error("downstream: {0}")]
+    Downstream(String),
+    /// Fault injection aborted the request (`FI`).
+    #[error("fault abort {0}")]
+    FaultAbort(u16),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    /// Envoy's `%RESPONSE_FLAGS%` for this outcome; `-` when it has none.
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            Error::NoFilterChain | Error::NoRoute => "NR",
+            Error::UnknownCluster(_) => "NC",
+            Error::NoHealthyUpstream(_) | Error::BlackHole => "UH",
+            Error::DnsFailed(_) => "DF",
+            Error::Connect { .. } | Error::UpstreamTls(_) | Error::TlsConfig(_) => "UF",
+            Error::NotSupported(_) => "UF",
+            Error::Overflow(_) => "UO",
+            Error::Timeout => "UT",
+            Error::UpstreamReset(_) => "UC",
+            Error::FaultAbort(_) => "FI",
+            Error::Downstream(_) => "DPE",
+            Error::DownstreamTls(_) | Error::Inspect(_) => "-",
+            Error::Bind { .. } | Error::Resolver(_) | Error::Io(_) => "-",
+        }
+    }
+
+    /// The status an HTTP client sees.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::NoRoute | Error::NoFilterChain => 404,
+            Error::BlackHole => 502,
+            Error::Timeout => 504,
+            Error::FaultAbort(status) => *status,
+            Error::Downstream(_) => 400,
+            _ => 503,
+        }
+    }
+
+    /// True when another attempt (to another endpoint, or a new connection) may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::UpstreamTls(_)
+                | Error::UpstreamReset(_)
+                | Error::Timeout
+                | Error::NoHealthyUpstream(_)
+                | Error::DnsFailed(_)
+        )
+    }
+
+    /// True for failures to establish the upstream connection (Envoy's `connect-failure`).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::UpstreamTls(_))
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` (HTTP) or `%CONNECTION_TERMINATION_DETAILS%` (TCP).
+    pub fn details(&self) -> &'static str {
+        match self {
+            Error::NoFilterChain => "filter_chain_not_found",
+            Error::NoRoute => "route_not_found",
+            Error::UnknownCluster(_) => "cluster_not_found",
+            Error::NoHealthyUpstream(_) | Error::BlackHole => "no_healthy_upstream",
+            Error::DnsFailed(_) => "dns_resolution_failure",
+            Error::Connect { .. } | Error::UpstreamTls(_) | Error::TlsConfig(_) => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            Error::NotSupported(_) => "not_supported",
+            Error::Overflow(_) => "upstream_overflow",
+            Error::Timeout => "response_timeout",
+            Error::UpstreamReset(_) => {
+                "upstream_reset_before_response_started{connection_termination}"
+            }
+            Error::FaultAbort(_) => "fault_filter_abort",
+            Error::Downstream(_) => "downstream_protocol_error",
+            Error::DownstreamTls(_) => "tls_handshake_failed",
+            Error::Inspect(sni::Error::Timeout) => "tls_inspector_timeout",
+            Error::Inspect(_) => "tls_inspector_error",
+            Error::Bind { .. } | Error::Resolver(_) | Error::Io(_) => "io_error",
+        }
+    }
+
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub fn transport_failure_reason(&self) -> Option<String> {
+        match self {
+            Error::Connect { reason, .. } => Some(reason.clone()),
+            Error::UpstreamTls(reason) => Some(format!("TLS_error: {reason}")),
+            Error::TlsConfig(e) => Some(e.to_string()),
+            Error::NotSupported(what) => Some(format!("not supported: {what}")),
+            _ => None,
+        }
+    }
+
+    /// The body of the local reply, as Envoy words them.
+    pub fn body(&self) -> String {
+        match self {
+            Error::NoRoute | Error::NoFilterChain => String::new(),
+            Error::BlackHole => String::new(),
+            Error::Timeout => "upstream request timeout".into(),
+            Error::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow".into(),
+            Error::NoHealthyUpstream(_) => "no healthy upstream".into(),
+            Error::FaultAbort(_) => "fault filter abort".into(),
+            Error::Connect { reason, .. } => format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
+            ),
+            Error::UpstreamTls(reason) => format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS_error: {reason}"
+            ),
+            Error::UpstreamReset(_) => "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_envoy() {
+        let table: [(Error, &str, u16, bool); 8] = [
+            (Error::NoRoute, "NR", 404, false),
+            (Error::NoHealthyUpstream("x".into()), "UH", 503, true),
+            (Error::BlackHole, "UH", 502, false),
+            (
+                Error::Connect {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                    reason: "refused".into(),
+                },
+                "UF",
+                503,
+                true,
+            ),
+            (Error::UpstreamTls("bad cert".into()), "UF", 503, true),
+            (Error::Overflow("max_connections"), "UO", 503, false),
+            (Error::Timeout, "UT", 504, true),
+            (Error::FaultAbort(418), "FI", 418, false),
+        ];
+        for (e, flag, status, retry) in table {
+            assert_eq!(e.response_flag(), flag, "{e}");
+            assert_eq!(e.http_status(), status, "{e}");
+            assert_eq!(e.retryable(), retry, "{e}");
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! HTTP chains: hyper serves HTTP/1.1 and h2c (or what ALPN chose after TLS termination);
+//! each request goes through phases — record, virtual host, route, action — and its record is
+//! carried by the response body, so the log line is written when the response ends.
+
+pub mod forward;
+pub mod headers;
+pub mod route;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use sluice_snapshot::listener::App;
+use sluice_snapshot::route::{Redirect, RouteAction, select_virtual_host};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::Error;
+use crate::conn::ConnCtx;
+use crate::telemetry::{ByteCounts, HttpFields, Kind, Record};
+use crate::upstream::pool::{Body, BoxError};
+
+/// Largest request head accepted (Envoy's default `max_request_headers_kb` is 60).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// A client must send its request head within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP on `io` until the client closes or the proxy drains. `h2`: what ALPN chose
+/// (`None` on plain chains: HTTP/1.1 or the h2c preface, detected).
+pub async fn serve<S>(io: S, ctx: Arc<ConnCtx>, h2: Option<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(1024);
+    let builder = match h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, ctx).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut drain = ctx.shared.drain.clone();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, peer = %ctx.info.peer, "http connection");
+            }
+        }
+        _ = crate::wait_true(&mut drain) => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection during drain");
+            }
+        }
+    }
+}
+
+/// The authority of a request: the URI's (HTTP/2, absolute form) or the Host header.
+fn authority_of(parts: &Parts) -> String {
+    if let Some(a) = parts.uri.authority() {
+        return a.as_str().to_owned();
+    }
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
+    let (mut parts, body) = req.into_parts();
+    let mut rec = Record::new(
+        ctx.shared.telemetry.clone(),
+        ctx.log.clone(),
+        Kind::Http,
+        ctx.info.local,
+        ctx.info.peer,
+        ctx.info.sni.clone(),
+    );
+    let authority = authority_of(&parts);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+
+    // What the gateway adds to every request (Envoy with use_remote_address).
+    if !parts.headers.contains_key("x-request-id")
+        && let Ok(v) = HeaderValue::from_str(&headers::request_id())
+    {
+        parts.headers.insert("x-request-id", v);
+    }
+    let peer_ip = ctx.info.peer.ip().to_string();
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static(ctx.scheme()));
+    rec.http = Some(Box::new(HttpFields {
+        method: parts.method.as_str().to_owned(),
+        path,
+        protocol: protocol(parts.version),
+        authority: authority.clone(),
+        request_headers: if ctx.log.is_some() {
+            parts.headers.clone()
+        } else {
+            Default::default()
+        },
+        response_headers: Default::default(),
+    }));
+
+    let body = CountingBody {
+        inner: body,
+        counts: rec.counts.clone(),
+    }
+    .map_err(|e| -> BoxError { Box::new(e) })
+    .boxed();
+
+    // Boxed: the future borrows `parts` across awaits, and hyper needs it provably `Send`.
+    let dispatched: Pin<Box<dyn Future<Output = _> + Send + '_>> =
+        Box::pin(dispatch(&ctx, &parts, &authority, body, &mut rec));
+    let (resp, guards) = match dispatched.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, authority, "request failed");
+            rec.fail(&e);
+            (local_reply(&e), None)
+        }
+    };
+    rec.response_code = resp.status().as_u16();
+    if let Some(h) = rec.http.as_mut()
+        && ctx.log.is_some()
+    {
+        h.response_headers = resp.headers().clone();
+    }
+    let counts = rec.counts.clone();
+    resp.map(|inner| ResponseBody {
+        inner,
+        rec: Some(rec),
+        guards,
+        counts,
+    })
+}
+
+/// Things that must live as long as the response body (in-flight counts, limits).
+pub type Guards = Box<dyn std::any::Any + Send + Sync>;
+
+async fn dispatch(
+    ctx: &Arc<ConnCtx>,
+    parts: &Parts,
+    authority: &str,
+    body: Body,
+    rec: &mut Record,
+) -> Result<(Response<Body>, Option<Guards>), Error> {
+    let chain = ctx.chain().ok_or(Error::NoRoute)?;
+    let App::Http { virtual_hosts, .. } = &chain.app else {
+        return Err(Error::NoRoute);
+    };
+    let host = route::strip_port(authority);
+    let vhost = select_virtual_host(virtual_hosts, host).ok_or(Error::NoRoute)?;
+    let view = route::RequestView {
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        method: parts.method.as_str(),
+        authority,
+        scheme: ctx.scheme(),
+        headers: &parts.headers,
+        port: ctx.info.listener_port,
+    };
+    let (r, matched) = route::find(&vhost.routes, &view).ok_or(Error::NoRoute)?;
+    rec.route_name = Some(r.name.clone());
+    match &r.action {
+        RouteAction::DirectResponse { status, body } => {
+            rec.details = Some("direct_response".into());
+            let mut resp = text_response(*status, body.clone().unwrap_or_default());
+            headers::apply(&r.response_headers, resp.headers_mut());
+            Ok((resp, None))
+        }
+        RouteAction::Redirect(redirect) => {
+            rec.details = Some("direct_response".into());
+            let location = redirect_location(redirect, ctx.scheme(), authority, parts);
+            let mut resp = text_response(redirect.status, String::new());
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            headers::apply(&r.response_headers, resp.headers_mut());
+            Ok((resp, None))
+        }
+        RouteAction::Forward(fwd) => {
+            forward::forward(ctx, parts, authority, body, r, fwd, matched, rec)
+                .await
+                .map(|(resp, guards)| (resp, Some(guards)))
+        }
+    }
+}
+
+/// Envoy's redirect: each part replaced when the redirect sets it, kept otherwise.
+pub fn redirect_location(r: &Redirect, scheme: &str, authority: &str, parts: &Parts) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let host_with_port = r.authority.as_deref().unwrap_or(authority);
+    let host = route::strip_port(host_with_port);
+    let port = if let Some(p) = r.port {
+        Some(p.to_string())
+    } else if r.port_from_scheme {
+        None
+    } else if r.authority.is_some() {
+        // A new authority carries its own port, if any.
+        host_with_port
+            .strip_prefix(host)
+            .and_then(|p| p.strip_prefix(':'))
+            .map(str::to_owned)
+    } else {
+        authority
+            .strip_prefix(host)
+            .and_then(|p| p.strip_prefix(':'))
+            .map(str::to_owned)
+    };
+    let default_port = match scheme {
+        "https" => "443",
+        _ => "80",
+    };
+    let port = port.filter(|p| p != default_port);
+    let path = match &r.uri {
+        Some(uri) if uri.contains('?') => uri.clone(),
+        Some(uri) => match parts.uri.query() {
+            Some(q) => format!("{uri}?{q}"),
+            None => uri.clone(),
+        },
+        None => parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into()),
+    };
+    match port {
+        Some(p) => format!("{scheme}://{host}:{p}{path}"),
+        None => format!("{scheme}://{host}{path}"),
+    }
+}
+
+pub fn text_response(status: u16, body: String) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.clone()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    if !body.is_empty() {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp
+}
+
+/// The proxy's own answer for a failed request.
+fn local_reply(e: &Error) -> Response<Body> {
+    text_response(e.http_status(), e.body())
+}
+
+/// The downstream request body, counting bytes received.
+struct CountingBody {
+    inner: Incoming,
+    counts: Arc<ByteCounts>,
+}
+
+impl HttpBody for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &r
+            && let Some(d) = frame.data_ref()
+        {
+            self.counts
+                .received
+                .fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body sent downstream. It owns the request's record: when the body ends (or
+/// is dropped, if the client goes away) the record is dropped and logged.
+pub struct ResponseBody {
+    inner: Body,
+    rec: Option<Record>,
+    guards: Option<Guards>,
+    counts: Arc<ByteCounts>,
+}
+
+impl ResponseBody {
+    fn finish(&mut self) {
+        self.guards.take();
+        self.rec.take();
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.counts
+                        .sent
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(rec) = this.rec.as_mut() {
+                    rec.add_flag("UPE");
+                    rec.termination = Some("upstream_body_error".into());
+                }
+                this.finish();
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str) -> Parts {
+        let (p, _) = Request::builder()
+            .uri(uri)
+            .body(())
+            .expect("request")
+            .into_parts();
+        p
+    }
+
+    #[test]
+    fn redirects_replace_what_they_set() {
+        let r = |uri: Option<&str>, authority: Option<&str>, scheme: Option<&str>, port| Redirect {
+            uri: uri.map(str::to_owned),
+            authority: authority.map(str::to_owned),
+            scheme: scheme.map(str::to_owned),
+            port,
+            port_from_scheme: false,
+            status: 301,
+        };
+        let p = parts("/old?x=1");
+        assert_eq!(
+            redirect_location(&r(Some("/new"), None, None, None), "http", "a.com:8080", &p),
+            "http://a.com:8080/new?x=1"
+        );
+        assert_eq!(
+            redirect_location(
+                &r(None, Some("b.com"), Some("https"), None),
+                "http",
+                "a.com",
+                &p
+            ),
+            "https://b.com/old?x=1"
+        );
+        assert_eq!(
+            redirect_location(&r(None, None, None, Some(8443)), "https", "a.com", &p),
+            "https://a.com:8443/old?x=1"
+        );
+        let mut from_scheme = r(None, None, Some("https"), None);
+        from_scheme.port_from_scheme = true;
+        assert_eq!(
+            redirect_location(&from_scheme, "http", "a.com:8080", &p),
+            "https://a.com/old?x=1"
+        );
+    }
+}

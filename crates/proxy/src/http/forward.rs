@@ -1,0 +1,622 @@
+//! The Forward action: faults, weighted cluster, rewrites and header operations, mirrors,
+//! attempts with retries and timeouts over pooled upstream connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use rand::Rng;
+use sluice_snapshot::route::{Forward, RequestMatch, RetryPolicy, Rewrite, Route};
+use sluice_snapshot::{Cluster, StringMatcher};
+
+use super::headers;
+use super::{Guards, route::strip_port};
+use crate::Error;
+use crate::conn::ConnCtx;
+use crate::tcp::pick_weighted;
+use crate::telemetry::Record;
+use crate::upstream::lb::{ClusterState, Slot};
+use crate::upstream::pool::{Body, BoxError, DEFAULT_IDLE_TIMEOUT, SendError};
+
+/// Request bodies up to this size are buffered so they can be retried and mirrored; larger
+/// or unsized bodies are streamed once (no retries, no mirrors), as Envoy does past its
+/// buffer limit.
+const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+/// How long a buffered request body may take to arrive.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The request as it will go upstream, rebuilt for each attempt.
+struct Outgoing {
+    method: Method,
+    path_and_query: String,
+    authority: String,
+    headers: HeaderMap,
+    body: BodySource,
+}
+
+enum BodySource {
+    Buffered(Bytes),
+    Stream(Option<Body>),
+}
+
+impl Outgoing {
+    fn replayable(&self) -> bool {
+        matches!(self.body, BodySource::Buffered(_))
+    }
+
+    /// The request for one attempt; `None` once a streamed body has been used.
+    fn request(&mut self, h2: bool, scheme: &str) -> Option<Request<Body>> {
+        let body = match &mut self.body {
+            BodySource::Buffered(b) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
+            BodySource::Stream(s) => s.take()?,
+        };
+        let mut headers = self.headers.clone();
+        let (uri, version) = if h2 {
+            let uri = format!("{scheme}://{}{}", self.authority, self.path_and_query);
+            (uri, Version::HTTP_2)
+        } else {
+            if let Ok(v) = HeaderValue::from_str(&self.authority) {
+                headers.insert(header::HOST, v);
+            }
+            (self.path_and_query.clone(), Version::HTTP_11)
+        };
+        let uri: Uri = uri.parse().ok()?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        Some(req)
+    }
+
+    fn mirror(&self) -> Option<Outgoing> {
+        let BodySource::Buffered(b) = &self.body else {
+            return None;
+        };
+        let host = strip_port(&self.authority);
+        let authority = format!("{host}-shadow{}", &self.authority[host.len()..]);
+        Some(Outgoing {
+            method: self.method.clone(),
+            path_and_query: self.path_and_query.clone(),
+            authority,
+            headers: self.headers.clone(),
+            body: BodySource::Buffered(b.clone()),
+        })
+    }
+}
+
+/// Where an attempt went, for the access log.
+#[derive(Default)]
+struct Upstream {
+    host: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+}
+
+fn roll(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && rand::rng().random_range(0.0..100.0) < percent)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    ctx: &Arc<ConnCtx>,
+    parts: &Parts,
+    authority: &str,
+    body: Body,
+    route: &Route,
+    fwd: &Forward,
+    matched: Option<&RequestMatch>,
+    rec: &mut Record,
+) -> Result<(Response<Body>, Guards), Error> {
+    if let Some(fault) = &fwd.fault {
+        if let Some(delay) = &fault.delay
+            && roll(delay.percent)
+        {
+            rec.add_flag("DI");
+            tokio::time::sleep(delay.delay).await;
+        }
+        if let Some(abort) = &fault.abort
+            && roll(abort.percent)
+        {
+            return Err(Error::FaultAbort(abort.status));
+        }
+    }
+    let wc = pick_weighted(&fwd.clusters)
+        .ok_or_else(|| Error::UnknownCluster("(route without destination)".into()))?;
+    let cluster = ctx
+        .snapshot
+        .cluster(&wc.cluster)
+        .ok_or_else(|| Error::UnknownCluster(wc.cluster.clone()))?;
+    rec.cluster = Some(cluster.name.clone());
+    rec.service = Some(cluster.service.clone());
+
+    // The upstream request head.
+    let mut hdrs = parts.headers.clone();
+    let te_trailers = hdrs
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers::strip_hop_by_hop(&mut hdrs);
+    if te_trailers {
+        hdrs.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    hdrs.remove(header::HOST);
+    let original = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut path_and_query = original.to_owned();
+    let mut new_authority = authority.to_owned();
+    if let Some(rw) = &fwd.rewrite {
+        if let Some(p) = rewrite_path(rw, matched, parts.uri.path(), parts.uri.query()) {
+            path_and_query = p;
+            if let Ok(v) = HeaderValue::from_str(original) {
+                hdrs.insert("x-envoy-original-path", v);
+            }
+        }
+        if let Some(a) = &rw.authority {
+            new_authority = a.clone();
+        }
+    }
+    headers::apply(&route.request_headers, &mut hdrs);
+    headers::apply(&wc.request_headers, &mut hdrs);
+
+    let body = buffer_if_small(body).await?;
+    let mut out = Outgoing {
+        method: parts.method.clone(),
+        path_and_query,
+        authority: new_authority,
+        headers: hdrs,
+        body,
+    };
+    let dns_host = strip_port(&out.authority).to_owned();
+
+    for m in &fwd.mirrors {
+        if roll(m.percent)
+            && let Some(mirror) = out.mirror()
+        {
+            spawn_mirror(
+                ctx.clone(),
+                m.cluster.clone(),
+                dns_host.clone(),
+                mirror,
+                fwd.timeout,
+            );
+        }
+    }
+
+    let state = ctx.shared.upstreams.state(cluster);
+    let started = Instant::now();
+    let mut upstream = Upstream::default();
+    let attempts = attempts(
+        ctx,
+        cluster,
+        &state,
+        &dns_host,
+        &mut out,
+        fwd.retry.as_ref(),
+        rec,
+        &mut upstream,
+    );
+    let result = match fwd.timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(r) => r,
+            Err(_) => {
+                state.stats.upstream_rq_timeout.inc();
+                Err(Error::Timeout)
+            }
+        },
+        None => attempts.await,
+    };
+    rec.upstream_host = upstream.host;
+    rec.upstream_local = upstream.local;
+    let (resp, guards) = result?;
+    let service_time = started.elapsed().as_millis();
+
+    if rec.details.is_none() {
+        rec.details = Some("via_upstream".into());
+    }
+    let (mut head, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut head.headers);
+    headers::apply(&wc.response_headers, &mut head.headers);
+    headers::apply(&route.response_headers, &mut head.headers);
+    if let Ok(v) = HeaderValue::from_str(&service_time.to_string()) {
+        head.headers.insert("x-envoy-upstream-service-time", v);
+    }
+    head.version = Version::HTTP_11;
+    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+    Ok((Response::from_parts(head, body), guards))
+}
+
+async fn buffer_if_small(body: Body) -> Result<BodySource, Error> {
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= MAX_BUFFERED_BODY)
+        || body.is_end_stream();
+    if !small {
+        return Ok(BodySource::Stream(Some(body)));
+    }
+    let read = async {
+        let mut body = body;
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| Error::Downstream(format!("reading the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if (buf.len() + data.len()) as u64 > MAX_BUFFERED_BODY {
+                    return Err(Error::Downstream(
+                        "request body larger than announced".into(),
+                    ));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(BodySource::Buffered(buf.freeze()))
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Downstream("request body timeout".into())),
+    }
+}
+
+/// Envoy's rewrite: `uri` replaces the matched prefix (the whole path for exact and regex
+/// matches; a route without a path match is a `/` prefix); `uri_regex` substitutes.
+pub fn rewrite_path(
+    rw: &Rewrite,
+    matched: Option<&RequestMatch>,
+    path: &str,
+    query: Option<&str>,
+) -> Option<String> {
+    let new_path = if let Some((re, with)) = &rw.uri_regex {
+        re.replace_all(path, &envoy_substitution(with))
+    } else if let Some(uri) = &rw.uri {
+        match matched.and_then(|m| m.path.as_ref()) {
+            Some(StringMatcher::Prefix(p)) => {
+                let rest = path.get(p.len()..).unwrap_or("");
+                format!("{uri}{rest}")
+            }
+            Some(_) => uri.clone(),
+            None => format!("{uri}{}", path.get(1..).unwrap_or("")),
+        }
+    } else {
+        return None;
+    };
+    let new_path = if new_path.is_empty() {
+        "/".to_owned()
+    } else {
+        new_path
+    };
+    Some(match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    })
+}
+
+/// RE2 substitutions (`\1`) in Rust's syntax (`${1}`).
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = String::new();
+                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                    n.push(d);
+                    chars.next();
+                }
+                out.push_str(&format!("${{{n}}}"));
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// When to retry, from Envoy's `retry_on` conditions and retriable status codes.
+struct RetryOn<'a> {
+    on: &'a [String],
+    codes: Vec<u16>,
+}
+
+impl<'a> RetryOn<'a> {
+    fn new(policy: &'a RetryPolicy) -> Self {
+        RetryOn {
+            on: &policy.retry_on,
+            codes: policy
+                .retry_on
+                .iter()
+                .filter_map(|c| c.trim().parse().ok())
+                .collect(),
+        }
+    }
+
+    fn has(&self, cond: &str) -> bool {
+        self.on.iter().any(|c| c.trim().eq_ignore_ascii_case(cond))
+    }
+
+    fn status(&self, s: u16) -> bool {
+        (self.has("5xx") && s >= 500)
+            || (self.has("gateway-error") && matches!(s, 502..=504))
+            || (self.has("retriable-4xx") && s == 409)
+            || self.codes.contains(&s)
+    }
+
+    fn error(&self, e: &Error) -> bool {
+        match e {
+            Error::Connect { .. } | Error::UpstreamTls(_) => {
+                self.has("5xx") || self.has("gateway-error") || self.has("connect-failure")
+            }
+            Error::UpstreamReset(_) | Error::Timeout => {
+                self.has("5xx")
+                    || self.has("gateway-error")
+                    || self.has("reset")
+                    || self.has("refused-stream")
+            }
+            _ => false,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempts(
+    ctx: &Arc<ConnCtx>,
+    cluster: &Cluster,
+    state: &Arc<ClusterState>,
+    dns_host: &str,
+    out: &mut Outgoing,
+    policy: Option<&RetryPolicy>,
+    rec: &mut Record,
+    upstream: &mut Upstream,
+) -> Result<(Response<Incoming>, Guards), Error> {
+    let retry = policy.map(RetryOn::new);
+    let max_attempts = match policy {
+        Some(p) if out.replayable() => p.attempts.saturating_add(1),
+        _ => 1,
+    };
+    let per_try = policy.and_then(|p| p.per_try_timeout);
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        rec.attempts = n;
+        let _retry_slot = if n > 1 {
+            let Some(slot) =
+                Slot::try_take(state, |s| &s.retries, cluster.limits.max_retries, false)
+            else {
+                return Err(Error::Overflow("max_retries"));
+            };
+            state.stats.upstream_rq_retry.inc();
+            Some(slot)
+        } else {
+            None
+        };
+        let one = attempt(ctx, cluster, state, dns_host, out, upstream);
+        let r = match per_try {
+            Some(t) => tokio::time::timeout(t, one)
+                .await
+                .unwrap_or(Err(Error::Timeout)),
+            None => one.await,
+        };
+        let last = n >= max_attempts;
+        match (r, &retry) {
+            (Ok((resp, guards)), Some(retry)) if retry.status(resp.status().as_u16()) => {
+                if last {
+                    if max_attempts > 1 {
+                        rec.add_flag("URX");
+                    }
+                    return Ok((resp, guards));
+                }
+            }
+            (Ok(ok), _) => return Ok(ok),
+            (Err(e), Some(retry)) if retry.error(&e) && !last => {
+                tracing::debug!(error = %e, attempt = n, "retrying");
+            }
+            (Err(e), Some(retry)) if retry.error(&e) && max_attempts > 1 => {
+                rec.add_flag("URX");
+                return Err(e);
+            }
+            (Err(e), _) => return Err(e),
+        }
+        // Envoy's backoff: 25ms base, doubling, jittered, at most 250ms.
+        let base = 25u64 << (n - 1).min(4);
+        let wait = rand::rng().random_range(0..=base.min(250));
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// One attempt: an endpoint, a connection, the request, the response head.
+async fn attempt(
+    ctx: &Arc<ConnCtx>,
+    cluster: &Cluster,
+    state: &Arc<ClusterState>,
+    dns_host: &str,
+    out: &mut Outgoing,
+    upstream: &mut Upstream,
+) -> Result<(Response<Incoming>, Guards), Error> {
+    let ups = &ctx.shared.upstreams;
+    let candidates = ups
+        .endpoints(cluster, Some(dns_host), ctx.info.original_dst)
+        .await?;
+    let (candidate, inflight) = state
+        .pick(cluster.lb, &candidates)
+        .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
+    upstream.host = Some(candidate.addr);
+    let requests = Slot::try_take(state, |s| &s.requests, cluster.limits.max_requests, false)
+        .ok_or_else(|| {
+            state.stats.upstream_rq_pending_overflow.inc();
+            Error::Overflow("max_requests")
+        })?;
+    state.stats.upstream_rq_total.inc();
+    let scheme = if cluster.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let idle = cluster.limits.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let mut unsent: Option<Request<Body>> = None;
+    // A pooled connection may turn out closed: the request then goes on another one.
+    for _ in 0..3 {
+        let (key, conn) = ups.http_connection(cluster, state, candidate).await?;
+        upstream.local = conn.local;
+        let reused = conn.reused;
+        let req = match unsent.take() {
+            Some(r) => r,
+            None => out
+                .request(conn.is_h2(), scheme)
+                .ok_or_else(|| Error::UpstreamReset("request body already sent".into()))?,
+        };
+        let sent = conn
+            .send(
+                &ups.pool,
+                &key,
+                req,
+                cluster.limits.max_requests_per_connection,
+                idle,
+                state.clone(),
+            )
+            .await;
+        match sent {
+            Ok(resp) => return Ok((resp, Box::new((inflight, requests)))),
+            Err(SendError::Unsent(req, _)) if reused => unsent = Some(*req),
+            Err(SendError::Failed(e))
+                if reused && out.replayable() && (e.is_canceled() || e.is_incomplete_message()) => {
+            }
+            Err(SendError::Unsent(_, e) | SendError::Failed(e)) => return Err(reset_error(&e)),
+        }
+    }
+    Err(Error::UpstreamReset(
+        "pooled connections closed under the request".into(),
+    ))
+}
+
+/// A failed exchange: a TLS alert from the upstream (TLS 1.3 reports a refused client
+/// certificate only after the handshake) is a TLS failure (`UF`), anything else a reset.
+fn reset_error(e: &hyper::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return Error::UpstreamTls(tls.to_string());
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Error::UpstreamTls(tls.to_string());
+        }
+        source = s.source();
+    }
+    Error::UpstreamReset(e.to_string())
+}
+
+/// Sends a copy of the request to `cluster`, ignoring the result (Envoy's shadowing).
+fn spawn_mirror(
+    ctx: Arc<ConnCtx>,
+    cluster: String,
+    dns_host: String,
+    mut out: Outgoing,
+    timeout: Option<Duration>,
+) {
+    tokio::spawn(async move {
+        let Some(cluster) = ctx.snapshot.cluster(&cluster) else {
+            return;
+        };
+        let state = ctx.shared.upstreams.state(cluster);
+        let mut upstream = Upstream::default();
+        let limit = timeout.unwrap_or(Duration::from_secs(30));
+        let run = async {
+            let (resp, _guards) =
+                attempt(&ctx, cluster, &state, &dns_host, &mut out, &mut upstream).await?;
+            let _ = resp.into_body().collect().await;
+            Ok::<(), Error>(())
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(limit, run).await {
+            tracing::debug!(error = %e, cluster = cluster.name, "mirror");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_snapshot::matching::Regex;
+
+    use super::*;
+
+    fn m(path: StringMatcher) -> RequestMatch {
+        RequestMatch {
+            path: Some(path),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rewrites_like_envoy() {
+        let uri = |u: &str| Rewrite {
+            uri: Some(u.into()),
+            ..Default::default()
+        };
+        let prefix = m(StringMatcher::Prefix("/old".into()));
+        let exact = m(StringMatcher::Exact("/old/x".into()));
+        let table = [
+            (
+                uri("/new"),
+                Some(&prefix),
+                "/old/x",
+                Some("a=1"),
+                "/new/x?a=1",
+            ),
+            (uri("/new"), Some(&exact), "/old/x", None, "/new"),
+            (uri("/v2/"), None, "/x", None, "/v2/x"),
+            (uri(""), Some(&prefix), "/old", None, "/"),
+        ];
+        for (rw, matched, path, query, want) in table {
+            assert_eq!(
+                rewrite_path(&rw, matched, path, query).as_deref(),
+                Some(want)
+            );
+        }
+        let regex = Rewrite {
+            uri_regex: Some((
+                Regex::new("^/service/([^/]+)(/.*)$").expect("re"),
+                "\\2/instance/\\1".into(),
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            rewrite_path(&regex, None, "/service/foo/v1/api", None).as_deref(),
+            Some("/v1/api/instance/foo")
+        );
+        assert_eq!(rewrite_path(&Rewrite::default(), None, "/x", None), None);
+    }
+
+    #[test]
+    fn retry_conditions() {
+        let p = RetryPolicy {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: vec![
+                "connect-failure".into(),
+                "retriable-status-codes".into(),
+                "503".into(),
+            ],
+        };
+        let r = RetryOn::new(&p);
+        assert!(r.status(503));
+        assert!(!r.status(500));
+        assert!(r.error(&Error::Connect {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            reason: "x".into()
+        }));
+        assert!(!r.error(&Error::Timeout));
+        let p5 = RetryPolicy {
+            retry_on: vec!["5xx".into()],
+            ..p
+        };
+        let r = RetryOn::new(&p5);
+        assert!(r.status(500) && r.error(&Error::Timeout));
+    }
+}

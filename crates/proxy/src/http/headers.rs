@@ -1,0 +1,118 @@
+//! Header work shared by requests and responses: hop-by-hop stripping, the route's header
+//! operations, request ids.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use rand::Rng;
+use sluice_snapshot::route::HeaderOps;
+
+/// Connection-specific headers (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// Applies header operations: removals, then sets (replace), then adds (append).
+pub fn apply(ops: &HeaderOps, headers: &mut HeaderMap) {
+    for name in &ops.remove {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(n);
+        }
+    }
+    for (name, value) in &ops.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &ops.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+/// A random UUID v4, as Envoy's `x-request-id`.
+pub fn request_id() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().expect("v"));
+        h.insert("x-secret", "1".parse().expect("v"));
+        h.insert("keep-alive", "5".parse().expect("v"));
+        h.insert("x-keep", "1".parse().expect("v"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn ops_remove_set_add() {
+        let mut h = HeaderMap::new();
+        h.insert("a", "1".parse().expect("v"));
+        h.insert("b", "1".parse().expect("v"));
+        let ops = HeaderOps {
+            set: [("a".to_owned(), "2".to_owned())].into_iter().collect(),
+            add: [("c".to_owned(), "3".to_owned())].into_iter().collect(),
+            remove: vec!["b".into()],
+        };
+        apply(&ops, &mut h);
+        assert_eq!(h.get("a").map(|v| v.as_bytes()), Some(&b"2"[..]));
+        assert!(!h.contains_key("b"));
+        assert_eq!(h.get("c").map(|v| v.as_bytes()), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn request_ids_look_like_uuids() {
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, request_id());
+    }
+}

@@ -1,0 +1,412 @@
+//! Reads a connection's TLS ClientHello without consuming it: the server name (SNI) and ALPN
+//! protocols choose the filter chain. Bounded in bytes ([`MAX_CLIENT_HELLO`]) and in time;
+//! the bytes read are handed back in a [`Rewind`] stream so TLS passthrough forwards them as
+//! they came (linkerd `linkerd/tls/src/server/client_hello.rs`).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::rewind::Rewind;
+
+/// At most this many bytes are read while looking for the end of the ClientHello.
+pub const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+const CONTENT_HANDSHAKE: u8 = 0x16;
+const HANDSHAKE_CLIENT_HELLO: u8 = 0x01;
+const EXT_SERVER_NAME: u16 = 0;
+const EXT_ALPN: u16 = 16;
+const MAX_RECORD: usize = 16384 + 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientHello {
+    /// The server name, lower-cased; `None` when the client sent none.
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peek {
+    Found(ClientHello),
+    /// Not a TLS ClientHello (or a malformed one): the connection is treated as plain.
+    NotTls,
+    /// A prefix of a ClientHello: read more.
+    NeedMore,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no ClientHello within the inspection timeout")]
+    Timeout,
+    #[error("ClientHello larger than {MAX_CLIENT_HELLO} bytes")]
+    TooLarge,
+    #[error("connection closed during the ClientHello")]
+    Eof,
+    #[error("reading the ClientHello: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads from `io` until the ClientHello is complete (or the bytes are not TLS), at most
+/// [`MAX_CLIENT_HELLO`] bytes and `timeout`. A connection that sends nothing before the
+/// timeout is plain (a server-first protocol); one that stops inside a ClientHello is an error.
+pub async fn inspect<S: AsyncRead + Unpin>(
+    mut io: S,
+    timeout: Duration,
+) -> (Rewind<S>, Result<Peek, Error>) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let read = tokio::time::timeout(timeout, async {
+        loop {
+            if buf.len() >= MAX_CLIENT_HELLO {
+                return Err(Error::TooLarge);
+            }
+            let room = MAX_CLIENT_HELLO - buf.len();
+            let mut limited = (&mut io).take(room as u64);
+            let n = limited.read_buf(&mut buf).await?;
+            if n == 0 {
+                return if buf.is_empty() {
+                    Ok(Peek::NotTls)
+                } else {
+                    match parse(&buf) {
+                        Peek::NeedMore => Err(Error::Eof),
+                        done => Ok(done),
+                    }
+                };
+            }
+            match parse(&buf) {
+                Peek::NeedMore => continue,
+                done => return Ok(done),
+            }
+        }
+    })
+    .await;
+    let result = match read {
+        Ok(r) => r,
+        Err(_elapsed) if buf.is_empty() => Ok(Peek::NotTls),
+        Err(_elapsed) => Err(Error::Timeout),
+    };
+    (Rewind::new(buf.freeze(), io), result)
+}
+
+/// Parses the bytes seen so far. Never panics, whatever `buf` holds.
+pub fn parse(buf: &[u8]) -> Peek {
+    let mut handshake: Vec<u8> = Vec::new();
+    let mut pos = 0usize;
+    loop {
+        let rest = &buf[pos.min(buf.len())..];
+        // Check what we can of the record header before all five bytes are here.
+        if let Some(&t) = rest.first()
+            && t != CONTENT_HANDSHAKE
+        {
+            return Peek::NotTls;
+        }
+        if let Some(&major) = rest.get(1)
+            && major != 3
+        {
+            return Peek::NotTls;
+        }
+        if rest.len() < 5 {
+            return Peek::NeedMore;
+        }
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        if len == 0 || len > MAX_RECORD {
+            return Peek::NotTls;
+        }
+        let Some(fragment) = rest.get(5..5 + len) else {
+            // A partial record: its handshake bytes so far can still tell "not a ClientHello".
+            handshake.extend_from_slice(&rest[5..]);
+            return match handshake.first() {
+                Some(&t) if t != HANDSHAKE_CLIENT_HELLO => Peek::NotTls,
+                _ => Peek::NeedMore,
+            };
+        };
+        handshake.extend_from_slice(fragment);
+        pos += 5 + len;
+        if handshake.len() >= 4 {
+            if handshake[0] != HANDSHAKE_CLIENT_HELLO {
+                return Peek::NotTls;
+            }
+            let body_len = (usize::from(handshake[1]) << 16)
+                | (usize::from(handshake[2]) << 8)
+                | usize::from(handshake[3]);
+            if body_len + 4 > MAX_CLIENT_HELLO {
+                return Peek::NotTls;
+            }
+            if let Some(body) = handshake.get(4..4 + body_len) {
+                return match parse_client_hello(body) {
+                    Some(hello) => Peek::Found(hello),
+                    None => Peek::NotTls,
+                };
+            }
+        }
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(usize::from(n))
+    }
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+}
+
+fn parse_client_hello(body: &[u8]) -> Option<ClientHello> {
+    let mut c = Cursor(body);
+    let version = c.take(2)?;
+    if version[0] != 3 {
+        return None;
+    }
+    c.take(32)?; // random
+    c.vec8()?; // session id
+    c.vec16()?; // cipher suites
+    c.vec8()?; // compression methods
+    let mut hello = ClientHello::default();
+    if c.0.is_empty() {
+        return Some(hello); // no extensions at all
+    }
+    let mut exts = Cursor(c.vec16()?);
+    while !exts.0.is_empty() {
+        let ty = exts.u16()?;
+        let data = exts.vec16()?;
+        match ty {
+            EXT_SERVER_NAME => hello.sni = parse_sni(data)?,
+            EXT_ALPN => hello.alpn = parse_alpn(data)?,
+            _ => {}
+        }
+    }
+    Some(hello)
+}
+
+/// `None`: malformed. `Some(None)`: no host name in the list.
+fn parse_sni(data: &[u8]) -> Option<Option<String>> {
+    let mut list = Cursor(Cursor(data).vec16()?);
+    while !list.0.is_empty() {
+        let name_type = list.u8()?;
+        let name = list.vec16()?;
+        if name_type == 0 {
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            if !valid {
+                return None;
+            }
+            let host = String::from_utf8_lossy(name).to_ascii_lowercase();
+            return Some(Some(host.trim_end_matches('.').to_owned()));
+        }
+    }
+    Some(None)
+}
+
+fn parse_alpn(data: &[u8]) -> Option<Vec<String>> {
+    let mut list = Cursor(Cursor(data).vec16()?);
+    let mut out = Vec::new();
+    while !list.0.is_empty() {
+        let p = list.vec8()?;
+        out.push(String::from_utf8_lossy(p).into_owned());
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rand::{Rng, SeedableRng};
+    use rustls::pki_types::ServerName;
+
+    use super::*;
+
+    /// A real ClientHello, as rustls sends it.
+    fn client_hello(sni: &str, alpn: &[&str]) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let name = ServerName::try_from(sni.to_owned()).expect("name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("conn");
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).expect("write");
+        }
+        out
+    }
+
+    /// Re-frames a single-record ClientHello into records of at most `size` bytes.
+    fn split_records(hello: &[u8], size: usize) -> Vec<u8> {
+        let payload = &hello[5..];
+        let mut out = Vec::new();
+        for chunk in payload.chunks(size) {
+            out.extend_from_slice(&[0x16, 3, 1]);
+            out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    fn found(sni: Option<&str>, alpn: &[&str]) -> Peek {
+        Peek::Found(ClientHello {
+            sni: sni.map(str::to_owned),
+            alpn: alpn.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn finds_sni_and_alpn_in_a_real_client_hello() {
+        let hello = client_hello("API.GitHub.com", &["h2", "http/1.1"]);
+        assert_eq!(
+            parse(&hello),
+            found(Some("api.github.com"), &["h2", "http/1.1"])
+        );
+    }
+
+    #[test]
+    fn every_prefix_needs_more() {
+        let hello = client_hello("api.github.com", &[]);
+        for n in 0..hello.len() {
+            assert_eq!(parse(&hello[..n]), Peek::NeedMore, "prefix of {n} bytes");
+        }
+        assert_eq!(parse(&hello), found(Some("api.github.com"), &[]));
+    }
+
+    #[test]
+    fn client_hello_across_several_records() {
+        let hello = client_hello("en.wikipedia.org", &["http/1.1"]);
+        for size in [1, 7, 50, 100] {
+            let split = split_records(&hello, size);
+            assert_eq!(
+                parse(&split),
+                found(Some("en.wikipedia.org"), &["http/1.1"]),
+                "records of {size}"
+            );
+            for n in 0..split.len() {
+                assert_eq!(parse(&split[..n]), Peek::NeedMore, "{size}: prefix {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn without_sni() {
+        // An IP address as server name: rustls sends no SNI.
+        let hello = client_hello("127.0.0.1", &[]);
+        assert_eq!(parse(&hello), found(None, &[]));
+    }
+
+    #[test]
+    fn plain_and_garbage_are_not_tls() {
+        let table: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\n",
+            b"\x16\x02",
+            b"\x16\x03\x01\x00\x00",
+            b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00",
+            b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00",
+            b"\x17\x03\x03\x00\x01x",
+        ];
+        for bytes in table {
+            assert_eq!(parse(bytes), Peek::NotTls, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn corrupted_lengths_never_panic() {
+        let hello = client_hello("api.github.com", &["h2"]);
+        for i in 0..hello.len() {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut h = hello.clone();
+                h[i] = v;
+                let _ = parse(&h);
+            }
+        }
+    }
+
+    #[test]
+    fn fuzz_sni_random_bytes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let hello = client_hello("x.example.com", &["h2"]);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..600);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if rng.random_bool(0.5) {
+                // Start like TLS so the parser goes deeper.
+                let keep = rng.random_range(0..hello.len());
+                bytes.splice(0..0, hello[..keep].iter().copied());
+            }
+            let _ = parse(&bytes);
+        }
+    }
+
+    #[tokio::test]
+    async fn inspect_replays_what_it_read() {
+        let hello = client_hello("api.github.com", &[]);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let sent = hello.clone();
+        let writer = tokio::spawn(async move {
+            for chunk in sent.chunks(10) {
+                tokio::io::AsyncWriteExt::write_all(&mut client, chunk)
+                    .await
+                    .expect("write");
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let (mut rewind, peek) = inspect(server, Duration::from_secs(5)).await;
+        assert_eq!(peek.expect("peek"), found(Some("api.github.com"), &[]));
+        let client = writer.await.expect("join");
+        drop(client);
+        let mut all = Vec::new();
+        rewind.read_to_end(&mut all).await.expect("read");
+        assert_eq!(all, hello);
+    }
+
+    #[tokio::test]
+    async fn inspect_is_bounded_in_time_and_size() {
+        let hello = client_hello("api.github.com", &[]);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &hello[..20])
+            .await
+            .expect("write");
+        let (_, peek) = inspect(server, Duration::from_millis(50)).await;
+        assert!(matches!(peek, Err(Error::Timeout)), "{peek:?}");
+
+        // Silence is a server-first plain protocol.
+        let (_client, server) = tokio::io::duplex(64);
+        let (_, peek) = inspect(server, Duration::from_millis(20)).await;
+        assert!(matches!(peek, Ok(Peek::NotTls)), "{peek:?}");
+
+        // Endless tiny records never complete the ClientHello.
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut endless = vec![0x16, 3, 1, 0, 4, 1, 0, 0x3e, 0x80];
+        for _ in 0..4000 {
+            endless.extend_from_slice(&[0x16, 3, 1, 0, 1, 0]);
+        }
+        tokio::spawn(async move {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut client, &endless).await;
+            client
+        });
+        let (_, peek) = inspect(server, Duration::from_secs(5)).await;
+        assert!(matches!(peek, Err(Error::TooLarge)), "{peek:?}");
+    }
+}

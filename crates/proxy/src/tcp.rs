@@ -1,0 +1,256 @@
+//! TCP and TLS-passthrough chains: the first matching `TcpRoute`, a weighted cluster, an
+//! endpoint, and bytes copied both ways until either side closes or the connection idles.
+//!
+//! A stream forwarded as TLS passthrough is never wrapped in TLS again, even when its cluster
+//! has `tls` settings (Istio's guide sets a SIMPLE DestinationRule on a passthrough host;
+//! wrapping the client's own TLS would break it). sluice forwards it untouched.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sluice_snapshot::route::{TcpRoute, WeightedCluster};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::Error;
+use crate::conn::ConnCtx;
+use crate::telemetry::{ByteCounts, Record};
+use crate::upstream::lb::Slot;
+
+/// Envoy's default TCP proxy idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Forwards `io` per `routes`. `passthrough`: the bytes are the client's own TLS.
+pub async fn proxy<S>(
+    io: S,
+    routes: &[TcpRoute],
+    ctx: &ConnCtx,
+    rec: &mut Record,
+    passthrough: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(e) = run(io, routes, ctx, rec, passthrough).await {
+        tracing::debug!(error = %e, sni = ?ctx.info.sni, "tcp proxy");
+        rec.fail(&e);
+    }
+}
+
+async fn run<S>(
+    io: S,
+    routes: &[TcpRoute],
+    ctx: &ConnCtx,
+    rec: &mut Record,
+    passthrough: bool,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let sni = ctx.info.sni.as_deref();
+    let dest = ctx.info.original_dst.unwrap_or(ctx.info.local).ip();
+    let route = routes
+        .iter()
+        .find(|r| r.matches(sni, Some(dest)))
+        .ok_or(Error::NoRoute)?;
+    rec.route_name = Some(route.name.clone());
+    let wc = pick_weighted(&route.clusters).ok_or(Error::NoRoute)?;
+    let cluster = ctx
+        .snapshot
+        .cluster(&wc.cluster)
+        .ok_or_else(|| Error::UnknownCluster(wc.cluster.clone()))?;
+    rec.cluster = Some(cluster.name.clone());
+    rec.service = Some(cluster.service.clone());
+    rec.tcp_opened();
+
+    let upstreams = &ctx.shared.upstreams;
+    let state = upstreams.state(cluster);
+    let candidates = upstreams
+        .endpoints(cluster, sni, ctx.info.original_dst)
+        .await?;
+    let (candidate, _inflight) = state
+        .pick(cluster.lb, &candidates)
+        .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
+    let _slot = Slot::try_take(
+        &state,
+        |s| &s.connections,
+        cluster.limits.max_connections,
+        true,
+    )
+    .ok_or(Error::Overflow("max_connections"))?;
+    let origination = if passthrough {
+        None
+    } else {
+        upstreams.origination(cluster, &candidate.host)?
+    };
+    rec.upstream_host = Some(candidate.addr);
+    let dialed = upstreams
+        .dial(cluster, &state, candidate.addr, origination)
+        .await?;
+    rec.upstream_local = dialed.local;
+    state.stats.upstream_cx_active.inc();
+    let idle = cluster.limits.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let result = copy(io, dialed.io, rec.counts.clone(), idle).await;
+    state.stats.upstream_cx_active.dec();
+    match result {
+        Ok(()) => Ok(()),
+        Err(CopyEnd::Idle) => {
+            rec.termination = Some("idle_timeout".into());
+            Ok(())
+        }
+        Err(CopyEnd::Io(e)) => {
+            tracing::debug!(error = %e, "tcp copy ended");
+            Ok(())
+        }
+    }
+}
+
+/// Picks a weighted cluster (weights sum to 100, or to whatever they sum to).
+pub fn pick_weighted(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
+    match clusters {
+        [] => None,
+        [one] => Some(one),
+        _ => {
+            let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
+            if total == 0 {
+                return clusters.first();
+            }
+            let mut n = rand::rng().random_range(0..total);
+            for c in clusters {
+                let w = u64::from(c.weight);
+                if n < w {
+                    return Some(c);
+                }
+                n -= w;
+            }
+            clusters.last()
+        }
+    }
+}
+
+enum CopyEnd {
+    Idle,
+    Io(io::Error),
+}
+
+async fn copy<D, U>(
+    downstream: D,
+    mut upstream: U,
+    counts: Arc<ByteCounts>,
+    idle: Duration,
+) -> Result<(), CopyEnd>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut down = Counted {
+        inner: downstream,
+        counts,
+        epoch,
+        last: last.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut upstream);
+    tokio::pin!(copy);
+    let tick = idle
+        .min(Duration::from_secs(5))
+        .max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            r = &mut copy => return r.map(|_| ()).map_err(CopyEnd::Io),
+            _ = tokio::time::sleep(tick) => {
+                let since = (epoch.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+                if Duration::from_millis(since) >= idle {
+                    return Err(CopyEnd::Idle);
+                }
+            }
+        }
+    }
+}
+
+/// Counts bytes read from and written to the downstream, and when it last moved any.
+struct Counted<S> {
+    inner: S,
+    counts: Arc<ByteCounts>,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.counts.received.fetch_add(n as u64, Ordering::Relaxed);
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.counts.sent.fetch_add(n as u64, Ordering::Relaxed);
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_snapshot::route::HeaderOps;
+
+    #[test]
+    fn weighted_pick_follows_weights() {
+        let wc = |name: &str, weight| WeightedCluster {
+            cluster: name.into(),
+            weight,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        };
+        let clusters = [wc("a", 80), wc("b", 20), wc("c", 0)];
+        let mut a = 0;
+        for _ in 0..10_000 {
+            match pick_weighted(&clusters).map(|c| c.cluster.as_str()) {
+                Some("a") => a += 1,
+                Some("b") => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!((7600..8400).contains(&a), "{a}");
+    }
+}

@@ -1,0 +1,289 @@
+//! Istio's standard metrics (`istio_requests_total`…) and a few of Envoy's cluster stats, on
+//! an injected prometheus-client registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Istio's default buckets for `istio_request_duration_milliseconds`.
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's buckets for request/response sizes.
+const SIZE_BUCKETS: [f64; 8] = [
+    1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0,
+];
+
+/// Istio's label set for request metrics (the subset a gateway knows).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_principal: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_cluster: String,
+    pub request_protocol: String,
+    pub response_code: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_principal: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_cluster: String,
+    pub request_protocol: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster_name: String,
+}
+
+#[derive(Clone)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// Counter handles of one cluster, fetched once per connection or request.
+#[derive(Clone)]
+pub struct ClusterStats {
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_pending_overflow: Counter,
+    pub upstream_rq_timeout: Counter,
+}
+
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram, Buckets>,
+    request_bytes: Family<RequestLabels, Histogram, Buckets>,
+    response_bytes: Family<RequestLabels, Histogram, Buckets>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+    cx_total: Family<ClusterLabels, Counter>,
+    cx_connect_fail: Family<ClusterLabels, Counter>,
+    cx_active: Family<ClusterLabels, Gauge>,
+    rq_total: Family<ClusterLabels, Counter>,
+    rq_retry: Family<ClusterLabels, Counter>,
+    rq_pending_overflow: Family<ClusterLabels, Counter>,
+    rq_timeout: Family<ClusterLabels, Counter>,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(Buckets(&DURATION_BUCKETS)),
+            request_bytes: Family::new_with_constructor(Buckets(&SIZE_BUCKETS)),
+            response_bytes: Family::new_with_constructor(Buckets(&SIZE_BUCKETS)),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
+            cx_total: Family::default(),
+            cx_connect_fail: Family::default(),
+            cx_active: Family::default(),
+            rq_total: Family::default(),
+            rq_retry: Family::default(),
+            rq_pending_overflow: Family::default(),
+            rq_timeout: Family::default(),
+            access_log_dropped: Counter::default(),
+        };
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "istio_requests",
+            "Requests handled by the proxy",
+            m.requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds",
+            m.duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes in bytes",
+            m.request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes in bytes",
+            m.response_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            m.tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            m.tcp_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the downstream on TCP connections",
+            m.tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the downstream on TCP connections",
+            m.tcp_received.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_cx",
+            "Upstream connections opened",
+            m.cx_total.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_cx_connect_fail",
+            "Upstream connection failures",
+            m.cx_connect_fail.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_cx_active",
+            "Upstream connections open now",
+            m.cx_active.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq",
+            "Upstream requests",
+            m.rq_total.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq_retry",
+            "Upstream request retries",
+            m.rq_retry.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq_pending_overflow",
+            "Requests refused by a circuit-breaker limit",
+            m.rq_pending_overflow.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq_timeout",
+            "Upstream requests that timed out",
+            m.rq_timeout.clone(),
+        );
+        registry.register(
+            "sluice_access_log_dropped_lines",
+            "Access-log lines dropped because the writer fell behind",
+            m.access_log_dropped.clone(),
+        );
+        m
+    }
+
+    pub fn cluster(&self, name: &str) -> ClusterStats {
+        let l = ClusterLabels {
+            cluster_name: name.to_owned(),
+        };
+        ClusterStats {
+            upstream_cx_total: self.cx_total.get_or_create_owned(&l),
+            upstream_cx_connect_fail: self.cx_connect_fail.get_or_create_owned(&l),
+            upstream_cx_active: self.cx_active.get_or_create_owned(&l),
+            upstream_rq_total: self.rq_total.get_or_create_owned(&l),
+            upstream_rq_retry: self.rq_retry.get_or_create_owned(&l),
+            upstream_rq_pending_overflow: self.rq_pending_overflow.get_or_create_owned(&l),
+            upstream_rq_timeout: self.rq_timeout.get_or_create_owned(&l),
+        }
+    }
+
+    pub fn request(
+        &self,
+        labels: &RequestLabels,
+        duration_ms: f64,
+        req_bytes: u64,
+        resp_bytes: u64,
+    ) {
+        self.requests.get_or_create(labels).inc();
+        self.duration.get_or_create(labels).observe(duration_ms);
+        self.request_bytes
+            .get_or_create(labels)
+            .observe(req_bytes as f64);
+        self.response_bytes
+            .get_or_create(labels)
+            .observe(resp_bytes as f64);
+    }
+
+    /// Handles for one TCP connection: `opened` is counted now.
+    pub fn tcp_open(&self, labels: &TcpLabels) -> TcpHandles {
+        self.tcp_opened.get_or_create(labels).inc();
+        TcpHandles {
+            closed: self.tcp_closed.get_or_create_owned(labels),
+            sent: self.tcp_sent.get_or_create_owned(labels),
+            received: self.tcp_received.get_or_create_owned(labels),
+        }
+    }
+}
+
+pub struct TcpHandles {
+    pub closed: Counter,
+    pub sent: Counter,
+    pub received: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_are_istios() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let labels = RequestLabels {
+            reporter: "source".into(),
+            source_workload: "unknown".into(),
+            source_principal: "unknown".into(),
+            destination_service: "api.github.com".into(),
+            destination_service_name: "api.github.com".into(),
+            destination_service_namespace: "unknown".into(),
+            destination_cluster: "unknown".into(),
+            request_protocol: "http".into(),
+            response_code: "200".into(),
+            response_flags: "-".into(),
+            connection_security_policy: "unknown".into(),
+        };
+        m.request(&labels, 3.0, 0, 10);
+        m.cluster("outbound|443||api.github.com")
+            .upstream_cx_total
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for name in [
+            "istio_requests_total{",
+            "istio_request_duration_milliseconds_bucket{",
+            "istio_request_bytes_bucket{",
+            "istio_response_bytes_sum{",
+            "envoy_cluster_upstream_cx_total{cluster_name=\"outbound|443||api.github.com\"} 1",
+            "response_code=\"200\"",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! One record per HTTP request or TCP connection: it collects what happened and, when it is
+//! dropped, writes the access-log line and the metrics. Whatever path a request takes, the
+//! record is dropped on it, so nothing goes unlogged (ztunnel's `ConnectionResult`).
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use http::HeaderMap;
+
+use super::Telemetry;
+use super::format::{Operator, Source, Value, format_time};
+use super::metrics::{RequestLabels, TcpHandles, TcpLabels};
+use super::writer::LogTarget;
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A connection refused before any application ran (no chain, TLS failure): logged, not
+    /// counted in Istio's metrics (Envoy's listener access log).
+    Connection,
+    Tcp,
+    Http,
+}
+
+/// Byte counters shared with the streams and bodies that move the bytes.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    /// From the downstream.
+    pub received: AtomicU64,
+    /// To the downstream.
+    pub sent: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct HttpFields {
+    pub method: String,
+    /// The path as the client sent it (Envoy's `x-envoy-original-path` when rewritten).
+    pub path: String,
+    pub protocol: &'static str,
+    pub authority: String,
+    /// The downstream request's headers after the proxy's own additions (request id, XFF).
+    pub request_headers: HeaderMap,
+    pub response_headers: HeaderMap,
+}
+
+pub struct Record {
+    telemetry: Arc<Telemetry>,
+    log: Option<Arc<LogTarget>>,
+    pub kind: Kind,
+    start: SystemTime,
+    started: Instant,
+    pub downstream_local: SocketAddr,
+    pub downstream_remote: SocketAddr,
+    pub sni: Option<String>,
+    pub route_name: Option<String>,
+    pub cluster: Option<String>,
+    /// The destination service host, for metrics.
+    pub service: Option<String>,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_local: Option<SocketAddr>,
+    flags: Vec<&'static str>,
+    pub response_code: u16,
+    pub details: Option<Cow<'static, str>>,
+    pub termination: Option<Cow<'static, str>>,
+    pub transport_failure: Option<String>,
+    pub counts: Arc<ByteCounts>,
+    pub attempts: u32,
+    pub http: Option<Box<HttpFields>>,
+    tcp: Option<TcpHandles>,
+    armed: bool,
+}
+
+impl Record {
+    pub fn new(
+        telemetry: Arc<Telemetry>,
+        log: Option<Arc<LogTarget>>,
+        kind: Kind,
+        downstream_local: SocketAddr,
+        downstream_remote: SocketAddr,
+        sni: Option<String>,
+    ) -> Record {
+        Record {
+            telemetry,
+            log,
+            kind,
+            start: SystemTime::now(),
+            started: Instant::now(),
+            downstream_local,
+            downstream_remote,
+            sni,
+            route_name: None,
+            cluster: None,
+            service: None,
+            upstream_host: None,
+            upstream_local: None,
+            flags: Vec::new(),
+            response_code: 0,
+            details: None,
+            termination: None,
+            transport_failure: None,
+            counts: Arc::new(ByteCounts::default()),
+            attempts: 0,
+            http: None,
+            tcp: None,
+            armed: true,
+        }
+    }
+
+    /// Not logged: the connection was handed to HTTP, whose requests have their own records.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    pub fn add_flag(&mut self, flag: &'static str) {
+        if flag != "-" && !self.flags.contains(&flag) {
+            self.flags.push(flag);
+        }
+    }
+
+    /// Envoy's `%RESPONSE_FLAGS%`: the flags in Envoy's own order (`UF,URX`, not in the order
+    /// they were raised), so log parsers built for Envoy read them unchanged.
+    pub fn flags(&self) -> String {
+        envoy_order(&self.flags)
+    }
+
+    /// Records how a flow failed: its flag, details, transport failure reason.
+    pub fn fail(&mut self, err: &Error) {
+        self.add_flag(err.response_flag());
+        match self.kind {
+            Kind::Http => self.details = Some(Cow::Borrowed(err.details())),
+            Kind::Tcp | Kind::Connection => self.termination = Some(Cow::Borrowed(err.details())),
+        }
+        if let Some(reason) = err.transport_failure_reason() {
+            self.transport_failure = Some(reason);
+        }
+    }
+
+    /// Counts the TCP connection as opened (its destination is known now).
+    pub fn tcp_opened(&mut self) {
+        if self.kind == Kind::Tcp && self.tcp.is_none() {
+            let labels = self.tcp_labels();
+            self.tcp = Some(self.telemetry.metrics.tcp_open(&labels));
+        }
+    }
+
+    fn service_label(&self) -> String {
+        self.service.clone().unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    fn tcp_labels(&self) -> TcpLabels {
+        let service = self.service_label();
+        TcpLabels {
+            reporter: "source".into(),
+            source_workload: "unknown".into(),
+            source_principal: "unknown".into(),
+            destination_service: service.clone(),
+            destination_service_name: service,
+            destination_service_namespace: "unknown".into(),
+            destination_cluster: "unknown".into(),
+            request_protocol: "tcp".into(),
+            response_flags: self.flags(),
+            connection_security_policy: "unknown".into(),
+        }
+    }
+
+    fn is_refusal(&self) -> bool {
+        self.flags
+            .iter()
+            .any(|f| matches!(*f, "NR" | "UH" | "NC" | "DF"))
+    }
+
+    fn finish(&mut self) {
+        let duration = self.started.elapsed();
+        let received = self.counts.received.load(Ordering::Relaxed);
+        let sent = self.counts.sent.load(Ordering::Relaxed);
+        if self.kind == Kind::Http && self.response_code == 0 {
+            // The request ended before a response head was produced: the client went away.
+            self.add_flag("DC");
+            self.details
+                .get_or_insert(Cow::Borrowed("downstream_remote_disconnect"));
+        }
+        match self.kind {
+            Kind::Http => {
+                let service = self.service_label();
+                let labels = RequestLabels {
+                    reporter: "source".into(),
+                    source_workload: "unknown".into(),
+                    source_principal: "unknown".into(),
+                    destination_service: service.clone(),
+                    destination_service_name: service,
+                    destination_service_namespace: "unknown".into(),
+                    destination_cluster: "unknown".into(),
+                    request_protocol: "http".into(),
+                    response_code: self.response_code.to_string(),
+                    response_flags: self.flags(),
+                    connection_security_policy: "unknown".into(),
+                };
+                self.telemetry.metrics.request(
+                    &labels,
+                    duration.as_secs_f64() * 1000.0,
+                    received,
+                    sent,
+                );
+            }
+            Kind::Tcp => {
+                self.tcp_opened();
+                if let Some(h) = &self.tcp {
+                    h.closed.inc();
+                    h.sent.inc_by(sent);
+                    h.received.inc_by(received);
+                }
+            }
+            Kind::Connection => {}
+        }
+        if self.is_refusal() {
+            let host = self.http.as_ref().map(|h| h.authority.as_str());
+            tracing::info!(
+                target: "sluice::refused",
+                host = host.unwrap_or("-"),
+                sni = self.sni.as_deref().unwrap_or("-"),
+                flags = %self.flags(),
+                details = self.details.as_deref().or(self.termination.as_deref()).unwrap_or("-"),
+                downstream = %self.downstream_remote,
+                port = self.downstream_local.port(),
+                "refused"
+            );
+        }
+        if let Some(log) = self.log.take() {
+            let line = log.format.render(self);
+            log.write(line);
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            self.finish();
+        }
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Record {
+    fn request_header(&self, name: &str) -> Option<Cow<'_, str>> {
+        let http = self.http.as_ref()?;
+        match name {
+            ":method" => Some(Cow::Borrowed(http.method.as_str())),
+            ":path" => Some(Cow::Borrowed(http.path.as_str())),
+            ":authority" | "host" => Some(Cow::Borrowed(http.authority.as_str())),
+            _ => header(&http.request_headers, name).map(Cow::Borrowed),
+        }
+        .filter(|v| !v.is_empty())
+    }
+
+    fn response_header(&self, name: &str) -> Option<Cow<'_, str>> {
+        let http = self.http.as_ref()?;
+        match name {
+            ":status" => Some(Cow::Owned(self.response_code.to_string())),
+            _ => header(&http.response_headers, name).map(Cow::Borrowed),
+        }
+    }
+}
+
+fn opt<'a>(v: Option<Cow<'a, str>>) -> Value<'a> {
+    v.map(Value::Str).unwrap_or(Value::Missing)
+}
+
+fn addr<'a>(a: Option<SocketAddr>) -> Value<'a> {
+    a.map(|a| Value::Str(Cow::Owned(a.to_string())))
+        .unwrap_or(Value::Missing)
+}
+
+impl Source for Record {
+    fn value(&self, op: &Operator) -> Value<'_> {
+        match op {
+            Operator::StartTime(f) => Value::Str(Cow::Owned(format_time(self.start, f.as_deref()))),
+            Operator::Req(main, alt) => opt(self
+                .request_header(main)
+                .or_else(|| alt.as_deref().and_then(|a| self.request_header(a)))),
+            Operator::Resp(main, alt) => opt(self
+                .response_header(main)
+                .or_else(|| alt.as_deref().and_then(|a| self.response_header(a)))),
+            Operator::Protocol => match &self.http {
+                Some(h) => Value::Str(Cow::Borrowed(h.protocol)),
+                None => Value::Missing,
+            },
+            Operator::ResponseCode => Value::Num(u64::from(self.response_code)),
+            Operator::ResponseFlags => Value::Str(Cow::Owned(self.flags())),
+            Operator::ResponseCodeDetails => opt(self.details.as_deref().map(Cow::Borrowed)),
+            Operator::ConnectionTerminationDetails => {
+                opt(self.termination.as_deref().map(Cow::Borrowed))
+            }
+            Operator::UpstreamTransportFailureReason => {
+                opt(self.transport_failure.as_deref().map(Cow::Borrowed))
+            }
+            Operator::BytesReceived => Value::Num(self.counts.received.load(Ordering::Relaxed)),
+            Operator::BytesSent => Value::Num(self.counts.sent.load(Ordering::Relaxed)),
+            Operator::Duration => Value::Num(self.started.elapsed().as_millis() as u64),
+            Operator::UpstreamHost => addr(self.upstream_host),
+            Operator::UpstreamCluster => opt(self.cluster.as_deref().map(Cow::Borrowed)),
+            Operator::UpstreamLocalAddress => addr(self.upstream_local),
+            Operator::DownstreamLocalAddress => addr(Some(self.downstream_local)),
+            Operator::DownstreamLocalAddressWithoutPort => {
+                Value::Str(Cow::Owned(self.downstream_local.ip().to_string()))
+            }
+            Operator::DownstreamRemoteAddress => addr(Some(self.downstream_remote)),
+            Operator::DownstreamRemoteAddressWithoutPort => {
+                Value::Str(Cow::Owned(self.downstream_remote.ip().to_string()))
+            }
+            Operator::RequestedServerName => opt(self.sni.as_deref().map(Cow::Borrowed)),
+            Operator::RouteName => opt(self.route_name.as_deref().map(Cow::Borrowed)),
+            Operator::UpstreamRequestAttemptCount => Value::Num(u64::from(self.attempts)),
+            Operator::DownstreamPeerUriSan => Value::Missing,
+        }
+    }
+}
+
+fn envoy_order(flags: &[&str]) -> String {
+    if flags.is_empty() {
+        return "-".to_owned();
+    }
+    let mut flags = flags.to_vec();
+    flags.sort_by_key(|f| {
+        ENVOY_FLAG_ORDER
+            .iter()
+            .position(|o| o == f)
+            .unwrap_or(ENVOY_FLAG_ORDER.len())
+    });
+    flags.join(",")
+}
+
+/// The order in which Envoy prints response flags (`StreamInfo::ResponseFlagUtils`).
+const ENVOY_FLAG_ORDER: &[&str] = &[
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+];
+
+#[cfg(test)]
+mod flag_order_tests {
+    #[test]
+    fn flags_print_in_envoys_order() {
+        assert_eq!(super::envoy_order(&["URX", "UF"]), "UF,URX");
+        assert_eq!(super::envoy_order(&["NR"]), "NR");
+        assert_eq!(super::envoy_order(&[]), "-");
+    }
+}

@@ -1,0 +1,241 @@
+//! Per-cluster runtime state (load-balancer counters, in-flight requests, circuit-breaker
+//! counts) and endpoint picking: LEAST_REQUEST (power of two choices), ROUND_ROBIN, RANDOM.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use sluice_snapshot::cluster::LbPolicy;
+use tokio::sync::Notify;
+
+use crate::telemetry::metrics::ClusterStats;
+
+/// One resolved endpoint of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// The name dialed (for SNI when the cluster sets none): the endpoint's or the
+    /// service's host name, or the IP.
+    pub host: Arc<str>,
+}
+
+pub struct ClusterState {
+    rr: AtomicUsize,
+    inflight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    /// Upstream connections open now (max_connections).
+    pub connections: AtomicU32,
+    /// Requests waiting for a connection (max_pending_requests).
+    pub pending: AtomicU32,
+    /// Requests in flight (max_requests).
+    pub requests: AtomicU32,
+    /// Retries in flight (max_retries).
+    pub retries: AtomicU32,
+    /// Signalled when a connection closes or returns to the pool.
+    pub freed: Notify,
+    pub stats: ClusterStats,
+}
+
+impl ClusterState {
+    fn new(stats: ClusterStats) -> ClusterState {
+        ClusterState {
+            rr: AtomicUsize::new(0),
+            inflight: Mutex::new(HashMap::new()),
+            connections: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            requests: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+            freed: Notify::new(),
+            stats,
+        }
+    }
+
+    fn inflight_of(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Relaxed) > 0);
+        }
+        map.entry(addr).or_default().clone()
+    }
+
+    /// Picks an endpoint and counts a request in flight to it until the guard is dropped.
+    pub fn pick<'a>(
+        &self,
+        policy: LbPolicy,
+        candidates: &'a [Candidate],
+    ) -> Option<(&'a Candidate, InflightGuard)> {
+        let chosen = match candidates.len() {
+            0 => return None,
+            1 => &candidates[0],
+            n => match policy {
+                LbPolicy::RoundRobin => &candidates[self.rr.fetch_add(1, Ordering::Relaxed) % n],
+                LbPolicy::Random | LbPolicy::Passthrough => weighted_random(candidates),
+                LbPolicy::LeastRequest => {
+                    let mut rng = rand::rng();
+                    let a = rng.random_range(0..n);
+                    let mut b = rng.random_range(0..n - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let load =
+                        |i: usize| self.inflight_of(candidates[i].addr).load(Ordering::Relaxed);
+                    if load(b) < load(a) {
+                        &candidates[b]
+                    } else {
+                        &candidates[a]
+                    }
+                }
+            },
+        };
+        let counter = self.inflight_of(chosen.addr);
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some((chosen, InflightGuard(counter)))
+    }
+}
+
+fn weighted_random(candidates: &[Candidate]) -> &Candidate {
+    let total: u64 = candidates.iter().map(|c| u64::from(c.weight.max(1))).sum();
+    let mut n = rand::rng().random_range(0..total.max(1));
+    for c in candidates {
+        let w = u64::from(c.weight.max(1));
+        if n < w {
+            return c;
+        }
+        n -= w;
+    }
+    &candidates[0]
+}
+
+/// A request in flight to one endpoint (LEAST_REQUEST's load).
+#[derive(Debug)]
+pub struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A slot of a circuit-breaker counter, released on drop.
+pub struct Slot {
+    state: Arc<ClusterState>,
+    which: fn(&ClusterState) -> &AtomicU32,
+    notify: bool,
+}
+
+impl Slot {
+    /// Takes a slot when fewer than `max` are taken (`None` = unlimited).
+    pub fn try_take(
+        state: &Arc<ClusterState>,
+        which: fn(&ClusterState) -> &AtomicU32,
+        max: Option<u32>,
+        notify: bool,
+    ) -> Option<Slot> {
+        let counter = which(state);
+        let prev = counter.fetch_add(1, Ordering::AcqRel);
+        if max.is_some_and(|m| prev >= m) {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot {
+            state: state.clone(),
+            which,
+            notify,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        (self.which)(&self.state).fetch_sub(1, Ordering::AcqRel);
+        if self.notify {
+            self.state.freed.notify_waiters();
+        }
+    }
+}
+
+/// Runtime state of every cluster, by name. It outlives snapshots: a cluster that keeps its
+/// name across a reload keeps its counters.
+#[derive(Default)]
+pub struct Clusters {
+    map: Mutex<HashMap<String, Arc<ClusterState>>>,
+}
+
+impl Clusters {
+    pub fn get(&self, name: &str, stats: impl FnOnce() -> ClusterStats) -> Arc<ClusterState> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(name) {
+            return s.clone();
+        }
+        let state = Arc::new(ClusterState::new(stats()));
+        map.insert(name.to_owned(), state.clone());
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::telemetry::Metrics;
+
+    fn candidates(n: u16) -> Vec<Candidate> {
+        (0..n)
+            .map(|i| Candidate {
+                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+                weight: 1,
+                host: Arc::from("h"),
+            })
+            .collect()
+    }
+
+    fn state() -> ClusterState {
+        ClusterState::new(Metrics::new(&mut Registry::default()).cluster("c"))
+    }
+
+    #[test]
+    fn round_robin_cycles() {
+        let s = state();
+        let c = candidates(3);
+        let picks: Vec<u16> = (0..6)
+            .map(|_| {
+                s.pick(LbPolicy::RoundRobin, &c)
+                    .map(|(c, _)| c.addr.port())
+                    .unwrap_or(0)
+            })
+            .collect();
+        assert_eq!(picks, [1000, 1001, 1002, 1000, 1001, 1002]);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let s = state();
+        let c = candidates(2);
+        // Hold many requests on the first endpoint.
+        let busy: Vec<_> = (0..10)
+            .map(|_| s.inflight_of(c[0].addr))
+            .inspect(|a| {
+                a.fetch_add(1, Ordering::Relaxed);
+            })
+            .collect();
+        for _ in 0..20 {
+            let (picked, _g) = s.pick(LbPolicy::LeastRequest, &c).expect("pick");
+            assert_eq!(picked.addr, c[1].addr);
+        }
+        drop(busy);
+    }
+
+    #[test]
+    fn slots_respect_limits() {
+        let s = Arc::new(state());
+        let a = Slot::try_take(&s, |s| &s.connections, Some(1), true);
+        assert!(a.is_some());
+        assert!(Slot::try_take(&s, |s| &s.connections, Some(1), true).is_none());
+        drop(a);
+        assert!(Slot::try_take(&s, |s| &s.connections, Some(1), true).is_some());
+        assert!(Slot::try_take(&s, |s| &s.requests, None, false).is_some());
+    }
+}

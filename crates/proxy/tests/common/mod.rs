@@ -1,0 +1,231 @@
+//! Shared by the proxy's integration tests: start a `Proxy` in-process on a fresh loopback
+//! address with a snapshot written as JSON, read its access log, and small snapshot builders.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use sluice_proxy::{Proxy, ProxyConfig};
+use sluice_snapshot::Snapshot;
+use sluice_test_support::{TempDir, free_loopback_addr};
+use tokio::sync::{oneshot, watch};
+
+pub struct Running {
+    pub ip: IpAddr,
+    pub dir: TempDir,
+    pub log: PathBuf,
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+    pub registry: Arc<std::sync::Mutex<Registry>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), sluice_proxy::Error>>>,
+}
+
+impl Running {
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, port)
+    }
+
+    /// The access log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (up to 5s) for an access-log line containing every needle; returns it.
+    pub async fn log_line(&self, needles: &[&str]) -> String {
+        for _ in 0..100 {
+            let text = self.log_text();
+            if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no access-log line with {needles:?} in:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        text
+    }
+
+    /// Publishes a new snapshot (the access log keeps pointing at this proxy's file).
+    pub fn publish(&self, mut snapshot: Value) {
+        snapshot["access_log"] = json!({"path": self.log.to_string_lossy(), "json": false});
+        let snapshot: Snapshot = serde_json::from_value(snapshot).expect("snapshot json");
+        self.snapshots.send_replace(Arc::new(snapshot));
+    }
+
+    /// Stops the proxy and waits for its drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let r = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("proxy stops in time");
+            r.expect("join").expect("proxy run");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts a proxy on a fresh loopback address; `snapshot` gets an access log in a temp dir.
+pub async fn start(snapshot: Value, dns: Option<SocketAddr>) -> Running {
+    start_with(snapshot, |c| c.dns_server = dns).await
+}
+
+pub async fn start_with(mut snapshot: Value, tweak: impl FnOnce(&mut ProxyConfig)) -> Running {
+    let ip = free_loopback_addr();
+    let dir = TempDir::new("proxy");
+    let log = dir.join("access.log");
+    snapshot["access_log"] = json!({"path": log.to_string_lossy(), "json": false});
+    let snapshot: Snapshot = serde_json::from_value(snapshot).expect("snapshot json");
+    let (tx, rx) = watch::channel(Arc::new(snapshot));
+    let mut config = ProxyConfig {
+        bind: ip,
+        tls_inspect_timeout: Duration::from_millis(1500),
+        drain_timeout: Duration::from_secs(2),
+        ..ProxyConfig::default()
+    };
+    tweak(&mut config);
+    let mut registry = Registry::default();
+    let proxy = Proxy::new(config, rx, &mut registry).expect("proxy");
+    let mut ready = proxy.ready();
+    let (shutdown, on_shutdown) = oneshot::channel::<()>();
+    let task = tokio::spawn(proxy.run(async move {
+        let _ = on_shutdown.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+        .await
+        .expect("proxy ready in time")
+        .expect("ready channel");
+    Running {
+        ip,
+        dir,
+        log,
+        snapshots: tx,
+        registry: Arc::new(std::sync::Mutex::new(registry)),
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
+
+/// A snapshot for the gateway with these listeners and clusters.
+pub fn snapshot(listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
+    let clusters: serde_json::Map<String, Value> = clusters
+        .into_iter()
+        .map(|c| (c["name"].as_str().expect("cluster name").to_owned(), c))
+        .collect();
+    json!({
+        "role": "gateway",
+        "labels": {"istio": "egressgateway"},
+        "listeners": listeners,
+        "clusters": clusters,
+        "outbound_policy": "REGISTRY_ONLY",
+        "access_log": {"path": null, "json": false},
+    })
+}
+
+pub fn listener(port: u16, chains: Vec<Value>) -> Value {
+    json!({"name": format!("0.0.0.0_{port}"), "port": port, "chains": chains})
+}
+
+/// A TLS-passthrough chain for `sni` patterns, one TCP route to `cluster`.
+pub fn passthrough_chain(name: &str, snis: &[&str], cluster: &str) -> Value {
+    json!({
+        "name": name,
+        "match": {"transport": "tls", "server_names": snis},
+        "app": {"tcp": {"routes": [{
+            "name": name,
+            "sni": snis,
+            "clusters": [{"cluster": cluster, "weight": 100}],
+        }]}},
+    })
+}
+
+pub fn tcp_chain(name: &str, cluster: &str) -> Value {
+    json!({
+        "name": name,
+        "match": {"transport": "plain"},
+        "app": {"tcp": {"routes": [{
+            "name": name,
+            "clusters": [{"cluster": cluster, "weight": 100}],
+        }]}},
+    })
+}
+
+pub fn http_chain(port: u16, vhosts: Vec<Value>) -> Value {
+    json!({
+        "name": format!("http.{port}"),
+        "match": {"transport": "plain"},
+        "app": {"http": {"route_config": format!("http.{port}"), "virtual_hosts": vhosts}},
+    })
+}
+
+pub fn vhost(domains: &[&str], routes: Vec<Value>) -> Value {
+    json!({"name": format!("{}:80", domains[0]), "domains": domains, "routes": routes})
+}
+
+/// A route forwarding everything to `cluster`.
+pub fn forward_route(name: &str, cluster: &str) -> Value {
+    json!({
+        "name": name,
+        "match": {},
+        "action": {"forward": {"clusters": [{"cluster": cluster, "weight": 100}]}},
+    })
+}
+
+/// A cluster with `discovery`; `extra` fields are merged in.
+pub fn cluster(name: &str, service: &str, port: u16, discovery: Value, extra: Value) -> Value {
+    let mut c = json!({
+        "name": name,
+        "service": service,
+        "port": port,
+        "discovery": discovery,
+        "connect_timeout": "1s",
+        "lb": "ROUND_ROBIN",
+        "limits": {},
+    });
+    if let (Some(obj), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+pub fn static_endpoints(addrs: &[SocketAddr]) -> Value {
+    let eps: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"address": a.ip().to_string(), "port": a.port(), "weight": 1}))
+        .collect();
+    json!({"static": {"endpoints": eps}})
+}
+
+pub fn dns_discovery(host: &str) -> Value {
+    json!({"dns": {"host": host, "round_robin": false}})
+}
+
+/// Parses an upstream stand-in's JSON description.
+pub fn echo(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("upstream JSON ({e}): {body}"))
+}
