@@ -135,6 +135,13 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
     let outbound_policy = mesh::outbound_policy(&mut cx);
     let access_log = mesh::access_log(&cx);
     mesh::report_unlowered(&mut cx);
+    let (authz, authz_diags) = crate::authz::compile_policies(
+        resources,
+        &options.namespace,
+        &options.labels,
+        crate::authz::ROOT_NAMESPACE,
+    );
+    cx.diags.extend(authz_diags);
     let snapshot = Snapshot {
         role: options.role,
         labels: options.labels.clone(),
@@ -142,6 +149,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
         clusters,
         outbound_policy,
         access_log,
+        authz,
     };
     let mut diags = cx.diags;
     crate::sort(&mut diags);

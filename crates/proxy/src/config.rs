@@ -2,9 +2,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+use sluice_identity::IdentityFiles;
+use tokio::sync::watch;
+
+#[derive(Clone)]
 pub struct ProxyConfig {
     /// Gateway listeners bind the Gateway servers' ports on this address.
     pub bind: IpAddr,
@@ -16,6 +20,26 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Directory of `credentialName` secrets (`<dir>/<name>/tls.crt`, `tls.key`, `ca.crt`).
     pub credentials_dir: Option<PathBuf>,
+    /// This proxy's workload identity (SVID and mesh trust bundle, re-read when the files
+    /// change). Without it, mesh mTLS is refused in both directions: no identity is ever
+    /// assumed.
+    pub identity: Option<watch::Receiver<Arc<IdentityFiles>>>,
+    /// Sidecar role: the explicit-proxy address apps use (`HTTP_PROXY`/`HTTPS_PROXY`).
+    pub listen: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("bind", &self.bind)
+            .field("dns_server", &self.dns_server)
+            .field("tls_inspect_timeout", &self.tls_inspect_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("credentials_dir", &self.credentials_dir)
+            .field("identity", &self.identity.as_ref().map(|i| i.borrow().identity().to_string()))
+            .field("listen", &self.listen)
+            .finish()
+    }
 }
 
 impl Default for ProxyConfig {
@@ -26,6 +50,8 @@ impl Default for ProxyConfig {
             tls_inspect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             credentials_dir: None,
+            identity: None,
+            listen: None,
         }
     }
 }

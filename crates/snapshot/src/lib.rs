@@ -70,6 +70,9 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Cluster>,
     pub outbound_policy: OutboundPolicy,
     pub access_log: AccessLog,
+    /// AuthorizationPolicies that apply to this proxy's workload, compiled.
+    #[serde(default)]
+    pub authz: authz::Policies,
 }
 
 impl Snapshot {
@@ -82,6 +85,7 @@ impl Snapshot {
             clusters: BTreeMap::new(),
             outbound_policy: OutboundPolicy::AllowAny,
             access_log: AccessLog::default(),
+            authz: authz::Policies::default(),
         }
     }
 
