@@ -32,6 +32,15 @@ pub struct ConnInfo {
     pub original_dst: Option<SocketAddr>,
     /// TLS was terminated here (the request scheme is https).
     pub tls: bool,
+    /// The peer's workload identity, from a certificate verified against the mesh trust
+    /// bundle during the mesh mTLS handshake — never from anything the client can write.
+    pub peer_identity: Option<sluice_identity::Identity>,
+    /// The SNI of the mesh hop, when this stream arrived inside mesh mTLS: the sidecar names
+    /// the destination host there (istio.io's `sni:` idiom), which authz uses as the host of
+    /// TCP traffic.
+    pub mesh_sni: Option<String>,
+    /// Sidecar role: the host and port the app asked for (CONNECT target, absolute URI, Host).
+    pub requested: Option<(String, u16)>,
 }
 
 impl ConnInfo {
@@ -45,6 +54,9 @@ impl ConnInfo {
             start: Instant::now(),
             original_dst: None,
             tls: false,
+            peer_identity: None,
+            mesh_sni: None,
+            requested: None,
         }
     }
 }
