@@ -36,7 +36,13 @@ impl std::fmt::Debug for ProxyConfig {
             .field("tls_inspect_timeout", &self.tls_inspect_timeout)
             .field("drain_timeout", &self.drain_timeout)
             .field("credentials_dir", &self.credentials_dir)
-            .field("identity", &self.identity.as_ref().map(|i| i.borrow().identity().to_string()))
+            .field(
+                "identity",
+                &self
+                    .identity
+                    .as_ref()
+                    .map(|i| i.borrow().identity().to_string()),
+            )
             .field("listen", &self.listen)
             .finish()
     }

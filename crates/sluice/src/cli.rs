@@ -30,6 +30,9 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Run the egress gateway: the mesh's single, controlled exit.
     Gateway(crate::gateway::GatewayArgs),
+    /// Run beside one workload: an explicit proxy that applies the mesh's rules and reaches the
+    /// egress gateway over mesh mTLS.
+    Sidecar(crate::sidecar::SidecarArgs),
     /// The whole picture on loopback: an external HTTPS service, DNS, the gateway, allowed and
     /// refused calls.
     Demo(crate::demo::DemoArgs),
@@ -67,6 +70,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Analyze(args) => crate::analyze::run(&args, &mut std::io::stdout().lock()),
         Command::Gateway(args) => crate::gateway::run(args),
+        Command::Sidecar(args) => crate::sidecar::run(args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Ca(args) => sluice_identity::run_ca(args),
         Command::ProxyConfig(args) => {

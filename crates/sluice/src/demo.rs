@@ -154,6 +154,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         admin: args.admin,
         dns_server: Some(dns.addr()),
         credentials_dir: None,
+        identity_dir: None,
         reload_interval: Duration::from_secs(1),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

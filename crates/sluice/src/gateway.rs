@@ -3,18 +3,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use sluice_compile::lower::CompileOptions;
-use sluice_proxy::{Proxy, ProxyConfig};
+use sluice_proxy::ProxyConfig;
 use sluice_snapshot::Role;
-use tokio::sync::watch;
 
-use crate::admin::{self, AdminState};
-use crate::cli::exit;
-use crate::reload;
+use crate::serve::{self, Plan};
 
 /// Flags of `sluice gateway` (each also `SLUICE_<FLAG>` in the environment).
 #[derive(Debug, clap::Args)]
@@ -46,6 +42,10 @@ pub struct GatewayArgs {
     /// Directory of `credentialName` secrets: DIR/NAME/tls.crt, tls.key, ca.crt.
     #[arg(long, env = "SLUICE_CREDENTIALS_DIR")]
     pub credentials_dir: Option<PathBuf>,
+    /// The gateway's workload identity: tls.crt, tls.key, ca.crt (re-read when they change).
+    /// Mesh mTLS from sidecars is terminated with it; without it, mesh traffic is refused.
+    #[arg(long, env = "SLUICE_IDENTITY_DIR")]
+    pub identity_dir: Option<PathBuf>,
     /// How often the config files are checked for changes.
     #[arg(long, default_value = "1s", env = "SLUICE_RELOAD_INTERVAL", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -64,7 +64,7 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     sluice_model::values::Duration::parse(s)
         .map(|d| d.as_std())
         .map_err(|e| e.to_string())
@@ -78,65 +78,30 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<u8> {
     runtime.block_on(start(args, shutdown_signal()))
 }
 
-/// Loads and compiles the configuration, then serves until `shutdown` resolves. A first
-/// configuration with errors is refused (exit 2): a gateway never starts on a config it
-/// cannot enforce.
+/// Serves the gateway until `shutdown` resolves.
 pub async fn start(
     args: GatewayArgs,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<u8> {
-    let options = CompileOptions {
-        role: Role::Gateway,
-        labels: args.labels.clone(),
-        namespace: args.namespace.clone(),
-        credentials_dir: args.credentials_dir.clone(),
-    };
-    let (paths, opts) = (args.config.clone(), options.clone());
-    let built = tokio::task::spawn_blocking(move || reload::build(&paths, &opts))
-        .await
-        .context("compiling the configuration")?;
-    let built = match built {
-        Ok(b) => b,
-        Err(diags) => {
-            for d in &diags {
-                eprintln!("{d}");
-            }
-            eprintln!("sluice: the configuration has errors; not starting");
-            return Ok(exit::BAD_CONFIG);
-        }
-    };
-    reload::log_diagnostics(&built.diagnostics);
-    let (tx, rx) = watch::channel(Arc::new(built.snapshot));
-    let mut registry = prometheus_client::registry::Registry::default();
-    let config = ProxyConfig {
-        bind: args.bind,
-        dns_server: args.dns_server,
-        credentials_dir: args.credentials_dir.clone(),
-        ..ProxyConfig::default()
-    };
-    let proxy = Proxy::new(config, rx.clone(), &mut registry).context("creating the proxy")?;
-    let admin = admin::serve(
-        args.admin,
-        AdminState {
-            snapshots: rx,
-            ready: proxy.ready(),
-            registry: Arc::new(Mutex::new(registry)),
+    let plan = Plan {
+        options: CompileOptions {
+            role: Role::Gateway,
+            labels: args.labels.clone(),
+            namespace: args.namespace.clone(),
+            credentials_dir: args.credentials_dir.clone(),
         },
-    )
-    .await
-    .with_context(|| format!("binding the admin API on {}", args.admin))?;
-    let watcher = tokio::spawn(reload::watch_config(
-        args.config.clone(),
-        options,
-        tx,
-        args.reload_interval,
-    ));
-    tracing::info!(admin = %args.admin, bind = %args.bind, "sluice gateway started");
-    let result = proxy.run(shutdown).await;
-    watcher.abort();
-    admin.abort();
-    result.context("serving")?;
-    Ok(exit::OK)
+        proxy: ProxyConfig {
+            bind: args.bind,
+            dns_server: args.dns_server,
+            credentials_dir: args.credentials_dir.clone(),
+            ..ProxyConfig::default()
+        },
+        config: args.config,
+        admin: args.admin,
+        reload_interval: args.reload_interval,
+        identity_dir: args.identity_dir,
+    };
+    serve::run(plan, shutdown).await
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

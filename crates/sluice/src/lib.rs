@@ -7,3 +7,5 @@ pub mod demo;
 pub mod gateway;
 pub mod proxy_config;
 pub mod reload;
+pub mod serve;
+pub mod sidecar;

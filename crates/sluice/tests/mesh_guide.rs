@@ -1,0 +1,502 @@
+//! The mesh side end to end with the `sluice` binary: sidecars with their own SVIDs reach the
+//! egress gateway over mesh mTLS, the gateway enforces the guide's AuthorizationPolicies, and
+//! REGISTRY_ONLY / ALLOW_ANY decide what leaves. Real processes, real TLS, a real DNS server,
+//! curl as the client; every address is loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_identity::{Ca, Validity};
+use sluice_test_support::client::{curl, raw_tcp};
+use sluice_test_support::{
+    DnsServer, HttpUpstream, HttpsUpstream, SluiceProcess, TcpUpstream, TempDir, TestCa,
+    UpstreamOptions, free_loopback_addr,
+};
+
+fn guide(file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/guide")
+        .join(file)
+        .display()
+        .to_string()
+}
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// A mesh CA and a directory of SVIDs, one per workload.
+struct Mesh {
+    dir: TempDir,
+    ca: Ca,
+}
+
+impl Mesh {
+    fn new() -> Mesh {
+        let dir = TempDir::new("mesh");
+        let ca = Ca::init(&dir.join("ca"), "cluster.local", false).expect("mesh CA");
+        Mesh { dir, ca }
+    }
+
+    /// Writes the SVID of ns/sa and returns its directory.
+    fn svid(&self, ns: &str, sa: &str) -> String {
+        let out = self.dir.join(format!("{ns}-{sa}"));
+        self.ca
+            .issue(ns, sa, Validity::from_now(Duration::from_secs(3600)))
+            .expect("issue")
+            .write(&out)
+            .expect("write svid");
+        out.display().to_string()
+    }
+}
+
+async fn start(cmd: std::process::Command, admin: SocketAddr) -> SluiceProcess {
+    tokio::task::spawn_blocking(move || SluiceProcess::spawn_command(cmd, admin))
+        .await
+        .expect("join")
+        .expect("sluice starts and becomes ready")
+}
+
+async fn gateway(
+    config: &[String],
+    bind: IpAddr,
+    dns: SocketAddr,
+    identity: &str,
+) -> SluiceProcess {
+    let admin = SocketAddr::new(bind, 15000);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("gateway");
+    for c in config {
+        cmd.args(["-c", c]);
+    }
+    cmd.args(["--bind", &bind.to_string(), "--admin", &admin.to_string()]);
+    cmd.args(["--dns-server", &dns.to_string(), "--identity-dir", identity]);
+    start(cmd, admin).await
+}
+
+/// Starts a sidecar for ns/sa; returns it with its explicit-proxy address.
+async fn sidecar(
+    config: &[String],
+    ns: &str,
+    sa: &str,
+    dns: SocketAddr,
+    identity: Option<&str>,
+) -> (SluiceProcess, SocketAddr) {
+    let ip = free_loopback_addr();
+    let listen = SocketAddr::new(ip, 15001);
+    let admin = SocketAddr::new(ip, 15000);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("sidecar");
+    for c in config {
+        cmd.args(["-c", c]);
+    }
+    cmd.args(["--namespace", ns, "--service-account", sa]);
+    cmd.args([
+        "--listen",
+        &listen.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ]);
+    cmd.args(["--dns-server", &dns.to_string()]);
+    if let Some(id) = identity {
+        cmd.args(["--identity-dir", id]);
+    }
+    (start(cmd, admin).await, listen)
+}
+
+/// `curl -x sidecar https://host/` with the test CA; Some(body) when it answered 2xx.
+async fn https_via(proxy: SocketAddr, ca: &Path, url: &str) -> Result<String, String> {
+    let out = curl(&[
+        "-sS",
+        "--max-time",
+        "10",
+        "-x",
+        &format!("http://{proxy}"),
+        "--cacert",
+        &ca.display().to_string(),
+        "--fail",
+        url,
+    ])
+    .await
+    .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Opens `CONNECT host:port` at the sidecar and returns the first line the far end sends.
+async fn connect_via(proxy: SocketAddr, target: &str) -> Option<String> {
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nhello\n");
+    let got = raw_tcp(proxy, req.as_bytes(), Duration::from_secs(3))
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (_, rest) = text.split_once("\r\n\r\n")?;
+    rest.lines()
+        .next()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+}
+
+/// The egress gateway's service, outside Kubernetes: a MESH_INTERNAL ServiceEntry with STATIC
+/// endpoints (DESIGN.md), and mesh mTLS toward it from every namespace.
+fn gateway_service(dir: &TempDir, gateway_ip: IpAddr, ports: &[(u16, &str, &str)]) -> String {
+    let ports: String = ports
+        .iter()
+        .map(|(n, name, proto)| format!("  - {{number: {n}, name: {name}, protocol: {proto}}}\n"))
+        .collect();
+    let path = dir.join("gateway-service.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+{ports}  endpoints:
+  - address: {gateway_ip}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-mtls, namespace: istio-system}}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+"#
+        ),
+    )
+    .expect("write");
+    path.display().to_string()
+}
+
+/// Guide Step 7 (`authz-egress-policy.yaml`): frontend reaches api.github.com; backend and
+/// payment-processor reach api.stripe.com but not GitHub; namespace `data` reaches
+/// external-db.example.com:5432; `processor` (not named) and a client that skips the sidecar
+/// are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn step7_who_may_reach_which_external_host() {
+    let mesh = Mesh::new();
+    let web_ca = TestCa::new("public-ca");
+    let dir = TempDir::new("step7");
+    let web_ca_file = web_ca.write_ca_pem(dir.path());
+    let github = HttpsUpstream::start(
+        SocketAddr::new(free_loopback_addr(), 443),
+        &web_ca.server_cert(&["api.github.com"]),
+        "github",
+        UpstreamOptions::default(),
+    )
+    .await
+    .expect("github");
+    let stripe = HttpsUpstream::start(
+        SocketAddr::new(free_loopback_addr(), 443),
+        &web_ca.server_cert(&["api.stripe.com"]),
+        "stripe",
+        UpstreamOptions::default(),
+    )
+    .await
+    .expect("stripe");
+    let db = TcpUpstream::start(SocketAddr::new(free_loopback_addr(), 5432), "postgres")
+        .await
+        .expect("db");
+    let dns = DnsServer::start([
+        ("api.github.com", vec![github.addr().ip()]),
+        ("api.stripe.com", vec![stripe.addr().ip()]),
+    ])
+    .await
+    .expect("dns");
+    let gw_ip = free_loopback_addr();
+    let se_db = std::fs::read_to_string(guide("serviceentry-database.yaml"))
+        .expect("guide")
+        .replace("192.168.1.100", &db.addr().ip().to_string())
+        .replace("192.168.1.101", &db.addr().ip().to_string());
+    std::fs::write(dir.join("serviceentry-database.yaml"), se_db).expect("write");
+    std::fs::write(
+        dir.join("stripe-and-db.yaml"),
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: stripe-api, namespace: default}
+spec:
+  hosts: [api.stripe.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: stripe-api-routing, namespace: default}
+spec:
+  hosts: [api.stripe.com]
+  gateways: [mesh, egress-gateway]
+  tls:
+  - match: [{gateways: [mesh], port: 443, sniHosts: [api.stripe.com]}]
+    route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 443}}}]
+  - match: [{gateways: [egress-gateway], port: 443, sniHosts: [api.stripe.com]}]
+    route: [{destination: {host: api.stripe.com, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: db-egress, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 5432, name: tcp-postgres, protocol: TCP}
+    hosts: [external-db.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db-routing, namespace: default}
+spec:
+  hosts: [external-db.example.com]
+  gateways: [mesh, db-egress]
+  tcp:
+  - match: [{gateways: [mesh], port: 5432}]
+    route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 5432}}}]
+  - match: [{gateways: [db-egress], port: 5432}]
+    route: [{destination: {host: external-db.example.com, port: {number: 5432}}}]
+"#,
+    )
+    .expect("write");
+    let mut config = vec![
+        guide("egress-gateway.yaml"),
+        guide("virtualservice-github.yaml"),
+        guide("destinationrule-github.yaml"),
+        guide("serviceentry-github.yaml"),
+        guide("mesh-config.yaml"),
+        guide("authz-egress-policy.yaml"),
+        dir.join("serviceentry-database.yaml").display().to_string(),
+        dir.join("stripe-and-db.yaml").display().to_string(),
+    ];
+    config.push(gateway_service(
+        &dir,
+        gw_ip,
+        &[(443, "tls", "TLS"), (5432, "tcp-postgres", "TCP")],
+    ));
+    let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
+    let _gw = gateway(&config, gw_ip, dns.addr(), &gw_id).await;
+
+    let mut sidecars = Vec::new();
+    for (ns, sa) in [
+        ("default", "frontend"),
+        ("default", "backend"),
+        ("payments", "payment-processor"),
+        ("data", "etl"),
+        ("default", "processor"),
+    ] {
+        let id = mesh.svid(ns, sa);
+        sidecars.push(sidecar(&config, ns, sa, dns.addr(), Some(&id)).await);
+    }
+    let proxy = |i: usize| sidecars[i].1;
+    let github_url = "https://api.github.com/repos";
+    let stripe_url = "https://api.stripe.com/v1/charges";
+
+    let body = https_via(proxy(0), &web_ca_file, github_url)
+        .await
+        .expect("frontend → github");
+    assert!(body.contains("\"upstream\":\"github\""), "{body}");
+    assert!(
+        https_via(proxy(0), &web_ca_file, stripe_url).await.is_err(),
+        "frontend → stripe"
+    );
+    for i in [1, 2] {
+        let body = https_via(proxy(i), &web_ca_file, stripe_url)
+            .await
+            .expect("→ stripe");
+        assert!(body.contains("\"upstream\":\"stripe\""), "{body}");
+        assert!(
+            https_via(proxy(i), &web_ca_file, github_url).await.is_err(),
+            "{i} → github"
+        );
+    }
+    assert_eq!(
+        connect_via(proxy(3), "external-db.example.com:5432")
+            .await
+            .as_deref(),
+        Some("postgres"),
+        "namespace data reaches the database"
+    );
+    assert_eq!(
+        connect_via(proxy(4), "external-db.example.com:5432").await,
+        None
+    );
+    assert!(
+        https_via(proxy(4), &web_ca_file, github_url).await.is_err(),
+        "processor → github"
+    );
+
+    // Skipping the sidecar: straight to the gateway, no mesh certificate, no principal.
+    let out = curl(&[
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        &web_ca_file.display().to_string(),
+        "--resolve",
+        &format!("api.github.com:443:{gw_ip}"),
+        github_url,
+    ])
+    .await
+    .expect("curl");
+    assert!(
+        !out.status.success(),
+        "a client without a sidecar must be refused"
+    );
+    assert_eq!(
+        github.requests(),
+        1,
+        "only frontend's request reached GitHub"
+    );
+}
+
+/// Guide Step 10 (`production-egress-setup.yaml`) as written: payment-service's TLS passes
+/// through the gateway inside mesh mTLS; another service account is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn step10_production_setup_end_to_end() {
+    let mesh = Mesh::new();
+    let web_ca = TestCa::new("payments-ca");
+    let dir = TempDir::new("step10");
+    let web_ca_file = web_ca.write_ca_pem(dir.path());
+    let provider = HttpsUpstream::start(
+        SocketAddr::new(free_loopback_addr(), 443),
+        &web_ca.server_cert(&["api.payment-provider.com"]),
+        "payment-provider",
+        UpstreamOptions::default(),
+    )
+    .await
+    .expect("provider");
+    let dns = DnsServer::start([("api.payment-provider.com", vec![provider.addr().ip()])])
+        .await
+        .expect("dns");
+    let gw_ip = free_loopback_addr();
+    let config = vec![
+        guide("production-egress-setup.yaml"),
+        gateway_service(&dir, gw_ip, &[(443, "tls", "TLS")]),
+    ];
+    let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
+    let _gw = gateway(&config, gw_ip, dns.addr(), &gw_id).await;
+    let allowed = mesh.svid("production", "payment-service");
+    let other = mesh.svid("production", "reporting");
+    let (_s1, p1) = sidecar(
+        &config,
+        "production",
+        "payment-service",
+        dns.addr(),
+        Some(&allowed),
+    )
+    .await;
+    let (_s2, p2) = sidecar(&config, "production", "reporting", dns.addr(), Some(&other)).await;
+    let url = "https://api.payment-provider.com/v1/pay";
+    let body = https_via(p1, &web_ca_file, url)
+        .await
+        .expect("payment-service is allowed");
+    assert!(
+        body.contains("\"sni\":\"api.payment-provider.com\""),
+        "{body}"
+    );
+    assert!(
+        https_via(p2, &web_ca_file, url).await.is_err(),
+        "reporting is refused"
+    );
+    assert_eq!(provider.requests(), 1);
+}
+
+/// REGISTRY_ONLY through a sidecar (the guide's mesh-config.yaml): unregistered HTTP → 502,
+/// CONNECT → closed; without it (Istio's default ALLOW_ANY) the same calls pass through; a
+/// Sidecar resource overrides the mesh-wide mode for its namespace. The mode is switched by
+/// editing the config while the sidecar runs (hot reload).
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_only_and_allow_any_through_a_sidecar() {
+    let web = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "unregistered")
+        .await
+        .expect("http upstream");
+    let tcp = TcpUpstream::start(SocketAddr::new(free_loopback_addr(), 443), "raw")
+        .await
+        .expect("tcp upstream");
+    let dns = DnsServer::start([
+        ("unregistered.example.org", vec![web.addr().ip()]),
+        ("tunnel.example.org", vec![tcp.addr().ip()]),
+    ])
+    .await
+    .expect("dns");
+    let dir = TempDir::new("registry");
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg).expect("mkdir");
+    std::fs::write(
+        cfg.join("serviceentry-github.yaml"),
+        std::fs::read(guide("serviceentry-github.yaml")).expect("guide"),
+    )
+    .expect("write");
+    let config = vec![cfg.display().to_string()];
+    let (sc, proxy) = sidecar(&config, "default", "app", dns.addr(), None).await;
+
+    let http = |proxy: SocketAddr| async move {
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "-x",
+            &format!("http://{proxy}"),
+            "http://unregistered.example.org/",
+        ])
+        .await
+        .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Istio's default: ALLOW_ANY → PassthroughCluster.
+    assert_eq!(http(proxy).await, "200");
+    assert_eq!(
+        connect_via(proxy, "tunnel.example.org:443")
+            .await
+            .as_deref(),
+        Some("raw")
+    );
+
+    // The guide's mesh config switches to REGISTRY_ONLY (picked up without a restart).
+    std::fs::copy(guide("mesh-config.yaml"), cfg.join("mesh-config.yaml")).expect("copy");
+    sc.wait_for_stderr("configuration reloaded", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}: {}", sc.stderr()));
+    assert_eq!(http(proxy).await, "502");
+    assert_eq!(connect_via(proxy, "tunnel.example.org:443").await, None);
+    let logged = sc
+        .wait_for_log("BlackHoleCluster", Duration::from_secs(5))
+        .is_ok()
+        || sc
+            .wait_for_stderr("BlackHoleCluster", Duration::from_secs(1))
+            .is_ok();
+    assert!(
+        logged,
+        "refusals name BlackHoleCluster: {} {}",
+        sc.stdout(),
+        sc.stderr()
+    );
+
+    // A Sidecar resource in the workload's namespace overrides the mesh-wide mode.
+    std::fs::write(
+        cfg.join("sidecar.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: default}\nspec:\n  outboundTrafficPolicy: {mode: ALLOW_ANY}\n",
+    )
+    .expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http(proxy).await != "200" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Sidecar override not applied: {}",
+            sc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
