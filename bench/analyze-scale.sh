@@ -79,14 +79,14 @@ cargo build --release -q -p sluice
 bin=target/release/sluice
 echo "config: $(find "$dir" -name '*.yaml' | wc -l) files, $(du -sh "$dir" | cut -f1)"
 "$bin" analyze "$dir" -o json > "$dir.out" || true
-echo "resources loaded: $(grep -c '"code"' "$dir.out" || true) messages"
+echo "diagnostics on this config: $(grep -c "\"code\"" "$dir.out" || true)"
 rm -f "$dir.out"
 times=()
 for _ in $(seq "$runs"); do
   start=$(date +%s.%N)
   "$bin" analyze "$dir" -o json >/dev/null || true
   end=$(date +%s.%N)
-  times+=("$(echo "$end - $start" | bc)")
+  times+=("$(python3 -c "print($end - $start)")")
 done
 printf '%s\n' "${times[@]}" | sort -n | awk -v runs="$runs" '
   {t[NR]=$1} END {printf "analyze 10,000 SE + 1,000 VS + 1,000 DR: median %.3f s, min %.3f s, max %.3f s over %d runs\n", t[int((NR+1)/2)], t[1], t[NR], runs}'

@@ -1,20 +1,28 @@
 //! One downstream connection, start to end: inspect the ClientHello, choose the filter chain,
 //! terminate TLS when the chain says so, then run its application (HTTP or TCP). Works on any
 //! byte stream, so a mesh mTLS layer can wrap the socket before it gets here.
+//!
+//! The mesh hop (DESIGN.md): at the gateway, a ClientHello offering ALPN `istio` is a
+//! sidecar's `ISTIO_MUTUAL`. It is terminated with the workload identity on any server (also a
+//! PASSTHROUGH one), the client certificate verified against the mesh trust bundle; the peer's
+//! identity is recorded; then the inner stream is served as if it had arrived alone: inner TLS
+//! by its SNI (passed through untouched), inner plain by the plain chain. Without an identity
+//! (`--identity-dir`), or when the handshake fails, the connection is closed: identity never
+//! comes from anything else, and traffic without the mesh layer has no principal.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_snapshot::Snapshot;
-use sluice_snapshot::listener::{App, FilterChain, ServerTlsMode, Transport};
+use sluice_snapshot::listener::{App, FilterChain, Listener, ServerTls, ServerTlsMode, Transport};
+use sluice_snapshot::{Role, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::rewind::Rewind;
 use crate::sni::{self, Peek};
 use crate::telemetry::{Kind, LogTarget, Record};
-use crate::{Error, Shared, http, tcp, tls};
+use crate::{Error, Shared, authz, http, tcp, tls};
 
 /// What is known about a connection.
 #[derive(Debug, Clone)]
@@ -71,6 +79,24 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
+    /// The context of chain `chain` of the listener at `info.listener_port`, for callers that
+    /// chose the chain themselves (the sidecar picks a virtual listener per request).
+    pub(crate) fn for_chain(
+        info: ConnInfo,
+        snapshot: Arc<Snapshot>,
+        shared: Arc<Shared>,
+        log: Option<Arc<LogTarget>>,
+        chain: usize,
+    ) -> ConnCtx {
+        ConnCtx {
+            info,
+            snapshot,
+            shared,
+            log,
+            chain,
+        }
+    }
+
     pub fn chain(&self) -> Option<&FilterChain> {
         self.snapshot
             .listener(self.info.listener_port)?
@@ -83,18 +109,40 @@ impl ConnCtx {
     }
 }
 
+/// ALPN values only mesh mTLS offers: Istio's sidecars offer both, sluice's sidecar `istio`.
+/// A ClientHello with one of them is the mesh hop, whatever server it arrives on.
+pub const MESH_ALPN: [&str; 2] = ["istio", "istio-peer-exchange"];
+
+/// How long a plain TCP server at the gateway waits for a client's first bytes to tell a mesh
+/// hop (whose sidecar sends its ClientHello at once) from a server-first protocol, which is
+/// delayed by this much at most. HTTP-only servers wait for nothing: HTTP clients speak first.
+pub const MESH_DETECT_WAIT: Duration = Duration::from_millis(500);
+
+/// Any stream the proxy serves: the socket, or what is inside a mesh mTLS layer.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The stream inside a mesh mTLS layer (one type, so the nesting is bounded by construction).
+type MeshIo = Box<dyn Io>;
+
 /// Serves one connection with the listener of `snapshot` at `info.listener_port`. The
 /// connection keeps this snapshot to its end.
+///
+/// At the gateway, a ClientHello offering ALPN `istio` is the mesh hop: it is terminated with
+/// the workload identity on whatever server it arrives, the peer's verified identity is
+/// recorded, and the stream inside goes through chain selection again (inner TLS by its SNI,
+/// inner plain by the plain chain), once. A server with `tls.mode: ISTIO_MUTUAL` terminates
+/// mesh mTLS as its own TLS.
 pub async fn serve_connection<S>(
     io: S,
-    mut info: ConnInfo,
+    info: ConnInfo,
     snapshot: Arc<Snapshot>,
     shared: Arc<Shared>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let log = shared.telemetry.log_target(&snapshot.access_log);
-    let mut rec = Record::new(
+    let rec = Record::new(
         shared.telemetry.clone(),
         log.clone(),
         Kind::Connection,
@@ -102,127 +150,375 @@ pub async fn serve_connection<S>(
         info.peer,
         None,
     );
-    let Some(listener) = snapshot.listener(info.listener_port) else {
-        rec.fail(&Error::NoFilterChain);
+    let mut flow = Flow {
+        info,
+        snapshot: snapshot.clone(),
+        shared,
+        log,
+        rec,
+    };
+    let Some(listener) = snapshot.listener(flow.info.listener_port) else {
+        flow.rec.fail(&Error::NoFilterChain);
         return;
     };
+    let gateway = snapshot.role == Role::Gateway;
 
     // Phase 1: what the connection is (bounded in bytes and time).
-    let (io, transport) = if listener.inspects_tls() {
-        let (io, peek) = sni::inspect(io, shared.config.tls_inspect_timeout).await;
+    let timeout = flow.shared.config.tls_inspect_timeout;
+    let first_bytes = if listener.inspects_tls() || (gateway && http_only(listener)) {
+        Some(timeout)
+    } else if gateway && flow.shared.config.identity.is_some() {
+        Some(MESH_DETECT_WAIT)
+    } else {
+        None
+    };
+    let (io, transport) = match first_bytes {
+        Some(first_bytes) => match flow.inspect(io, first_bytes).await {
+            Some(found) => found,
+            None => return,
+        },
+        None => (Rewind::new(Bytes::new(), io), Transport::Plain),
+    };
+    flow.rec.sni = flow.info.sni.clone();
+
+    // Phase 2: the filter chain, or the mesh hop first.
+    let chain = chain_index(listener, transport, flow.info.sni.as_deref());
+    let istio_mutual_chain = chain
+        .and_then(|i| listener.chains.get(i))
+        .is_some_and(is_istio_mutual);
+    if gateway
+        && transport == Transport::Tls
+        && !istio_mutual_chain
+        && flow.info.alpn.iter().any(|a| MESH_ALPN.contains(&a.as_str()))
+    {
+        flow.mesh_hop(io).await;
+        return;
+    }
+    let Some(chain) = chain else {
+        flow.rec.fail(&Error::NoFilterChain);
+        return;
+    };
+    flow.run_chain(io, transport, chain).await;
+}
+
+/// The index of the chain `Listener::select` chooses.
+fn chain_index(listener: &Listener, transport: Transport, sni: Option<&str>) -> Option<usize> {
+    let chain = listener.select(transport, sni)?;
+    listener.chains.iter().position(|c| std::ptr::eq(c, chain))
+}
+
+fn is_istio_mutual(chain: &FilterChain) -> bool {
+    chain
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.mode == ServerTlsMode::IstioMutual)
+}
+
+/// Every chain is plain HTTP: its clients speak first, so looking at their first bytes costs
+/// no wait.
+fn http_only(listener: &Listener) -> bool {
+    listener
+        .chains
+        .iter()
+        .all(|c| matches!(c.app, App::Http { .. }))
+}
+
+/// What the protocol negotiated by ALPN says about HTTP/2 (`None`: detect it).
+fn alpn_h2(alpn: Option<&[u8]>) -> Option<bool> {
+    match alpn {
+        Some(b"h2") => Some(true),
+        Some(b"http/1.1") => Some(false),
+        _ => None,
+    }
+}
+
+/// One connection on its way through the phases.
+struct Flow {
+    info: ConnInfo,
+    snapshot: Arc<Snapshot>,
+    shared: Arc<Shared>,
+    log: Option<Arc<LogTarget>>,
+    /// The connection's record: logged when TLS/TCP ends or the connection is refused;
+    /// disarmed when HTTP takes over (each request has its own).
+    rec: Record,
+}
+
+impl Flow {
+    /// Reads the ClientHello if there is one; a client silent for `first_bytes` is plain.
+    /// `None` when the connection failed (recorded).
+    async fn inspect<T: Io>(
+        &mut self,
+        io: T,
+        first_bytes: Duration,
+    ) -> Option<(Rewind<T>, Transport)> {
+        let timeout = self.shared.config.tls_inspect_timeout;
+        let (io, peek) = sni::inspect_with(io, first_bytes, timeout).await;
         match peek {
             Ok(Peek::Found(hello)) => {
-                info.sni = hello.sni;
-                info.alpn = hello.alpn;
-                (io, Transport::Tls)
+                self.info.sni = hello.sni;
+                self.info.alpn = hello.alpn;
+                Some((io, Transport::Tls))
             }
-            Ok(Peek::NotTls) => (io, Transport::Plain),
+            Ok(Peek::NotTls) => Some((io, Transport::Plain)),
             Ok(Peek::NeedMore) => {
-                rec.fail(&Error::Inspect(sni::Error::Eof));
-                return;
+                self.rec.fail(&Error::Inspect(sni::Error::Eof));
+                None
             }
             Err(e) => {
-                tracing::debug!(error = %e, peer = %info.peer, "tls inspection");
-                rec.fail(&Error::Inspect(e));
-                return;
+                tracing::debug!(error = %e, peer = %self.info.peer, "tls inspection");
+                self.rec.fail(&Error::Inspect(e));
+                None
             }
         }
-    } else {
-        (Rewind::new(Bytes::new(), io), Transport::Plain)
-    };
-    rec.sni = info.sni.clone();
+    }
 
-    // Phase 2: the filter chain.
-    let Some(chain) = listener.select(transport, info.sni.as_deref()) else {
-        rec.fail(&Error::NoFilterChain);
-        return;
-    };
-    let Some(chain_index) = listener.chains.iter().position(|c| std::ptr::eq(c, chain)) else {
-        rec.fail(&Error::NoFilterChain);
-        return;
-    };
-    rec.route_name = Some(chain.name.clone());
+    /// Terminates mesh mTLS on `io` and records the verified peer. `None` when refused: no
+    /// identity here, a handshake that failed (a certificate from another CA, an expired one,
+    /// none at all), or a certificate without a SPIFFE ID.
+    async fn accept_mesh<T: Io>(&mut self, io: T) -> Option<tokio_rustls::server::TlsStream<T>> {
+        let refuse = |flow: &mut Flow, e: Error| {
+            flow.rec.fail(&e);
+            None
+        };
+        let config = match self
+            .shared
+            .server_tls
+            .mesh(self.shared.config.identity.as_ref())
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    peer = %self.info.peer,
+                    port = self.info.listener_port,
+                    sni = self.info.sni.as_deref().unwrap_or("-"),
+                    "{e}"
+                );
+                return refuse(self, e);
+            }
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+        let timeout = self.shared.config.tls_inspect_timeout;
+        let stream = match tokio::time::timeout(timeout, accept).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(
+                    peer = %self.info.peer,
+                    port = self.info.listener_port,
+                    reason = %e,
+                    "mesh mTLS handshake failed: connection closed"
+                );
+                return refuse(self, Error::MeshTls(e.to_string()));
+            }
+            Err(_) => return refuse(self, Error::MeshTls("handshake timeout".into())),
+        };
+        let Some(identity) = sluice_identity::peer_identity(stream.get_ref().1) else {
+            tracing::info!(
+                peer = %self.info.peer,
+                "mesh mTLS client certificate carries no SPIFFE ID: connection closed"
+            );
+            return refuse(
+                self,
+                Error::MeshTls("the client certificate carries no SPIFFE ID".into()),
+            );
+        };
+        tracing::debug!(peer = %self.info.peer, identity = %identity, "mesh mTLS peer");
+        self.rec.set_peer(Some(&identity), true);
+        self.info.peer_identity = Some(identity);
+        self.info.tls = true;
+        Some(stream)
+    }
 
-    // Phase 3: TLS termination, then the application.
-    match &chain.tls {
-        Some(server_tls) => {
-            let default_alpn: &[&str] = match chain.app {
-                App::Http { .. } => &["h2", "http/1.1"],
-                App::Tcp { .. } => &[],
-            };
-            let config = match shared.server_tls.get(server_tls, default_alpn) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, chain = chain.name, "tls termination");
-                    rec.fail(&e);
-                    return;
-                }
-            };
-            let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
-            let stream = match tokio::time::timeout(shared.config.tls_inspect_timeout, accept).await
+    /// The mesh hop on a server that is not ISTIO_MUTUAL: terminate it, then choose the chain
+    /// for what is inside, as if it had arrived on its own.
+    async fn mesh_hop<S: Io + 'static>(mut self, io: Rewind<S>) {
+        let Some(stream) = self.accept_mesh(io).await else {
+            return;
+        };
+        self.info.mesh_sni = self.info.sni.take();
+        self.info.alpn.clear();
+        let inner: MeshIo = Box::new(stream);
+        let snapshot = self.snapshot.clone();
+        let Some(listener) = snapshot.listener(self.info.listener_port) else {
+            self.rec.fail(&Error::NoFilterChain);
+            return;
+        };
+        let (io, transport) = if listener.inspects_tls() {
+            match self
+                .inspect(inner, self.shared.config.tls_inspect_timeout)
+                .await
             {
+                Some(found) => found,
+                None => return,
+            }
+        } else {
+            (Rewind::new(Bytes::new(), inner), Transport::Plain)
+        };
+        // The log names the host routed by: the inner SNI, else the mesh hop's.
+        self.rec.sni = self.info.sni.clone().or_else(|| self.info.mesh_sni.clone());
+        let Some(chain) = chain_index(listener, transport, self.info.sni.as_deref()) else {
+            self.rec.fail(&Error::NoFilterChain);
+            return;
+        };
+        if listener.chains.get(chain).is_some_and(is_istio_mutual) {
+            self.rec
+                .fail(&Error::MeshTls("mesh mTLS nested in mesh mTLS".into()));
+            return;
+        }
+        self.run_chain(io, transport, chain).await;
+    }
+
+    /// Terminates the chain's TLS, if any, then runs its application.
+    async fn run_chain<T: Io + 'static>(mut self, io: Rewind<T>, transport: Transport, index: usize) {
+        let snapshot = self.snapshot.clone();
+        let Some(chain) = snapshot
+            .listener(self.info.listener_port)
+            .and_then(|l| l.chains.get(index))
+        else {
+            self.rec.fail(&Error::NoFilterChain);
+            return;
+        };
+        self.rec.route_name = Some(chain.name.clone());
+        let Some(server_tls) = &chain.tls else {
+            let passthrough = transport == Transport::Tls;
+            self.run_app(io, chain, index, None, passthrough).await;
+            return;
+        };
+        if server_tls.mode == ServerTlsMode::IstioMutual {
+            self.run_istio_mutual(io, chain, index, server_tls).await;
+            return;
+        }
+        let default_alpn: &[&str] = match chain.app {
+            App::Http { .. } => &["h2", "http/1.1"],
+            App::Tcp { .. } => &[],
+        };
+        let config = match self.shared.server_tls.get(server_tls, default_alpn) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, chain = chain.name, "tls termination");
+                self.rec.fail(&e);
+                return;
+            }
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+        let stream =
+            match tokio::time::timeout(self.shared.config.tls_inspect_timeout, accept).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    rec.fail(&Error::DownstreamTls(e.to_string()));
+                    self.rec.fail(&Error::DownstreamTls(e.to_string()));
                     return;
                 }
                 Err(_) => {
-                    rec.fail(&Error::DownstreamTls("handshake timeout".into()));
+                    self.rec
+                        .fail(&Error::DownstreamTls("handshake timeout".into()));
                     return;
                 }
             };
-            let conn = stream.get_ref().1;
-            if server_tls.mode == ServerTlsMode::Mutual && !server_tls.subject_alt_names.is_empty()
-            {
-                let ok = conn
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .is_some_and(|c| tls::cert_has_san(c, &server_tls.subject_alt_names));
-                if !ok {
-                    rec.fail(&Error::DownstreamTls(
-                        "client certificate carries none of the subject alt names".into(),
-                    ));
-                    return;
-                }
-            }
-            let h2 = conn.alpn_protocol() == Some(b"h2");
-            info.tls = true;
-            let ctx = Arc::new(ConnCtx {
-                info,
-                snapshot: snapshot.clone(),
-                shared,
-                log,
-                chain: chain_index,
-            });
-            match &chain.app {
-                App::Http { .. } => {
-                    rec.disarm();
-                    http::serve(stream, ctx, Some(h2)).await;
-                }
-                App::Tcp { routes } => {
-                    rec.kind = Kind::Tcp;
-                    tcp::proxy(stream, routes, &ctx, &mut rec, false).await;
-                }
+        let conn = stream.get_ref().1;
+        if server_tls.mode == ServerTlsMode::Mutual && !server_tls.subject_alt_names.is_empty() {
+            let ok = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .is_some_and(|c| tls::cert_has_san(c, &server_tls.subject_alt_names));
+            if !ok {
+                self.rec.fail(&Error::DownstreamTls(
+                    "client certificate carries none of the subject alt names".into(),
+                ));
+                return;
             }
         }
-        None => {
-            let ctx = Arc::new(ConnCtx {
-                info,
-                snapshot: snapshot.clone(),
-                shared,
-                log,
-                chain: chain_index,
+        let h2 = conn.alpn_protocol() == Some(b"h2");
+        self.info.tls = true;
+        self.run_app(stream, chain, index, Some(h2), false).await;
+    }
+
+    /// A server with `tls.mode: ISTIO_MUTUAL`: mesh mTLS is its TLS. Inside an HTTPS server
+    /// is HTTP; inside a TLS server either the app's own TLS (passed through, routed by its
+    /// SNI) or plain bytes (routed by the mesh SNI).
+    async fn run_istio_mutual<T: Io + 'static>(
+        mut self,
+        io: Rewind<T>,
+        chain: &FilterChain,
+        index: usize,
+        server_tls: &ServerTls,
+    ) {
+        let Some(stream) = self.accept_mesh(io).await else {
+            return;
+        };
+        if !server_tls.subject_alt_names.is_empty() {
+            let allowed = self.info.peer_identity.as_ref().is_some_and(|id| {
+                let (uri, principal) = (id.to_string(), id.principal());
+                server_tls
+                    .subject_alt_names
+                    .iter()
+                    .any(|san| *san == uri || *san == principal)
             });
-            match &chain.app {
-                App::Http { .. } => {
-                    rec.disarm();
-                    http::serve(io, ctx, None).await;
+            if !allowed {
+                self.rec.fail(&Error::MeshTls(
+                    "the peer identity is none of the server's subjectAltNames".into(),
+                ));
+                return;
+            }
+        }
+        self.info.mesh_sni = self.info.sni.clone();
+        let h2 = alpn_h2(stream.get_ref().1.alpn_protocol());
+        match &chain.app {
+            App::Http { .. } => self.run_app(stream, chain, index, h2, false).await,
+            App::Tcp { .. } => {
+                self.info.alpn.clear();
+                let Some((inner, transport)) = self.inspect(stream, MESH_DETECT_WAIT).await else {
+                    return;
+                };
+                if transport == Transport::Tls {
+                    self.rec.sni = self.info.sni.clone();
                 }
-                App::Tcp { routes } => {
-                    rec.kind = Kind::Tcp;
-                    let passthrough = transport == Transport::Tls;
-                    tcp::proxy(io, routes, &ctx, &mut rec, passthrough).await;
+                let passthrough = transport == Transport::Tls;
+                self.run_app(inner, chain, index, None, passthrough).await;
+            }
+        }
+    }
+
+    /// The chain's application on `io`. TLS/TCP connections are authorized first (Envoy's
+    /// network RBAC filter precedes the TCP proxy); HTTP requests one by one.
+    async fn run_app<T: Io + 'static>(
+        self,
+        io: T,
+        chain: &FilterChain,
+        index: usize,
+        h2: Option<bool>,
+        passthrough: bool,
+    ) {
+        let Flow {
+            info,
+            snapshot,
+            shared,
+            log,
+            mut rec,
+        } = self;
+        let ctx = Arc::new(ConnCtx {
+            info,
+            snapshot,
+            shared,
+            log,
+            chain: index,
+        });
+        match &chain.app {
+            App::Http { .. } => {
+                rec.disarm();
+                http::serve(io, ctx, h2).await;
+            }
+            App::Tcp { routes } => {
+                rec.kind = Kind::Tcp;
+                let req = authz::connection_request(&ctx.info);
+                if let Err(e) = authz::authorize(
+                    &ctx.snapshot,
+                    &ctx.shared.telemetry,
+                    authz::Protocol::Tcp,
+                    &req,
+                ) {
+                    rec.fail(&e);
+                    return;
                 }
+                tcp::proxy(io, routes, &ctx, &mut rec, passthrough).await;
             }
         }
     }

@@ -32,6 +32,18 @@ pub enum Error {
     /// The downstream TLS handshake failed.
     #[error("downstream tls: {0}")]
     DownstreamTls(String),
+    /// Mesh mTLS arrived (a sidecar's `ISTIO_MUTUAL`) but this proxy has no workload identity
+    /// to terminate it with: refused, never passed on unverified.
+    #[error("mesh mTLS arrived but this gateway has no identity (--identity-dir)")]
+    NoIdentity,
+    /// The mesh mTLS handshake failed: a client certificate from another CA, an expired one,
+    /// none at all, or a nested mesh layer.
+    #[error("mesh mTLS handshake: {0}")]
+    MeshTls(String),
+    /// An AuthorizationPolicy denied the request or connection; the text is Envoy's
+    /// `rbac_access_denied_matched_policy[…]`.
+    #[error("denied by authorization policy: {0}")]
+    Denied(String),
     /// No virtual host, route or TCP route takes this request (`NR`).
     #[error("no route")]
     NoRoute,
@@ -90,7 +102,11 @@ impl Error {
             Error::UpstreamReset(_) => "UC",
             Error::FaultAbort(_) => "FI",
             Error::Downstream(_) => "DPE",
+            // Envoy's RBAC filters set no response flag: a denial shows as `403 -` (HTTP) or
+            // a closed connection, named by its details.
+            Error::Denied(_) => "-",
             Error::DownstreamTls(_) | Error::Inspect(_) => "-",
+            Error::NoIdentity | Error::MeshTls(_) => "-",
             Error::Bind { .. } | Error::Resolver(_) | Error::Io(_) => "-",
         }
     }
@@ -103,6 +119,7 @@ impl Error {
             Error::Timeout => 504,
             Error::FaultAbort(status) => *status,
             Error::Downstream(_) => 400,
+            Error::Denied(_) => sluice_snapshot::authz::DENIED_STATUS,
             _ => 503,
         }
     }
@@ -145,9 +162,30 @@ impl Error {
             Error::FaultAbort(_) => "fault_filter_abort",
             Error::Downstream(_) => "downstream_protocol_error",
             Error::DownstreamTls(_) => "tls_handshake_failed",
+            Error::NoIdentity => "mesh_mtls_without_identity",
+            Error::MeshTls(_) => "mesh_mtls_handshake_failed",
+            Error::Denied(_) => "rbac_access_denied",
             Error::Inspect(sni::Error::Timeout) => "tls_inspector_timeout",
             Error::Inspect(_) => "tls_inspector_error",
             Error::Bind { .. } | Error::Resolver(_) | Error::Io(_) => "io_error",
+        }
+    }
+
+    /// [`Error::details`], with the policy a denial names
+    /// (`rbac_access_denied_matched_policy[ns[NS]-policy[NAME]-rule[I]]`).
+    pub fn full_details(&self) -> Cow<'static, str> {
+        match self {
+            Error::Denied(details) => Cow::Owned(details.clone()),
+            other => Cow::Borrowed(other.details()),
+        }
+    }
+
+    /// Envoy's `%DOWNSTREAM_TRANSPORT_FAILURE_REASON%`: why the client's TLS failed.
+    pub fn downstream_failure_reason(&self) -> Option<String> {
+        match self {
+            Error::DownstreamTls(reason) | Error::MeshTls(reason) => Some(reason.clone()),
+            Error::NoIdentity => Some(self.to_string()),
+            _ => None,
         }
     }
 
@@ -171,6 +209,7 @@ impl Error {
             Error::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow".into(),
             Error::NoHealthyUpstream(_) => "no healthy upstream".into(),
             Error::FaultAbort(_) => "fault filter abort".into(),
+            Error::Denied(_) => sluice_snapshot::authz::DENIED_BODY.into(),
             Error::Connect { reason, .. } => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
             ),
@@ -189,7 +228,7 @@ mod tests {
 
     #[test]
     fn outcomes_follow_envoy() {
-        let table: [(Error, &str, u16, bool); 8] = [
+        let table: [(Error, &str, u16, bool); 9] = [
             (Error::NoRoute, "NR", 404, false),
             (Error::NoHealthyUpstream("x".into()), "UH", 503, true),
             (Error::BlackHole, "UH", 502, false),
@@ -206,11 +245,24 @@ mod tests {
             (Error::Overflow("max_connections"), "UO", 503, false),
             (Error::Timeout, "UT", 504, true),
             (Error::FaultAbort(418), "FI", 418, false),
+            (
+                Error::Denied("rbac_access_denied_matched_policy[none]".into()),
+                "-",
+                403,
+                false,
+            ),
         ];
         for (e, flag, status, retry) in table {
             assert_eq!(e.response_flag(), flag, "{e}");
             assert_eq!(e.http_status(), status, "{e}");
             assert_eq!(e.retryable(), retry, "{e}");
         }
+        let denied = Error::Denied("rbac_access_denied_matched_policy[none]".into());
+        assert_eq!(denied.body(), "RBAC: access denied");
+        assert_eq!(
+            denied.full_details(),
+            "rbac_access_denied_matched_policy[none]"
+        );
+        assert_eq!(Error::NoRoute.full_details(), "route_not_found");
     }
 }

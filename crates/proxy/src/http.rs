@@ -27,10 +27,13 @@ use sluice_snapshot::listener::App;
 use sluice_snapshot::route::{Redirect, RouteAction, select_virtual_host};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::Error;
 use crate::conn::ConnCtx;
+use crate::{Error, authz};
 use crate::telemetry::{ByteCounts, HttpFields, Kind, Record};
 use crate::upstream::pool::{Body, BoxError};
+
+/// Envoy's client-certificate header, removed from every request.
+const XFCC: &str = "x-forwarded-client-cert";
 
 /// Largest request head accepted (Envoy's default `max_request_headers_kb` is 60).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -104,7 +107,8 @@ fn protocol(v: http::Version) -> &'static str {
     }
 }
 
-async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
+/// One request on `ctx`'s chain (also the sidecar's entry, which picks the chain per request).
+pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
     let mut rec = Record::new(
         ctx.shared.telemetry.clone(),
@@ -114,6 +118,10 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ResponseB
         ctx.info.peer,
         ctx.info.sni.clone(),
     );
+    rec.set_peer(
+        ctx.info.peer_identity.as_ref(),
+        ctx.info.peer_identity.is_some(),
+    );
     let authority = authority_of(&parts);
     let path = parts
         .uri
@@ -121,6 +129,9 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ResponseB
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
 
+    // A client could write any identity here; sluice never reads it, and nothing behind the
+    // proxy should either (Envoy's `forward_client_cert_details: SANITIZE`).
+    parts.headers.remove(XFCC);
     // What the gateway adds to every request (Envoy with use_remote_address).
     if !parts.headers.contains_key("x-request-id")
         && let Ok(v) = HeaderValue::from_str(&headers::request_id())
@@ -162,10 +173,25 @@ async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ResponseB
     .map_err(|e| -> BoxError { Box::new(e) })
     .boxed();
 
-    // Boxed: the future borrows `parts` across awaits, and hyper needs it provably `Send`.
-    let dispatched: Pin<Box<dyn Future<Output = _> + Send + '_>> =
-        Box::pin(dispatch(&ctx, &parts, &authority, body, &mut rec));
-    let (resp, guards) = match dispatched.await {
+    // Authorization before routing, as Envoy's RBAC filter runs before its router: a denied
+    // request reaches no upstream.
+    let authorized = authz::authorize(
+        &ctx.snapshot,
+        &ctx.shared.telemetry,
+        authz::Protocol::Http,
+        &authz::http_request(&ctx.info, &parts, &authority),
+    );
+    let outcome = match authorized {
+        Ok(()) => {
+            // Boxed: the future borrows `parts` across awaits, and hyper needs it provably
+            // `Send`.
+            let dispatched: Pin<Box<dyn Future<Output = _> + Send + '_>> =
+                Box::pin(dispatch(&ctx, &parts, &authority, body, &mut rec));
+            dispatched.await
+        }
+        Err(denied) => Err(denied),
+    };
+    let (resp, guards) = match outcome {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, authority, "request failed");

@@ -10,18 +10,23 @@
 //! - [`listener`]: bind / re-bind / close ports, accept loops, drain.
 //! - [`conn`]: one connection: ClientHello inspection ([`sni`]), chain selection, TLS
 //!   termination ([`tls::server`]), then [`http`] or [`tcp`].
+//! - [`sidecar`]: the sidecar's explicit proxy (`CONNECT`, absolute-form and `Host`-addressed
+//!   HTTP), which picks a virtual listener per flow, and REGISTRY_ONLY / ALLOW_ANY for what
+//!   no listener routes.
 //! - [`http`]: virtual host → route → action (forward with retries, redirect, direct).
 //! - [`upstream`]: discovery (static, DNS, dynamic DNS), load balancing, limits, dialing with
 //!   TLS origination ([`tls::client`]), pooled HTTP connections.
 //! - [`telemetry`]: one record per request/connection → access log line + Istio metrics.
 //! - [`error`]: the one place that maps failures to response flags and statuses.
 
+pub mod authz;
 pub mod config;
 pub mod conn;
 pub mod error;
 pub mod http;
 pub mod listener;
 pub mod rewind;
+pub mod sidecar;
 pub mod sni;
 pub mod tcp;
 pub mod telemetry;
@@ -70,9 +75,11 @@ impl Proxy {
         let telemetry = Arc::new(Telemetry::new(registry));
         let resolver = upstream::dns::Resolver::new(config.dns_server)?;
         let (drain, drain_rx) = watch::channel(false);
+        let upstreams =
+            Upstreams::new(resolver, telemetry.clone()).with_identity(config.identity.clone());
         let shared = Arc::new(Shared {
             config,
-            upstreams: Upstreams::new(resolver, telemetry.clone()),
+            upstreams,
             telemetry,
             server_tls: ServerConfigs::default(),
             drain: drain_rx,
@@ -91,7 +98,9 @@ impl Proxy {
         self.ready.subscribe()
     }
 
-    /// Binds the current snapshot's listeners on `config.bind`, serves until `shutdown`
+    /// Binds the current snapshot's listeners on `config.bind` (a sidecar snapshot's
+    /// listeners are virtual: the explicit proxy is bound on `config.listen` instead, default
+    /// [`sidecar::DEFAULT_LISTEN`]), serves until `shutdown`
     /// resolves, then drains (bounded by `config.drain_timeout`). Listeners are re-bound or
     /// closed when a new snapshot adds or removes ports; open connections keep the snapshot
     /// they started with.

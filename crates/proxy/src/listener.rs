@@ -1,6 +1,10 @@
 //! The listener manager: binds the ports of the current snapshot, re-binds or closes them
 //! when a new snapshot adds or removes ports, and runs one accept loop per port. Each
 //! accepted connection takes the snapshot current at accept and keeps it.
+//!
+//! A sidecar snapshot's listeners are virtual (one per destination port, chosen per flow by
+//! [`crate::sidecar`]): for it, the one socket bound is the explicit proxy's, on
+//! `config.listen`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,7 +26,8 @@ pub struct Manager {
     hard_stop: watch::Receiver<bool>,
     /// Dropping a port's sender stops its accept loop and closes its socket.
     bound: BTreeMap<u16, oneshot::Sender<()>>,
-    warned_role: bool,
+    /// The sidecar's explicit proxy, while the snapshot's role is Sidecar.
+    explicit_proxy: Option<oneshot::Sender<()>>,
 }
 
 impl Manager {
@@ -38,21 +43,22 @@ impl Manager {
             tracker: Some(tracker),
             hard_stop,
             bound: BTreeMap::new(),
-            warned_role: false,
+            explicit_proxy: None,
         }
     }
 
     /// Makes the bound ports those of `snapshot`. Every port that can be bound is; the
     /// first failure is returned.
     pub async fn reconcile(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
+        let mut first_err = None;
         let want: Vec<u16> = match snapshot.role {
-            Role::Gateway => snapshot.listeners.iter().map(|l| l.port).collect(),
+            Role::Gateway => {
+                self.explicit_proxy = None;
+                snapshot.listeners.iter().map(|l| l.port).collect()
+            }
             Role::Sidecar => {
-                if !self.warned_role {
-                    tracing::warn!(
-                        "sidecar listeners are virtual (explicit proxy); not bound by this proxy yet"
-                    );
-                    self.warned_role = true;
+                if let Err(e) = self.bind_explicit_proxy().await {
+                    first_err = Some(e);
                 }
                 Vec::new()
             }
@@ -64,7 +70,6 @@ impl Manager {
             }
             keep
         });
-        let mut first_err = None;
         for port in want {
             if self.bound.contains_key(&port) {
                 continue;
@@ -79,7 +84,7 @@ impl Manager {
                     let (stop_tx, stop_rx) = oneshot::channel();
                     tokio::spawn(accept_loop(
                         listener,
-                        port,
+                        Entry::Port(port),
                         self.snapshots.clone(),
                         self.shared.clone(),
                         stop_rx,
@@ -100,16 +105,58 @@ impl Manager {
         }
     }
 
+    /// Binds the sidecar's explicit proxy on `config.listen`, once.
+    async fn bind_explicit_proxy(&mut self) -> Result<(), Error> {
+        if self.explicit_proxy.is_some() {
+            return Ok(());
+        }
+        let addr = self
+            .shared
+            .config
+            .listen
+            .unwrap_or(crate::sidecar::DEFAULT_LISTEN);
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
+            tracing::error!(%addr, error = %source, "cannot bind the explicit proxy");
+            Error::Bind { addr, source }
+        })?;
+        tracing::info!(%addr, "explicit proxy listening (HTTP_PROXY / HTTPS_PROXY)");
+        let Some(tracker) = self.tracker.clone() else {
+            return Ok(());
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        tokio::spawn(accept_loop(
+            listener,
+            Entry::ExplicitProxy,
+            self.snapshots.clone(),
+            self.shared.clone(),
+            stop_rx,
+            tracker,
+            self.hard_stop.clone(),
+        ));
+        self.explicit_proxy = Some(stop_tx);
+        Ok(())
+    }
+
     /// Stops accepting on every port.
     pub fn close_all(&mut self) {
         self.bound.clear();
+        self.explicit_proxy = None;
         self.tracker = None;
     }
 }
 
+/// What an accept loop hands its connections to.
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    /// The listener of this snapshot port.
+    Port(u16),
+    /// The sidecar's explicit proxy.
+    ExplicitProxy,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    port: u16,
+    entry: Entry,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
@@ -125,24 +172,34 @@ async fn accept_loop(
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep the listener.
-                tracing::warn!(port, error = %e, "accept");
+                tracing::warn!(?entry, error = %e, "accept");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let local = stream
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::new(shared.config.bind, port));
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let snapshot = snapshots.borrow().clone();
-        let info = ConnInfo::new(local, peer, port);
         let shared = shared.clone();
         let tracker = tracker.clone();
         let mut hard_stop = hard_stop.clone();
         tokio::spawn(async move {
             let _tracker = tracker;
+            let serve = async move {
+                match entry {
+                    Entry::Port(port) => {
+                        let info = ConnInfo::new(local, peer, port);
+                        serve_connection(stream, info, snapshot, shared).await;
+                    }
+                    Entry::ExplicitProxy => {
+                        crate::sidecar::serve(stream, local, peer, snapshot, shared).await;
+                    }
+                }
+            };
             tokio::select! {
-                _ = serve_connection(stream, info, snapshot, shared) => {}
+                _ = serve => {}
                 _ = crate::wait_true(&mut hard_stop) => {}
             }
         });

@@ -51,7 +51,19 @@ pub enum Error {
 /// [`MAX_CLIENT_HELLO`] bytes and `timeout`. A connection that sends nothing before the
 /// timeout is plain (a server-first protocol); one that stops inside a ClientHello is an error.
 pub async fn inspect<S: AsyncRead + Unpin>(
+    io: S,
+    timeout: Duration,
+) -> (Rewind<S>, Result<Peek, Error>) {
+    inspect_with(io, timeout, timeout).await
+}
+
+/// [`inspect`], except that a connection that sends nothing within `first_bytes` is plain at
+/// once. For listeners where a ClientHello is only a possibility (the mesh hop arriving on a
+/// plain TCP server): a client that speaks first sends it right away, and a server-first
+/// protocol is delayed by `first_bytes` at most, not by the whole inspection timeout.
+pub async fn inspect_with<S: AsyncRead + Unpin>(
     mut io: S,
+    first_bytes: Duration,
     timeout: Duration,
 ) -> (Rewind<S>, Result<Peek, Error>) {
     let mut buf = BytesMut::with_capacity(1024);
@@ -62,7 +74,15 @@ pub async fn inspect<S: AsyncRead + Unpin>(
             }
             let room = MAX_CLIENT_HELLO - buf.len();
             let mut limited = (&mut io).take(room as u64);
-            let n = limited.read_buf(&mut buf).await?;
+            let n = if buf.is_empty() {
+                // `read_buf` is cancel-safe: nothing is lost when the wait ends first.
+                match tokio::time::timeout(first_bytes, limited.read_buf(&mut buf)).await {
+                    Ok(n) => n?,
+                    Err(_elapsed) => return Ok(Peek::NotTls),
+                }
+            } else {
+                limited.read_buf(&mut buf).await?
+            };
             if n == 0 {
                 return if buf.is_empty() {
                     Ok(Peek::NotTls)
@@ -408,5 +428,34 @@ mod tests {
         });
         let (_, peek) = inspect(server, Duration::from_secs(5)).await;
         assert!(matches!(peek, Err(Error::TooLarge)), "{peek:?}");
+    }
+
+    #[tokio::test]
+    async fn a_short_first_bytes_wait_ends_silence_early_but_not_a_slow_hello() {
+        let (_client, server) = tokio::io::duplex(64);
+        let started = std::time::Instant::now();
+        let (_, peek) =
+            inspect_with(server, Duration::from_millis(20), Duration::from_secs(5)).await;
+        assert!(matches!(peek, Ok(Peek::NotTls)), "{peek:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        // Once the first bytes are in, the rest may take the whole timeout.
+        let hello = client_hello("api.github.com", &["istio"]);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let sent = hello.clone();
+        tokio::spawn(async move {
+            let (head, tail) = sent.split_at(10);
+            tokio::io::AsyncWriteExt::write_all(&mut client, head)
+                .await
+                .expect("write");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut client, tail)
+                .await
+                .expect("write");
+            client
+        });
+        let (_, peek) =
+            inspect_with(server, Duration::from_millis(20), Duration::from_secs(5)).await;
+        assert_eq!(peek.expect("peek"), found(Some("api.github.com"), &["istio"]));
     }
 }

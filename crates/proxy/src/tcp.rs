@@ -3,7 +3,9 @@
 //!
 //! A stream forwarded as TLS passthrough is never wrapped in TLS again, even when its cluster
 //! has `tls` settings (Istio's guide sets a SIMPLE DestinationRule on a passthrough host;
-//! wrapping the client's own TLS would break it). sluice forwards it untouched.
+//! wrapping the client's own TLS would break it). sluice forwards it untouched. The one
+//! exception is the mesh hop (`ISTIO_MUTUAL`), which wraps whatever the app sent in mTLS
+//! ([`crate::upstream::Upstreams::stream_origination`]).
 
 use std::io;
 use std::pin::Pin;
@@ -81,11 +83,7 @@ where
         true,
     )
     .ok_or(Error::Overflow("max_connections"))?;
-    let origination = if passthrough {
-        None
-    } else {
-        upstreams.origination(cluster, &candidate.host)?
-    };
+    let origination = upstreams.stream_origination(cluster, candidate, &ctx.info, passthrough)?;
     rec.upstream_host = Some(candidate.addr);
     let dialed = upstreams
         .dial(cluster, &state, candidate.addr, origination)

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use sluice_snapshot::{Cluster, Discovery, HostMatch};
 
 use crate::Error;
+use crate::conn::ConnInfo;
 use crate::telemetry::Telemetry;
-use crate::tls::client::ClientConfigs;
+use crate::tls::client::{ClientConfigs, is_mesh};
 use connect::{Dialed, Origination};
 use lb::{Candidate, ClusterState, Clusters, Slot};
 use pool::{Pool, PoolKey, Pooled};
@@ -38,6 +39,12 @@ impl Upstreams {
         }
     }
 
+    /// Originates `ISTIO_MUTUAL` with this workload identity (see [`ClientConfigs`]).
+    pub fn with_identity(mut self, identity: Option<sluice_identity::IdentitySource>) -> Self {
+        self.tls = ClientConfigs::with_identity(identity);
+        self
+    }
+
     pub fn state(&self, cluster: &Cluster) -> Arc<ClusterState> {
         self.clusters.get(&cluster.name, || {
             self.telemetry.metrics.cluster(&cluster.name)
@@ -47,7 +54,30 @@ impl Upstreams {
     /// The endpoints of `cluster` now. `host` is the request's authority host or the
     /// connection's SNI (DYNAMIC_DNS resolves it); `original_dst` is the destination the
     /// client connected to, when the listener knows it (ORIGINAL_DST).
+    ///
+    /// On a mesh-hop cluster (`ISTIO_MUTUAL`) each candidate's `host` is `host` itself: the
+    /// hop names the destination the app asked for as its SNI (so the gateway learns it, and
+    /// connections to different destinations are pooled apart), not the gateway's address.
     pub async fn endpoints(
+        &self,
+        cluster: &Cluster,
+        host: Option<&str>,
+        original_dst: Option<SocketAddr>,
+    ) -> Result<Vec<Candidate>, Error> {
+        let mut out = self.discover(cluster, host, original_dst).await?;
+        if let (Some(tls), Some(host)) = (&cluster.tls, host)
+            && is_mesh(tls)
+            && !host.is_empty()
+        {
+            let name: Arc<str> = Arc::from(host);
+            for c in &mut out {
+                c.host = name.clone();
+            }
+        }
+        Ok(out)
+    }
+
+    async fn discover(
         &self,
         cluster: &Cluster,
         host: Option<&str>,
@@ -146,6 +176,32 @@ impl Upstreams {
             config,
             server_name,
         }))
+    }
+
+    /// The TLS a TCP or TLS stream gets toward `candidate`. A passthrough stream carries the
+    /// client's own TLS and is not wrapped again — except by the mesh hop (`ISTIO_MUTUAL`),
+    /// which wraps whatever the app sent: its SNI is the cluster's `sni`, else the host the
+    /// app asked for (the sidecar's CONNECT target), else the inner ClientHello's SNI.
+    pub fn stream_origination(
+        &self,
+        cluster: &Cluster,
+        candidate: &Candidate,
+        info: &ConnInfo,
+        passthrough: bool,
+    ) -> Result<Option<Origination>, Error> {
+        match &cluster.tls {
+            Some(tls) if is_mesh(tls) => {
+                let host = info
+                    .requested
+                    .as_ref()
+                    .map(|(h, _)| h.as_str())
+                    .or(info.sni.as_deref())
+                    .unwrap_or(&candidate.host);
+                self.origination(cluster, host)
+            }
+            _ if passthrough => Ok(None),
+            _ => self.origination(cluster, &candidate.host),
+        }
     }
 
     /// Dials one endpoint (TCP, then TLS when `tls` is given), counting the cluster's stats.

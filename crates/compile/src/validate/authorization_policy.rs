@@ -329,14 +329,15 @@ fn check_action(r: &mut Report<'_, AuthorizationPolicy>, spec: &AuthorizationPol
                 "spec.action",
                 format!(
                     "sluice does not implement the CUSTOM action (delegating the decision to the \
-                     extension provider {provider:?}): this policy is not enforced by sluice"
+                     extension provider {provider:?}); failing closed, it denies every request \
+                     its rules match, as Istio does for a CUSTOM provider it cannot use"
                 ),
             );
         }
         Action::Audit => r.not_supported(
             "spec.action",
-            "sluice does not implement the AUDIT action (it only marks requests for an audit log \
-             provider): this policy has no effect in sluice",
+            "AUDIT only marks the requests it matches and never changes a decision; sluice \
+             has no audit-log provider to send them to",
         ),
         Action::Allow | Action::Deny => {
             if spec.provider.is_some() {
@@ -522,8 +523,8 @@ fn check_source(
         r.not_supported(
             &format!("{path}.{field}"),
             "sluice does not authenticate JWTs (RequestAuthentication is not read), so no request \
-             carries a request principal: requestPrincipals never match and notRequestPrincipals \
-             always match",
+             carries a request principal: failing closed, an ALLOW rule naming request \
+             principals never matches, and a DENY rule matches as if the condition held",
         );
     }
 
@@ -652,16 +653,17 @@ fn check_condition(r: &mut Report<'_, AuthorizationPolicy>, cond: &Condition, pa
             &format!("{path}.key"),
             format!(
                 "sluice does not authenticate JWTs (RequestAuthentication is not read), so the \
-                 attribute {key} is never present: `values` never match and `notValues` always \
-                 match"
+                 attribute {key} is never known: failing closed, an ALLOW rule with it never \
+                 matches, and a DENY rule matches as if the condition held"
             ),
         );
     } else if key.starts_with("experimental.envoy.filters.") {
         r.not_supported(
             &format!("{path}.key"),
             format!(
-                "sluice has no Envoy filter metadata; the attribute {key} is never present, so \
-                 `values` never match and `notValues` always match"
+                "sluice has no Envoy filter metadata, so the attribute {key} is never known: \
+                 failing closed, an ALLOW rule with it never matches, and a DENY rule matches as \
+                 if the condition held"
             ),
         );
     }

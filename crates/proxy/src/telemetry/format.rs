@@ -69,7 +69,9 @@ pub enum Operator {
     RequestedServerName,
     RouteName,
     UpstreamRequestAttemptCount,
+    /// The verified peer's SPIFFE ID (mesh mTLS).
     DownstreamPeerUriSan,
+    DownstreamTransportFailureReason,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +325,7 @@ fn operator(name: &str, arg: Option<&str>) -> Option<Operator> {
         "ROUTE_NAME" => plain(RouteName),
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => plain(UpstreamRequestAttemptCount),
         "DOWNSTREAM_PEER_URI_SAN" => plain(DownstreamPeerUriSan),
+        "DOWNSTREAM_TRANSPORT_FAILURE_REASON" => plain(DownstreamTransportFailureReason),
         _ => None,
     }
 }

@@ -49,6 +49,32 @@ pub struct TcpLabels {
     pub connection_security_policy: String,
 }
 
+/// One authorization decision (Envoy counts `rbac.allowed` / `rbac.denied` per filter; sluice
+/// names the rule that decided, whose count is bounded by the policies).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `http` (one decision per request) or `tcp` (one per TLS/TCP connection).
+    pub protocol: String,
+    /// `allowed` or `denied`.
+    pub decision: String,
+    /// The rule that decided (`ns[NS]-policy[NAME]-rule[I]`), or `none`.
+    pub policy: String,
+    /// `true` when an AUDIT rule matched.
+    pub audit: String,
+}
+
+/// What a set of dry-run policies would have decided (Envoy's shadow rules).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DryRunLabels {
+    pub protocol: String,
+    /// `deny` or `allow`: which dry-run policies (Envoy runs two shadow engines).
+    pub action: String,
+    /// Envoy's `shadow_engine_result`: `allowed` or `denied`.
+    pub result: String,
+    /// Envoy's `shadow_effective_policy_id`, or `none`.
+    pub policy: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
     pub cluster_name: String,
@@ -91,6 +117,8 @@ pub struct Metrics {
     rq_retry: Family<ClusterLabels, Counter>,
     rq_pending_overflow: Family<ClusterLabels, Counter>,
     rq_timeout: Family<ClusterLabels, Counter>,
+    authz: Family<AuthzLabels, Counter>,
+    authz_dry_run: Family<DryRunLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
 }
@@ -113,6 +141,8 @@ impl Metrics {
             rq_retry: Family::default(),
             rq_pending_overflow: Family::default(),
             rq_timeout: Family::default(),
+            authz: Family::default(),
+            authz_dry_run: Family::default(),
             access_log_dropped: Counter::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -192,6 +222,16 @@ impl Metrics {
             m.rq_timeout.clone(),
         );
         registry.register(
+            "sluice_authz_decisions",
+            "Authorization decisions, by the rule that decided",
+            m.authz.clone(),
+        );
+        registry.register(
+            "sluice_authz_dry_run_decisions",
+            "What dry-run authorization policies would have decided",
+            m.authz_dry_run.clone(),
+        );
+        registry.register(
             "sluice_access_log_dropped_lines",
             "Access-log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
@@ -229,6 +269,14 @@ impl Metrics {
         self.response_bytes
             .get_or_create(labels)
             .observe(resp_bytes as f64);
+    }
+
+    pub fn authz(&self, labels: &AuthzLabels) {
+        self.authz.get_or_create(labels).inc();
+    }
+
+    pub fn authz_dry_run(&self, labels: &DryRunLabels) {
+        self.authz_dry_run.get_or_create(labels).inc();
     }
 
     /// Handles for one TCP connection: `opened` is counted now.

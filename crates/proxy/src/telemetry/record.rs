@@ -66,6 +66,13 @@ pub struct Record {
     pub details: Option<Cow<'static, str>>,
     pub termination: Option<Cow<'static, str>>,
     pub transport_failure: Option<String>,
+    /// Why the client's TLS (or mesh mTLS) handshake failed.
+    pub downstream_failure: Option<String>,
+    /// The peer's SPIFFE ID (`spiffe://…`), from a certificate the mesh mTLS handshake
+    /// verified; never from a header.
+    pub peer_principal: Option<String>,
+    /// The flow arrived over mesh mTLS (Istio's `connection_security_policy="mutual_tls"`).
+    pub mesh_mtls: bool,
     pub counts: Arc<ByteCounts>,
     pub attempts: u32,
     pub http: Option<Box<HttpFields>>,
@@ -101,6 +108,9 @@ impl Record {
             details: None,
             termination: None,
             transport_failure: None,
+            downstream_failure: None,
+            peer_principal: None,
+            mesh_mtls: false,
             counts: Arc::new(ByteCounts::default()),
             attempts: 0,
             http: None,
@@ -126,16 +136,37 @@ impl Record {
         envoy_order(&self.flags)
     }
 
-    /// Records how a flow failed: its flag, details, transport failure reason.
+    /// Records how a flow failed: its flag, details, transport failure reasons.
     pub fn fail(&mut self, err: &Error) {
         self.add_flag(err.response_flag());
         match self.kind {
-            Kind::Http => self.details = Some(Cow::Borrowed(err.details())),
-            Kind::Tcp | Kind::Connection => self.termination = Some(Cow::Borrowed(err.details())),
+            Kind::Http => self.details = Some(err.full_details()),
+            Kind::Tcp | Kind::Connection => self.termination = Some(err.full_details()),
         }
         if let Some(reason) = err.transport_failure_reason() {
             self.transport_failure = Some(reason);
         }
+        if let Some(reason) = err.downstream_failure_reason() {
+            self.downstream_failure = Some(reason);
+        }
+    }
+
+    /// Who the peer is, when the flow arrived over mesh mTLS.
+    pub fn set_peer(&mut self, identity: Option<&sluice_identity::Identity>, mesh_mtls: bool) {
+        self.peer_principal = identity.map(ToString::to_string);
+        self.mesh_mtls = mesh_mtls;
+    }
+
+    /// Istio's `source_principal` label: the SPIFFE ID, or `unknown`.
+    fn principal_label(&self) -> String {
+        self.peer_principal
+            .clone()
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// Istio's `connection_security_policy` label.
+    fn security_label(&self) -> String {
+        if self.mesh_mtls { "mutual_tls" } else { "none" }.to_owned()
     }
 
     /// Counts the TCP connection as opened (its destination is known now).
@@ -155,14 +186,14 @@ impl Record {
         TcpLabels {
             reporter: "source".into(),
             source_workload: "unknown".into(),
-            source_principal: "unknown".into(),
+            source_principal: self.principal_label(),
             destination_service: service.clone(),
             destination_service_name: service,
             destination_service_namespace: "unknown".into(),
             destination_cluster: "unknown".into(),
             request_protocol: "tcp".into(),
             response_flags: self.flags(),
-            connection_security_policy: "unknown".into(),
+            connection_security_policy: self.security_label(),
         }
     }
 
@@ -188,7 +219,7 @@ impl Record {
                 let labels = RequestLabels {
                     reporter: "source".into(),
                     source_workload: "unknown".into(),
-                    source_principal: "unknown".into(),
+                    source_principal: self.principal_label(),
                     destination_service: service.clone(),
                     destination_service_name: service,
                     destination_service_namespace: "unknown".into(),
@@ -196,7 +227,7 @@ impl Record {
                     request_protocol: "http".into(),
                     response_code: self.response_code.to_string(),
                     response_flags: self.flags(),
-                    connection_security_policy: "unknown".into(),
+                    connection_security_policy: self.security_label(),
                 };
                 self.telemetry.metrics.request(
                     &labels,
@@ -318,7 +349,12 @@ impl Source for Record {
             Operator::RequestedServerName => opt(self.sni.as_deref().map(Cow::Borrowed)),
             Operator::RouteName => opt(self.route_name.as_deref().map(Cow::Borrowed)),
             Operator::UpstreamRequestAttemptCount => Value::Num(u64::from(self.attempts)),
-            Operator::DownstreamPeerUriSan => Value::Missing,
+            Operator::DownstreamPeerUriSan => {
+                opt(self.peer_principal.as_deref().map(Cow::Borrowed))
+            }
+            Operator::DownstreamTransportFailureReason => {
+                opt(self.downstream_failure.as_deref().map(Cow::Borrowed))
+            }
         }
     }
 }

@@ -1,8 +1,19 @@
 //! TLS origination toward upstreams (`UpstreamTls`): one cached rustls `ClientConfig` per
 //! settings. A certificate that does not verify fails the connection; it is never accepted
 //! silently, except under an explicit `insecureSkipVerify`.
+//!
+//! `ISTIO_MUTUAL` (the mesh hop, sidecar → gateway) uses the proxy's workload identity
+//! ([`sluice_identity::client_config`]): its SVID as client certificate, the mesh trust
+//! bundle for the server, ALPN `istio`. The server must carry one of the cluster's
+//! `spiffe://` subject alt names (the gateway endpoints' service accounts), or, when the
+//! cluster names none, any identity of the proxy's own trust domain. That config follows the
+//! identity watcher at handshake time, so it is built once per expected peer and stays valid
+//! across certificate rotations. Without an identity, mesh origination fails (`UF`): no
+//! identity is ever assumed, and the hop is never downgraded to plain TLS or cleartext.
 
 use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -11,27 +22,48 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sluice_identity::{ExpectedPeer, Identity, IdentitySource};
 use sluice_snapshot::cluster::{Trust, UpstreamTls, UpstreamTlsMode};
 
 use super::{Error, load_certs, load_key, load_roots, provider, stamp};
 
 type Entry = (Vec<Option<SystemTime>>, Arc<ClientConfig>);
 
+/// Mesh configs by the cluster's subject alt names and the proxy's own trust domain.
+type MeshKey = (Vec<String>, String);
+
 #[derive(Default)]
 pub struct ClientConfigs {
     cache: Mutex<HashMap<(UpstreamTls, bool), Entry>>,
     /// The platform store, loaded once (it honours `SSL_CERT_FILE`).
     platform: OnceLock<Result<Arc<RootCertStore>, String>>,
+    /// The proxy's workload identity, for `ISTIO_MUTUAL`.
+    identity: Option<IdentitySource>,
+    mesh: Mutex<HashMap<MeshKey, Arc<ClientConfig>>>,
+    /// The missing identity has been reported (once, not per connection).
+    warned_no_identity: AtomicBool,
+}
+
+/// True for the mesh hop: `ISTIO_MUTUAL`, or anything trusting the mesh bundle.
+pub fn is_mesh(tls: &UpstreamTls) -> bool {
+    tls.mode == UpstreamTlsMode::IstioMutual || tls.trust == Trust::Mesh
 }
 
 impl ClientConfigs {
+    /// Configurations that originate `ISTIO_MUTUAL` with `identity` (`None`: mesh
+    /// origination fails).
+    pub fn with_identity(identity: Option<IdentitySource>) -> ClientConfigs {
+        ClientConfigs {
+            identity,
+            ..ClientConfigs::default()
+        }
+    }
+
     /// The configuration for `tls`; `http2` offers ALPN h2 and http/1.1 when the settings
-    /// name no ALPN.
+    /// name no ALPN (the mesh hop always offers `istio` alone, and carries HTTP/1.1).
     pub fn get(&self, tls: &UpstreamTls, http2: bool) -> Result<Arc<ClientConfig>, crate::Error> {
-        if tls.mode == UpstreamTlsMode::IstioMutual || tls.trust == Trust::Mesh {
-            return Err(crate::Error::NotSupported(
-                "ISTIO_MUTUAL toward the upstream".into(),
-            ));
+        if is_mesh(tls) {
+            return self.mesh(tls);
         }
         let key = (tls.clone(), http2);
         let files = match &tls.trust {
@@ -50,6 +82,36 @@ impl ClientConfigs {
         }
         let config = Arc::new(self.build(tls, http2)?);
         cache.insert(key, (now, config.clone()));
+        Ok(config)
+    }
+
+    /// The mesh-hop configuration: this proxy's SVID, the mesh trust bundle, the expected
+    /// server identities of `tls`.
+    fn mesh(&self, tls: &UpstreamTls) -> Result<Arc<ClientConfig>, crate::Error> {
+        let Some(source) = &self.identity else {
+            if !self.warned_no_identity.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "a cluster requires ISTIO_MUTUAL, but this proxy has no workload identity \
+                     (--identity-dir): its connections fail (UF) instead of leaving the mesh \
+                     without mTLS"
+                );
+            }
+            return Err(crate::Error::TlsConfig(Error::Config(
+                "ISTIO_MUTUAL needs a workload identity (--identity-dir); none is configured"
+                    .into(),
+            )));
+        };
+        let own_domain = source.borrow().identity().trust_domain().to_owned();
+        let key = (tls.subject_alt_names.clone(), own_domain);
+        let mut cache = self.mesh.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = cache.get(&key) {
+            return Ok(config.clone());
+        }
+        let expected = expected_peer(&key.0, &key.1);
+        let config = sluice_identity::client_config(source.clone(), expected)
+            .map_err(|e| crate::Error::TlsConfig(Error::Config(e.to_string())))?;
+        let config = Arc::new(config);
+        cache.insert(key, config.clone());
         Ok(config)
     }
 
@@ -120,6 +182,31 @@ impl ClientConfigs {
         };
         Ok(config)
     }
+}
+
+/// Whom the mesh hop accepts as server: the `spiffe://` names among `sans` (Istio checks the
+/// gateway's certificate against its service accounts), else any identity of `own_domain`.
+/// Names that are not SPIFFE IDs cannot match a workload certificate: a list of only such
+/// names accepts nobody (fails closed).
+pub fn expected_peer(sans: &[String], own_domain: &str) -> ExpectedPeer {
+    if sans.is_empty() {
+        return ExpectedPeer::TrustDomain(own_domain.to_owned());
+    }
+    let ids: Vec<Identity> = sans
+        .iter()
+        .filter_map(|san| match Identity::from_str(san) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(
+                    san,
+                    error = %e,
+                    "ISTIO_MUTUAL subject alt name is not a workload identity: it matches no mesh certificate"
+                );
+                None
+            }
+        })
+        .collect();
+    ExpectedPeer::AnyOf(ids)
 }
 
 /// Verifies the chain as webpki does, but accepts the certificate when it carries any of

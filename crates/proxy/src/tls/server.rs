@@ -1,4 +1,6 @@
-//! TLS termination for chains with `ServerTls` SIMPLE or MUTUAL.
+//! TLS termination for chains with `ServerTls` SIMPLE or MUTUAL, and for mesh mTLS (a
+//! sidecar's `ISTIO_MUTUAL`, or a server with `tls.mode: ISTIO_MUTUAL`) with the proxy's
+//! workload identity.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,7 +9,9 @@ use std::time::SystemTime;
 
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
+use sluice_identity::IdentityFiles;
 use sluice_snapshot::listener::{ServerTls, ServerTlsMode};
+use tokio::sync::watch;
 
 use super::{Error, load_certs, load_key, load_roots, provider, stamp};
 
@@ -25,6 +29,9 @@ type Entry = (Vec<Option<SystemTime>>, Arc<ServerConfig>);
 #[derive(Default)]
 pub struct ServerConfigs {
     cache: Mutex<HashMap<Key, Entry>>,
+    /// The mesh mTLS configuration. Built once: it reads the identity through the watcher at
+    /// every handshake, so a rotated SVID or trust bundle needs no rebuild.
+    mesh: Mutex<Option<Arc<ServerConfig>>>,
 }
 
 impl ServerConfigs {
@@ -40,7 +47,8 @@ impl ServerConfigs {
             ServerTlsMode::Mutual => true,
             ServerTlsMode::IstioMutual => {
                 return Err(crate::Error::NotSupported(
-                    "ISTIO_MUTUAL termination at the gateway".into(),
+                    "ISTIO_MUTUAL is terminated with the workload identity (ServerConfigs::mesh)"
+                        .into(),
                 ));
             }
         };
@@ -69,6 +77,29 @@ impl ServerConfigs {
         }
         let config = Arc::new(build(&key)?);
         cache.insert(key, (now, config.clone()));
+        Ok(config)
+    }
+}
+
+impl ServerConfigs {
+    /// The configuration that terminates mesh mTLS: presents this proxy's SVID, requires a
+    /// client certificate that chains to the mesh trust bundle, offers the ALPN values Istio's
+    /// sidecars use (`sluice_identity::server_config`). Without an identity there is none:
+    /// mesh mTLS is refused, never accepted unverified.
+    pub fn mesh(
+        &self,
+        identity: Option<&watch::Receiver<Arc<IdentityFiles>>>,
+    ) -> Result<Arc<ServerConfig>, crate::Error> {
+        let identity = identity.ok_or(crate::Error::NoIdentity)?;
+        let mut mesh = self.mesh.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = mesh.as_ref() {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(
+            sluice_identity::server_config(identity.clone())
+                .map_err(|e| crate::Error::TlsConfig(Error::Config(e.to_string())))?,
+        );
+        *mesh = Some(config.clone());
         Ok(config)
     }
 }

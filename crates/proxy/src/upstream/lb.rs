@@ -18,7 +18,8 @@ pub struct Candidate {
     pub addr: SocketAddr,
     pub weight: u32,
     /// The name dialed (for SNI when the cluster sets none): the endpoint's or the
-    /// service's host name, or the IP.
+    /// service's host name, or the IP; on a mesh-hop cluster, the destination the app asked
+    /// for ([`super::Upstreams::endpoints`]).
     pub host: Arc<str>,
 }
 

@@ -1,0 +1,820 @@
+//! The sidecar's explicit proxy (`sluice sidecar --listen`, default `127.0.0.1:15001`): what an
+//! app reaches through `HTTP_PROXY`/`HTTPS_PROXY`, or as a plain HTTP server addressed by
+//! `Host`. The sidecar's listeners are virtual, one per destination port; this module picks
+//! one for each flow and hands the flow to it.
+//!
+//! - `CONNECT host:port` is answered `200 Connection Established`; the tunnel then belongs to
+//!   the virtual listener of `port`, with `requested = (host, port)`: its ClientHello's SNI
+//!   picks a TLS chain, a TCP chain takes plain bytes ([`crate::serve_connection`]), and plain
+//!   HTTP inside the tunnel is routed per request like below.
+//! - Any other request (absolute-form `GET http://host[:port]/p`, or origin-form with `Host`)
+//!   goes to the HTTP chain of the virtual listener of its port (default 80), by its own host:
+//!   one keep-alive connection may carry requests for different hosts **and ports**, each is
+//!   routed on its own. An absolute-form target is rewritten to origin-form with its authority
+//!   as `Host`, so the routes and the upstream see what a direct request would carry.
+//! - Request heads are bounded (16 KiB, 10 s); a malformed head gets `400` and the connection
+//!   is closed (so does a request without a host, an absolute URI other than `http://`, and a
+//!   `CONNECT` without a port or inside a tunnel). HTTP/1.x only: an app speaking h2c
+//!   prior-knowledge to the proxy is not served (h2 inside a CONNECT tunnel is fine).
+//!
+//! A destination no rule or registered host covers — no virtual listener for the port, no
+//! chain for the SNI or transport, no TCP route for it, no virtual host for the host — follows
+//! the mesh's `outboundTrafficPolicy` (`snapshot.outbound_policy`), as Istio's sidecar does:
+//! - `REGISTRY_ONLY`: HTTP gets `502` from route `block_all` (details `direct_response`,
+//!   cluster `BlackHoleCluster`); a tunnel is closed (flag `UH`, cluster `BlackHoleCluster`).
+//!   The tunnel was already answered `200` (its SNI is only known afterwards), so the app sees
+//!   its connection closed, as it would under Istio's iptables capture.
+//! - `ALLOW_ANY`: `PassthroughCluster`: the host is resolved with the proxy's resolver and
+//!   the request (in the clear, route `allow_any`) or the tunnel's bytes (as they are) go to
+//!   the port asked for.
+//!
+//! Every refused flow is logged (target `sluice::refused`) with its host, port and SNI.
+//!
+//! The app's destination reaches the upstream side too: on a mesh-hop cluster
+//! (`ISTIO_MUTUAL`) the mTLS SNI is the host the app asked for (see
+//! [`crate::upstream::Upstreams::stream_origination`]). Names are resolved for a virtual
+//! listener only when its routes need the destination address (`destinationSubnets`,
+//! resolution `NONE`); an IP literal is always taken as the destination.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sluice_snapshot::cluster::{Limits, LbPolicy};
+use sluice_snapshot::listener::{App, Transport};
+use sluice_snapshot::route::{RouteAction, TcpRoute, VirtualHost, select_virtual_host};
+use sluice_snapshot::{
+    BLACK_HOLE_CLUSTER, Cluster, Discovery, OutboundPolicy, PASSTHROUGH_CLUSTER, Snapshot,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::conn::{ConnCtx, ConnInfo, serve_connection};
+use crate::http::headers;
+use crate::rewind::Rewind;
+use crate::sni::{self, Peek};
+use crate::telemetry::{ByteCounts, HttpFields, Kind, LogTarget, Record};
+use crate::upstream::lb::Candidate;
+use crate::upstream::pool::{BoxError, DEFAULT_IDLE_TIMEOUT, SendError};
+use crate::{Error, Shared};
+
+/// Where the explicit proxy listens unless `--listen` says otherwise.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15001);
+/// Largest request head read from the app (hyper's read buffer; it answers 431 beyond).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The app must send each request head within this time.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect timeout toward `PassthroughCluster` destinations (Istio's default).
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Istio's route names for unregistered HTTP destinations.
+const BLOCK_ALL_ROUTE: &str = "block_all";
+const ALLOW_ANY_ROUTE: &str = "allow_any";
+
+/// The response body type of the explicit proxy.
+type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Any byte stream a flow runs on (the accepted socket, an upgraded CONNECT tunnel).
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type BoxStream = Box<dyn Stream>;
+
+/// One app connection to the explicit proxy (or one CONNECT tunnel carrying plain HTTP).
+struct Conn {
+    local: SocketAddr,
+    peer: SocketAddr,
+    snapshot: Arc<Snapshot>,
+    shared: Arc<Shared>,
+    log: Option<Arc<LogTarget>>,
+    /// Inside a CONNECT tunnel: its port (every request goes to that virtual listener).
+    tunnel_port: Option<u16>,
+    /// The CONNECT answered on this connection, run once hyper hands the socket over.
+    pending: Mutex<Option<PendingTunnel>>,
+}
+
+struct PendingTunnel {
+    upgrade: OnUpgrade,
+    host: String,
+    port: u16,
+}
+
+/// Serves one connection accepted by the explicit proxy with `snapshot` (kept to its end).
+pub async fn serve<S>(
+    io: S,
+    local: SocketAddr,
+    peer: SocketAddr,
+    snapshot: Arc<Snapshot>,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let log = shared.telemetry.log_target(&snapshot.access_log);
+    let conn = Arc::new(Conn {
+        local,
+        peer,
+        snapshot,
+        shared,
+        log,
+        tunnel_port: None,
+        pending: Mutex::new(None),
+    });
+    serve_http(Box::new(io), conn).await;
+}
+
+/// HTTP/1.1 on `io`: each request routed on its own; a CONNECT turns the connection into a
+/// tunnel once its `200` is written.
+async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let svc_conn = conn.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let conn = svc_conn.clone();
+        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+    });
+    let http = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(http);
+    let mut drain = conn.shared.drain.clone();
+    tokio::select! {
+        r = http.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, peer = %conn.peer, "explicit proxy connection");
+            }
+        }
+        _ = crate::wait_true(&mut drain) => {
+            http.as_mut().graceful_shutdown();
+            if let Err(e) = http.await {
+                tracing::debug!(error = %e, "explicit proxy connection during drain");
+            }
+        }
+    }
+    let pending = conn
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(t) = pending {
+        match t.upgrade.await {
+            Ok(upgraded) => tunnel(Box::new(TokioIo::new(upgraded)), t.host, t.port, &conn).await,
+            Err(e) => tracing::debug!(error = %e, host = t.host, "CONNECT tunnel not established"),
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return connect(req, &conn);
+    }
+    let (mut parts, body) = req.into_parts();
+    let target = match Target::of(&parts, conn.tunnel_port) {
+        Ok(t) => t,
+        Err(why) => {
+            tracing::debug!(peer = %conn.peer, why, "bad explicit-proxy request");
+            return bad_request(why);
+        }
+    };
+    if target.absolute {
+        // Origin-form for routing and upstream, the URI's authority as Host (RFC 9112 §3.2.2).
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+        if let Ok(v) = HeaderValue::from_str(&target.authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let req = Request::from_parts(parts, body);
+    let snapshot = &conn.snapshot;
+    let Some(listener) = snapshot.listener(target.port) else {
+        return unrouted_http(req, &target, &conn).await;
+    };
+    let Some(chain) = listener.select(Transport::Plain, None) else {
+        return unrouted_http(req, &target, &conn).await;
+    };
+    let Some(index) = listener.chains.iter().position(|c| std::ptr::eq(c, chain)) else {
+        return unrouted_http(req, &target, &conn).await;
+    };
+    let vhost = match &chain.app {
+        App::Http { virtual_hosts, .. } => {
+            match select_virtual_host(virtual_hosts, &target.host) {
+                Some(v) => v,
+                None => return unrouted_http(req, &target, &conn).await,
+            }
+        }
+        App::Tcp { routes } => {
+            let dest = target_ip(&target.host);
+            if routes.iter().any(|r| r.matches(None, dest)) {
+                return bad_request(
+                    "this port carries TCP for the sidecar: open a tunnel with CONNECT",
+                );
+            }
+            return unrouted_http(req, &target, &conn).await;
+        }
+    };
+    let mut info = ConnInfo::new(conn.local, conn.peer, target.port);
+    info.original_dst = destination(
+        &conn.shared,
+        &target.host,
+        target.port,
+        vhost_needs_destination(snapshot, vhost),
+    )
+    .await;
+    info.requested = Some((target.host.clone(), target.port));
+    let ctx = Arc::new(ConnCtx::for_chain(
+        info,
+        snapshot.clone(),
+        conn.shared.clone(),
+        conn.log.clone(),
+        index,
+    ));
+    crate::http::handle(req, ctx)
+        .await
+        .map(|b| b.boxed_unsync())
+}
+
+/// Where a plain request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// Lower-cased, IPv6 literals in brackets.
+    host: String,
+    port: u16,
+    /// `host[:port]` as the app wrote it (the Host header to send).
+    authority: String,
+    /// The request target was absolute-form.
+    absolute: bool,
+}
+
+impl Target {
+    fn of(parts: &http::request::Parts, tunnel_port: Option<u16>) -> Result<Target, &'static str> {
+        let (authority, absolute) = if let Some(a) = parts.uri.authority() {
+            match parts.uri.scheme_str() {
+                Some(s) if s.eq_ignore_ascii_case("http") => {}
+                Some(_) => {
+                    return Err("only http:// URIs can be proxied: use CONNECT for https");
+                }
+                None => return Err("a request target with an authority needs a scheme"),
+            }
+            (a.clone(), true)
+        } else {
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .ok_or("the request names no host (no absolute URI, no Host header)")?;
+            let host = host.to_str().map_err(|_| "the Host header is not text")?;
+            let a = host
+                .parse::<Authority>()
+                .map_err(|_| "the Host header is not a host[:port]")?;
+            (a, false)
+        };
+        let host = authority.host().to_ascii_lowercase();
+        if host.is_empty() || authority.as_str().contains('@') {
+            return Err("the request's authority names no usable host");
+        }
+        let port = match tunnel_port {
+            Some(p) => p,
+            None => authority.port_u16().unwrap_or(80),
+        };
+        Ok(Target {
+            host,
+            port,
+            authority: authority.as_str().to_owned(),
+            absolute,
+        })
+    }
+}
+
+/// `CONNECT host:port`: answered 200 now; the tunnel runs once hyper releases the socket.
+fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+    if conn.tunnel_port.is_some() {
+        return bad_request("CONNECT inside a CONNECT tunnel");
+    }
+    let Some(authority) = req.uri().authority().cloned() else {
+        return bad_request("CONNECT needs host:port");
+    };
+    let Some(port) = authority.port_u16().filter(|p| *p != 0) else {
+        return bad_request("CONNECT needs host:port");
+    };
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() || authority.as_str().contains('@') {
+        return bad_request("CONNECT needs host:port");
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    *conn.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingTunnel {
+        upgrade,
+        host,
+        port,
+    });
+    let mut resp = Response::new(empty());
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(b"Connection Established"));
+    resp
+}
+
+/// A CONNECT tunnel to `host:port`, on the virtual listener of `port`.
+async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
+    let snapshot = &conn.snapshot;
+    let mut info = ConnInfo::new(conn.local, conn.peer, port);
+    info.requested = Some((host.clone(), port));
+    info.original_dst = target_ip(&host).map(|ip| SocketAddr::new(ip, port));
+    let Some(listener) = snapshot.listener(port) else {
+        return unrouted_stream(Rewind::new(Bytes::new(), io), info, conn).await;
+    };
+    let (io, transport) = if listener.inspects_tls() {
+        let (io, peek) = sni::inspect(io, conn.shared.config.tls_inspect_timeout).await;
+        match peek {
+            Ok(Peek::Found(hello)) => {
+                info.sni = hello.sni;
+                info.alpn = hello.alpn;
+                (io, Transport::Tls)
+            }
+            Ok(Peek::NotTls) => (io, Transport::Plain),
+            Ok(Peek::NeedMore) => {
+                refuse_connection(&info, conn, &Error::Inspect(sni::Error::Eof));
+                return;
+            }
+            Err(e) => {
+                refuse_connection(&info, conn, &Error::Inspect(e));
+                return;
+            }
+        }
+    } else {
+        (Rewind::new(Bytes::new(), io), Transport::Plain)
+    };
+    let Some(chain) = listener.select(transport, info.sni.as_deref()) else {
+        return unrouted_stream(io, info, conn).await;
+    };
+    match (&chain.tls, &chain.app) {
+        (None, App::Http { .. }) => {
+            // Plain HTTP through the tunnel: routed per request, like the proxy's own requests.
+            let inner = Arc::new(Conn {
+                local: conn.local,
+                peer: conn.peer,
+                snapshot: snapshot.clone(),
+                shared: conn.shared.clone(),
+                log: conn.log.clone(),
+                tunnel_port: Some(port),
+                pending: Mutex::new(None),
+            });
+            Box::pin(serve_http(Box::new(io), inner)).await;
+        }
+        (_, App::Tcp { routes }) => {
+            if info.original_dst.is_none() && routes_need_destination(snapshot, routes) {
+                info.original_dst = destination(&conn.shared, &host, port, true).await;
+            }
+            let dest = info.original_dst.map_or(conn.local.ip(), |a| a.ip());
+            if !routes
+                .iter()
+                .any(|r| r.matches(info.sni.as_deref(), Some(dest)))
+            {
+                return unrouted_stream(io, info, conn).await;
+            }
+            serve_connection(io, info, snapshot.clone(), conn.shared.clone()).await;
+        }
+        (Some(_), App::Http { .. }) => {
+            serve_connection(io, info, snapshot.clone(), conn.shared.clone()).await;
+        }
+    }
+}
+
+/// A tunnel whose ClientHello could not be read: logged, closed.
+fn refuse_connection(info: &ConnInfo, conn: &Conn, e: &Error) {
+    let mut rec = Record::new(
+        conn.shared.telemetry.clone(),
+        conn.log.clone(),
+        Kind::Connection,
+        conn.local,
+        conn.peer,
+        info.sni.clone(),
+    );
+    rec.fail(e);
+}
+
+fn refused_log(host: &str, port: u16, sni: Option<&str>, protocol: &'static str) {
+    tracing::info!(
+        target: "sluice::refused",
+        host,
+        port,
+        sni = sni.unwrap_or("-"),
+        protocol,
+        cluster = BLACK_HOLE_CLUSTER,
+        "refused: no route or registered host for this destination (REGISTRY_ONLY)"
+    );
+}
+
+/// A tunnel to a destination nothing routes: closed (REGISTRY_ONLY) or passed through as is
+/// (ALLOW_ANY).
+async fn unrouted_stream<S>(io: Rewind<S>, info: ConnInfo, conn: &Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (host, port) = info
+        .requested
+        .clone()
+        .unwrap_or_else(|| (String::new(), info.listener_port));
+    let mut rec = Record::new(
+        conn.shared.telemetry.clone(),
+        conn.log.clone(),
+        Kind::Tcp,
+        conn.local,
+        conn.peer,
+        info.sni.clone(),
+    );
+    match conn.snapshot.outbound_policy {
+        OutboundPolicy::RegistryOnly => {
+            refused_log(&host, port, info.sni.as_deref(), "tcp");
+            rec.cluster = Some(BLACK_HOLE_CLUSTER.to_owned());
+            rec.service = Some(BLACK_HOLE_CLUSTER.to_owned());
+            rec.fail(&Error::BlackHole);
+            drop(io);
+        }
+        OutboundPolicy::AllowAny => {
+            rec.cluster = Some(PASSTHROUGH_CLUSTER.to_owned());
+            rec.service = Some(host.clone());
+            if let Err(e) = passthrough_stream(io, &host, port, &info, conn, &mut rec).await {
+                tracing::debug!(error = %e, host, port, "passthrough tunnel");
+                rec.fail(&e);
+            }
+        }
+    }
+}
+
+async fn passthrough_stream<S>(
+    mut io: Rewind<S>,
+    host: &str,
+    port: u16,
+    info: &ConnInfo,
+    conn: &Conn,
+    rec: &mut Record,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let ups = &conn.shared.upstreams;
+    let cluster = passthrough_cluster(host, port);
+    let state = ups.state(&cluster);
+    rec.tcp_opened();
+    let addr = match info.original_dst {
+        Some(a) => a,
+        None => SocketAddr::new(first_ip(&conn.shared, host).await?, port),
+    };
+    rec.upstream_host = Some(addr);
+    let mut dialed = ups.dial(&cluster, &state, addr, None).await?;
+    rec.upstream_local = dialed.local;
+    state.stats.upstream_cx_active.inc();
+    let copied = tokio::io::copy_bidirectional(&mut io, &mut dialed.io).await;
+    state.stats.upstream_cx_active.dec();
+    match copied {
+        Ok((up, down)) => {
+            rec.counts.received.fetch_add(up, Ordering::Relaxed);
+            rec.counts.sent.fetch_add(down, Ordering::Relaxed);
+        }
+        Err(e) => tracing::debug!(error = %e, host, port, "passthrough copy ended"),
+    }
+    Ok(())
+}
+
+/// A plain request to a destination nothing routes: 502 (REGISTRY_ONLY) or forwarded in the
+/// clear to the host and port asked for (ALLOW_ANY).
+async fn unrouted_http(
+    req: Request<Incoming>,
+    target: &Target,
+    conn: &Conn,
+) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let mut rec = Record::new(
+        conn.shared.telemetry.clone(),
+        conn.log.clone(),
+        Kind::Http,
+        conn.local,
+        conn.peer,
+        None,
+    );
+    rec.http = Some(Box::new(HttpFields {
+        method: parts.method.as_str().to_owned(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        protocol: protocol(parts.version),
+        authority: target.authority.clone(),
+        request_headers: if conn.log.is_some() {
+            parts.headers.clone()
+        } else {
+            Default::default()
+        },
+        response_headers: Default::default(),
+    }));
+    match conn.snapshot.outbound_policy {
+        OutboundPolicy::RegistryOnly => {
+            refused_log(&target.host, target.port, None, "http");
+            rec.route_name = Some(BLOCK_ALL_ROUTE.to_owned());
+            rec.cluster = Some(BLACK_HOLE_CLUSTER.to_owned());
+            rec.service = Some(BLACK_HOLE_CLUSTER.to_owned());
+            rec.details = Some("direct_response".into());
+            rec.response_code = StatusCode::BAD_GATEWAY.as_u16();
+            let mut resp = Response::new(empty());
+            *resp.status_mut() = StatusCode::BAD_GATEWAY;
+            resp
+        }
+        OutboundPolicy::AllowAny => {
+            rec.route_name = Some(ALLOW_ANY_ROUTE.to_owned());
+            rec.cluster = Some(PASSTHROUGH_CLUSTER.to_owned());
+            rec.service = Some(target.host.clone());
+            match passthrough_http(parts, body, target, conn, &mut rec).await {
+                Ok(resp) => {
+                    rec.response_code = resp.status().as_u16();
+                    rec.details = Some("via_upstream".into());
+                    if let Some(h) = rec.http.as_mut()
+                        && conn.log.is_some()
+                    {
+                        h.response_headers = resp.headers().clone();
+                    }
+                    let counts = rec.counts.clone();
+                    resp.map(|inner| {
+                        Logged {
+                            inner,
+                            rec: Some(rec),
+                            counts,
+                        }
+                        .boxed_unsync()
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, host = target.host, "passthrough request");
+                    rec.fail(&e);
+                    rec.response_code = e.http_status();
+                    text(e.http_status(), e.body())
+                }
+            }
+        }
+    }
+}
+
+async fn passthrough_http(
+    mut parts: http::request::Parts,
+    body: Incoming,
+    target: &Target,
+    conn: &Conn,
+    rec: &mut Record,
+) -> Result<Response<Incoming>, Error> {
+    let ups = &conn.shared.upstreams;
+    let cluster = passthrough_cluster(&target.host, target.port);
+    let state = ups.state(&cluster);
+    let ip = first_ip(&conn.shared, &target.host).await?;
+    let candidate = Candidate {
+        addr: SocketAddr::new(ip, target.port),
+        weight: 1,
+        host: Arc::from(target.host.as_str()),
+    };
+    rec.upstream_host = Some(candidate.addr);
+    let (key, pooled) = ups.http_connection(&cluster, &state, &candidate).await?;
+    rec.upstream_local = pooled.local;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = HeaderValue::from_str(&target.authority) {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.version = Version::HTTP_11;
+    let counts = rec.counts.clone();
+    let body = body
+        .map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                counts.received.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+            f
+        })
+        .map_err(|e| -> BoxError { Box::new(e) })
+        .boxed();
+    let req = Request::from_parts(parts, body);
+    state.stats.upstream_rq_total.inc();
+    let resp = pooled
+        .send(&ups.pool, &key, req, None, DEFAULT_IDLE_TIMEOUT, state.clone())
+        .await
+        .map_err(|e| match e {
+            SendError::Unsent(_, e) | SendError::Failed(e) => Error::UpstreamReset(e.to_string()),
+        })?;
+    let (mut head, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut head.headers);
+    Ok(Response::from_parts(head, body))
+}
+
+/// Istio's `PassthroughCluster` toward one destination: its original address, no TLS.
+fn passthrough_cluster(host: &str, port: u16) -> Cluster {
+    Cluster {
+        name: PASSTHROUGH_CLUSTER.to_owned(),
+        service: host.to_owned(),
+        port,
+        discovery: Discovery::OriginalDestination,
+        tls: None,
+        connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
+        lb: LbPolicy::Passthrough,
+        limits: Limits::default(),
+        outlier: None,
+        http2: false,
+    }
+}
+
+/// An IP literal host (`10.0.0.1`, `[::1]`).
+fn target_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+async fn first_ip(shared: &Shared, host: &str) -> Result<IpAddr, Error> {
+    let ips = shared.upstreams.resolver.resolve(host).await?;
+    ips.first()
+        .copied()
+        .ok_or_else(|| Error::NoHealthyUpstream(format!("{host}: no address").into()))
+}
+
+/// The destination address of a flow to `host:port`: an IP literal as is; a name resolved
+/// only when `needed` (the routes look at the address). `None` when unknown.
+async fn destination(shared: &Shared, host: &str, port: u16, needed: bool) -> Option<SocketAddr> {
+    if let Some(ip) = target_ip(host) {
+        return Some(SocketAddr::new(ip, port));
+    }
+    if !needed {
+        return None;
+    }
+    match first_ip(shared, host).await {
+        Ok(ip) => Some(SocketAddr::new(ip, port)),
+        Err(e) => {
+            tracing::debug!(error = %e, host, "resolving the destination");
+            None
+        }
+    }
+}
+
+fn uses_original_dst(snapshot: &Snapshot, cluster: &str) -> bool {
+    snapshot
+        .cluster(cluster)
+        .is_some_and(|c| c.discovery == Discovery::OriginalDestination)
+}
+
+/// Some route of `vhost` sends to a cluster of resolution NONE (the destination address).
+fn vhost_needs_destination(snapshot: &Snapshot, vhost: &VirtualHost) -> bool {
+    vhost.routes.iter().any(|r| match &r.action {
+        RouteAction::Forward(f) => f
+            .clusters
+            .iter()
+            .map(|c| c.cluster.as_str())
+            .chain(f.mirrors.iter().map(|m| m.cluster.as_str()))
+            .any(|c| uses_original_dst(snapshot, c)),
+        RouteAction::Redirect(_) | RouteAction::DirectResponse { .. } => false,
+    })
+}
+
+/// Some TCP route selects by destination subnet, or sends to a cluster of resolution NONE.
+fn routes_need_destination(snapshot: &Snapshot, routes: &[TcpRoute]) -> bool {
+    routes.iter().any(|r| {
+        !r.destination_subnets.is_empty()
+            || r
+                .clusters
+                .iter()
+                .any(|c| uses_original_dst(snapshot, &c.cluster))
+    })
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+fn text(status: u16, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// `400` with the reason, and the connection closed after it.
+fn bad_request(why: &str) -> Response<ProxyBody> {
+    let mut resp = text(400, format!("{why}\n"));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A passed-through response body: counts the bytes sent to the app and logs the request
+/// when it ends (or when the app goes away).
+struct Logged {
+    inner: Incoming,
+    rec: Option<Record>,
+    counts: Arc<ByteCounts>,
+}
+
+impl HttpBody for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.counts
+                        .sent
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(rec) = this.rec.as_mut() {
+                    rec.add_flag("UPE");
+                    rec.termination = Some("upstream_body_error".into());
+                }
+                this.rec.take();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.rec.take();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(target: &str, host: Option<&str>) -> http::request::Parts {
+        let mut b = Request::get(target);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn targets_from_absolute_form_and_host() {
+        let t = Target::of(&parts("http://API.github.com/x?y=1", Some("other")), None)
+            .expect("absolute");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.authority.as_str(), t.absolute),
+            ("api.github.com", 80, "API.github.com", true)
+        );
+        let t = Target::of(&parts("http://example.com:8080/", None), None).expect("port");
+        assert_eq!((t.host.as_str(), t.port), ("example.com", 8080));
+        let t = Target::of(&parts("/p", Some("example.com:81")), None).expect("origin");
+        assert_eq!((t.host.as_str(), t.port, t.absolute), ("example.com", 81, false));
+        let t = Target::of(&parts("/p", Some("[::1]")), None).expect("v6");
+        assert_eq!((t.host.as_str(), t.port), ("[::1]", 80));
+        // Inside a tunnel the port is the tunnel's.
+        let t = Target::of(&parts("/p", Some("example.com")), Some(8443)).expect("tunnel");
+        assert_eq!(t.port, 8443);
+        assert!(Target::of(&parts("/p", None), None).is_err());
+        assert!(Target::of(&parts("https://example.com/", None), None).is_err());
+        assert!(Target::of(&parts("/p", Some("a b")), None).is_err());
+    }
+
+    #[test]
+    fn ip_literals_are_destinations() {
+        assert_eq!(target_ip("[::1]"), Some(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])));
+        assert_eq!(target_ip("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(target_ip("example.com"), None);
+    }
+}
