@@ -116,6 +116,31 @@ async fn step4_tls_passthrough_to_api_github_com() {
     assert!(body.contains("/repos/istio/istio"), "{body}");
     gw.wait_for_log("outbound|443||api.github.com", Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{e}: {}", gw.stdout()));
+
+    // What the gateway runs on, as `proxy-config` and /config_dump show it.
+    let admin = gw.admin().to_string();
+    let out = std::process::Command::new(bin())
+        .args(["proxy-config", "all", "--admin", &admin])
+        .output()
+        .expect("proxy-config");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "SNI: api.github.com",
+        "SNI: api.stripe.com",
+        "Cluster: outbound|443||api.github.com",
+        "STRICT_DNS",
+    ] {
+        assert!(text.contains(want), "proxy-config lacks {want:?}:\n{text}");
+    }
+    let (status, dump) = gw.admin_get("/config_dump").expect("config_dump");
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("json");
+    assert_eq!(dump["listeners"][0]["port"], 443);
+    assert!(dump["clusters"]["outbound|443||api.github.com"].is_object(), "{dump}");
+    let (status, metrics) = gw.admin_get("/stats/prometheus").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("istio_tcp_connections_opened_total"), "{metrics}");
 }
 
 /// Guide Step 5, unchanged: plain HTTP into the gateway leaves as HTTPS with the right SNI;
