@@ -138,7 +138,12 @@ fn report(telemetry: &Telemetry, protocol: Protocol, req: &Request, decision: &D
     let metrics = &telemetry.metrics;
     metrics.authz(&AuthzLabels {
         protocol: protocol.label().to_owned(),
-        decision: if decision.allowed { "allowed" } else { "denied" }.to_owned(),
+        decision: if decision.allowed {
+            "allowed"
+        } else {
+            "denied"
+        }
+        .to_owned(),
         policy: rule.clone().unwrap_or_else(|| "none".to_owned()),
         audit: decision.audit.to_string(),
     });

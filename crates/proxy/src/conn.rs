@@ -189,7 +189,11 @@ pub async fn serve_connection<S>(
     if gateway
         && transport == Transport::Tls
         && !istio_mutual_chain
-        && flow.info.alpn.iter().any(|a| MESH_ALPN.contains(&a.as_str()))
+        && flow
+            .info
+            .alpn
+            .iter()
+            .any(|a| MESH_ALPN.contains(&a.as_str()))
     {
         flow.mesh_hop(io).await;
         return;
@@ -368,7 +372,12 @@ impl Flow {
     }
 
     /// Terminates the chain's TLS, if any, then runs its application.
-    async fn run_chain<T: Io + 'static>(mut self, io: Rewind<T>, transport: Transport, index: usize) {
+    async fn run_chain<T: Io + 'static>(
+        mut self,
+        io: Rewind<T>,
+        transport: Transport,
+        index: usize,
+    ) {
         let snapshot = self.snapshot.clone();
         let Some(chain) = snapshot
             .listener(self.info.listener_port)
@@ -521,5 +530,56 @@ impl Flow {
                 tcp::proxy(io, routes, &ctx, &mut rec, passthrough).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_snapshot::listener::ChainMatch;
+    use sluice_snapshot::route::TcpRoute;
+
+    use super::*;
+
+    fn chain(app: App) -> FilterChain {
+        FilterChain {
+            name: "c".into(),
+            match_: ChainMatch {
+                transport: Transport::Plain,
+                server_names: vec![],
+            },
+            tls: None,
+            app,
+        }
+    }
+
+    #[test]
+    fn only_all_http_listeners_are_inspected_for_free() {
+        let http = || {
+            chain(App::Http {
+                route_config: "http.80".into(),
+                virtual_hosts: vec![],
+            })
+        };
+        let tcp = || {
+            chain(App::Tcp {
+                routes: Vec::<TcpRoute>::new(),
+            })
+        };
+        let listener = |chains| Listener {
+            name: "0.0.0.0_80".into(),
+            port: 80,
+            chains,
+        };
+        assert!(http_only(&listener(vec![http()])));
+        assert!(!http_only(&listener(vec![http(), tcp()])));
+        assert!(!http_only(&listener(vec![tcp()])));
+    }
+
+    #[test]
+    fn alpn_decides_http2_only_when_it_names_http() {
+        assert_eq!(alpn_h2(Some(b"h2")), Some(true));
+        assert_eq!(alpn_h2(Some(b"http/1.1")), Some(false));
+        assert_eq!(alpn_h2(Some(b"istio")), None);
+        assert_eq!(alpn_h2(None), None);
     }
 }

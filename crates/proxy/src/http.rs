@@ -28,9 +28,9 @@ use sluice_snapshot::route::{Redirect, RouteAction, select_virtual_host};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::conn::ConnCtx;
-use crate::{Error, authz};
 use crate::telemetry::{ByteCounts, HttpFields, Kind, Record};
 use crate::upstream::pool::{Body, BoxError};
+use crate::{Error, authz};
 
 /// Envoy's client-certificate header, removed from every request.
 const XFCC: &str = "x-forwarded-client-cert";
@@ -116,7 +116,8 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         Kind::Http,
         ctx.info.local,
         ctx.info.peer,
-        ctx.info.sni.clone(),
+        // Inside the mesh hop, the SNI the sidecar sent when the stream inside is plain.
+        ctx.info.sni.clone().or_else(|| ctx.info.mesh_sni.clone()),
     );
     rec.set_peer(
         ctx.info.peer_identity.as_ref(),

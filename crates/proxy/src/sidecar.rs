@@ -54,7 +54,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sluice_snapshot::cluster::{Limits, LbPolicy};
+use sluice_snapshot::cluster::{LbPolicy, Limits};
 use sluice_snapshot::listener::{App, Transport};
 use sluice_snapshot::route::{RouteAction, TcpRoute, VirtualHost, select_virtual_host};
 use sluice_snapshot::{
@@ -214,12 +214,10 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         return unrouted_http(req, &target, &conn).await;
     };
     let vhost = match &chain.app {
-        App::Http { virtual_hosts, .. } => {
-            match select_virtual_host(virtual_hosts, &target.host) {
-                Some(v) => v,
-                None => return unrouted_http(req, &target, &conn).await,
-            }
-        }
+        App::Http { virtual_hosts, .. } => match select_virtual_host(virtual_hosts, &target.host) {
+            Some(v) => v,
+            None => return unrouted_http(req, &target, &conn).await,
+        },
         App::Tcp { routes } => {
             let dest = target_ip(&target.host);
             if routes.iter().any(|r| r.matches(None, dest)) {
@@ -325,7 +323,9 @@ fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
     });
     let mut resp = Response::new(empty());
     resp.extensions_mut()
-        .insert(hyper::ext::ReasonPhrase::from_static(b"Connection Established"));
+        .insert(hyper::ext::ReasonPhrase::from_static(
+            b"Connection Established",
+        ));
     resp
 }
 
@@ -606,7 +606,14 @@ async fn passthrough_http(
     let req = Request::from_parts(parts, body);
     state.stats.upstream_rq_total.inc();
     let resp = pooled
-        .send(&ups.pool, &key, req, None, DEFAULT_IDLE_TIMEOUT, state.clone())
+        .send(
+            &ups.pool,
+            &key,
+            req,
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            state.clone(),
+        )
         .await
         .map_err(|e| match e {
             SendError::Unsent(_, e) | SendError::Failed(e) => Error::UpstreamReset(e.to_string()),
@@ -688,8 +695,7 @@ fn vhost_needs_destination(snapshot: &Snapshot, vhost: &VirtualHost) -> bool {
 fn routes_need_destination(snapshot: &Snapshot, routes: &[TcpRoute]) -> bool {
     routes.iter().any(|r| {
         !r.destination_subnets.is_empty()
-            || r
-                .clusters
+            || r.clusters
                 .iter()
                 .any(|c| uses_original_dst(snapshot, &c.cluster))
     })
@@ -800,7 +806,10 @@ mod tests {
         let t = Target::of(&parts("http://example.com:8080/", None), None).expect("port");
         assert_eq!((t.host.as_str(), t.port), ("example.com", 8080));
         let t = Target::of(&parts("/p", Some("example.com:81")), None).expect("origin");
-        assert_eq!((t.host.as_str(), t.port, t.absolute), ("example.com", 81, false));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.absolute),
+            ("example.com", 81, false)
+        );
         let t = Target::of(&parts("/p", Some("[::1]")), None).expect("v6");
         assert_eq!((t.host.as_str(), t.port), ("[::1]", 80));
         // Inside a tunnel the port is the tunnel's.
@@ -813,7 +822,10 @@ mod tests {
 
     #[test]
     fn ip_literals_are_destinations() {
-        assert_eq!(target_ip("[::1]"), Some(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])));
+        assert_eq!(
+            target_ip("[::1]"),
+            Some(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]))
+        );
         assert_eq!(target_ip("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
         assert_eq!(target_ip("example.com"), None);
     }

@@ -456,6 +456,9 @@ mod tests {
         });
         let (_, peek) =
             inspect_with(server, Duration::from_millis(20), Duration::from_secs(5)).await;
-        assert_eq!(peek.expect("peek"), found(Some("api.github.com"), &["istio"]));
+        assert_eq!(
+            peek.expect("peek"),
+            found(Some("api.github.com"), &["istio"])
+        );
     }
 }

@@ -181,7 +181,9 @@ impl Upstreams {
     /// The TLS a TCP or TLS stream gets toward `candidate`. A passthrough stream carries the
     /// client's own TLS and is not wrapped again — except by the mesh hop (`ISTIO_MUTUAL`),
     /// which wraps whatever the app sent: its SNI is the cluster's `sni`, else the host the
-    /// app asked for (the sidecar's CONNECT target), else the inner ClientHello's SNI.
+    /// app asked for (the sidecar's CONNECT target; the gateway learns the destination from
+    /// it, for authorization and for routing what is not TLS inside), else the inner
+    /// ClientHello's SNI (also when the app asked for an IP address).
     pub fn stream_origination(
         &self,
         cluster: &Cluster,
@@ -191,11 +193,17 @@ impl Upstreams {
     ) -> Result<Option<Origination>, Error> {
         match &cluster.tls {
             Some(tls) if is_mesh(tls) => {
-                let host = info
-                    .requested
-                    .as_ref()
-                    .map(|(h, _)| h.as_str())
+                let requested = info.requested.as_ref().map(|(h, _)| h.as_str());
+                // An IP literal is no SNI: the inner ClientHello's name says more then.
+                let named = requested.filter(|h| {
+                    h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                });
+                let host = named
                     .or(info.sni.as_deref())
+                    .or(requested)
                     .unwrap_or(&candidate.host);
                 self.origination(cluster, host)
             }

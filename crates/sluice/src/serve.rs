@@ -2,7 +2,7 @@
 //! admin API and the config watcher, serve until shutdown.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +29,8 @@ pub struct Plan {
 }
 
 /// Starts watching `dir` for the workload's SVID; the first complete, valid set must be there.
-pub fn watch_identity(dir: &PathBuf) -> anyhow::Result<watch::Receiver<Arc<IdentityFiles>>> {
-    IdentityWatcher::start(dir.clone(), IDENTITY_POLL)
+pub fn watch_identity(dir: &Path) -> anyhow::Result<watch::Receiver<Arc<IdentityFiles>>> {
+    IdentityWatcher::start(dir.to_path_buf(), IDENTITY_POLL)
         .with_context(|| format!("reading the workload identity in {}", dir.display()))
 }
 

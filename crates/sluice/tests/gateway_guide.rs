@@ -124,7 +124,11 @@ async fn step4_tls_passthrough_to_api_github_com() {
         .output()
         .expect("proxy-config");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for want in [
         "SNI: api.github.com",
         "SNI: api.stripe.com",
@@ -137,10 +141,16 @@ async fn step4_tls_passthrough_to_api_github_com() {
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&dump).expect("json");
     assert_eq!(dump["listeners"][0]["port"], 443);
-    assert!(dump["clusters"]["outbound|443||api.github.com"].is_object(), "{dump}");
+    assert!(
+        dump["clusters"]["outbound|443||api.github.com"].is_object(),
+        "{dump}"
+    );
     let (status, metrics) = gw.admin_get("/stats/prometheus").expect("metrics");
     assert_eq!(status, 200);
-    assert!(metrics.contains("istio_tcp_connections_opened_total"), "{metrics}");
+    assert!(
+        metrics.contains("istio_tcp_connections_opened_total"),
+        "{metrics}"
+    );
 }
 
 /// Guide Step 5, unchanged: plain HTTP into the gateway leaves as HTTPS with the right SNI;

@@ -320,3 +320,45 @@ impl ServerCertVerifier for SkipVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mesh_hop_expects_the_clusters_workload_identities() {
+        assert_eq!(
+            expected_peer(&[], "cluster.local"),
+            ExpectedPeer::TrustDomain("cluster.local".into())
+        );
+        let gw = "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
+        let want = Identity::from_str(gw).expect("id");
+        assert_eq!(
+            expected_peer(&[gw.to_owned(), "gateway.example.com".to_owned()], "td"),
+            ExpectedPeer::AnyOf(vec![want])
+        );
+        // Only names no workload certificate carries: nobody is accepted.
+        assert_eq!(
+            expected_peer(&["gateway.example.com".to_owned()], "cluster.local"),
+            ExpectedPeer::AnyOf(Vec::new())
+        );
+    }
+
+    #[test]
+    fn mesh_origination_without_an_identity_fails_closed() {
+        let tls = UpstreamTls {
+            mode: UpstreamTlsMode::IstioMutual,
+            sni: None,
+            trust: Trust::Mesh,
+            client_certificate: None,
+            private_key: None,
+            subject_alt_names: Vec::new(),
+            alpn: Vec::new(),
+        };
+        let err = ClientConfigs::default()
+            .get(&tls, false)
+            .expect_err("fails");
+        assert_eq!(err.response_flag(), "UF");
+        assert!(err.to_string().contains("workload identity"), "{err}");
+    }
+}

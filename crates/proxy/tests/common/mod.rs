@@ -34,6 +34,25 @@ impl Running {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 5s) for `n` access-log lines containing every needle.
+    pub async fn wait_lines(&self, needles: &[&str], n: usize) {
+        for _ in 0..100 {
+            let text = self.log_text();
+            let found = text
+                .lines()
+                .filter(|l| needles.iter().all(|x| l.contains(x)))
+                .count();
+            if found >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "fewer than {n} access-log lines with {needles:?} in:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Waits (up to 5s) for an access-log line containing every needle; returns it.
     pub async fn log_line(&self, needles: &[&str]) -> String {
         for _ in 0..100 {

@@ -1,0 +1,715 @@
+//! The sidecar role end to end, on loopback with real sockets and real TLS: an explicit proxy
+//! (CONNECT, absolute-form HTTP, `Host`) that applies the guide's mesh rules, reaches the
+//! egress gateway over mesh mTLS with its SVID, and enforces REGISTRY_ONLY / ALLOW_ANY.
+//!
+//! Snapshots are compiled from the guide's own YAML (`testdata/guide/`) plus the
+//! MESH_INTERNAL ServiceEntry that resolves the gateway's service host to a loopback address.
+//! Where the gateway would be, most tests run a stand-in that terminates mesh mTLS with
+//! `sluice_identity::server_config` and records what the sidecar presented; the last test runs
+//! a real gateway `Proxy`.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+use sluice_compile::lower::{CompileOptions, compile};
+use sluice_identity::{Ca, Identity, IdentityFiles, IdentitySource, Validity};
+use sluice_model::{Level, load_paths};
+use sluice_proxy::ProxyConfig;
+use sluice_snapshot::{OutboundPolicy, Snapshot};
+use sluice_test_support::{
+    DnsServer, HttpUpstream, HttpsUpstream, TempDir, TestCa, UpstreamOptions, client,
+    free_loopback_addr,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+const GUIDE: [&str; 5] = [
+    "virtualservice-github.yaml",
+    "destinationrule-github.yaml",
+    "serviceentry-github.yaml",
+    "egress-gateway.yaml",
+    "mesh-config.yaml",
+];
+const GATEWAY_HOST: &str = "istio-egressgateway.istio-system.svc.cluster.local";
+const GATEWAY_SA: &str = "istio-egressgateway-service-account";
+const PROXY_PORT: u16 = 15001;
+const STEP: Duration = Duration::from_secs(20);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Plain HTTP for `httpbin.example`, sent by the mesh rules to the gateway's port 443, whose
+/// cluster the guide's DestinationRule makes ISTIO_MUTUAL: HTTP/1.1 inside mesh mTLS.
+const HTTPBIN: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin
+  namespace: default
+spec:
+  hosts: [httpbin.example]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+    - {number: 80, name: http, protocol: HTTP}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin-via-egress
+  namespace: default
+spec:
+  hosts: [httpbin.example]
+  gateways: [mesh]
+  http:
+    - route:
+        - destination:
+            host: istio-egressgateway.istio-system.svc.cluster.local
+            port: {number: 443}
+"#;
+
+fn gateway_service(ip: IpAddr) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+spec:
+  hosts: [{GATEWAY_HOST}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+    - {{number: 80, name: http, protocol: HTTP}}
+    - {{number: 443, name: tls, protocol: TLS}}
+  endpoints:
+    - address: {ip}
+      serviceAccount: {GATEWAY_SA}
+"#
+    )
+}
+
+fn guide(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/guide")
+        .join(file)
+}
+
+/// Compiles the guide's files plus `extra` YAML documents for `options`.
+fn compile_snapshot(options: &CompileOptions, extra: &[String]) -> Snapshot {
+    let dir = TempDir::new("sidecar-yaml");
+    let mut paths: Vec<PathBuf> = GUIDE.iter().map(|f| guide(f)).collect();
+    for (i, text) in extra.iter().enumerate() {
+        let p = dir.join(format!("extra-{i}.yaml"));
+        std::fs::write(&p, text).expect("write yaml");
+        paths.push(p);
+    }
+    let loaded = load_paths(&paths);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let (snapshot, diags) = compile(&loaded.resources, options);
+    let errors: Vec<_> = diags.iter().filter(|d| d.level == Level::Error).collect();
+    assert!(errors.is_empty(), "compile errors: {errors:#?}");
+    snapshot
+}
+
+fn sidecar_snapshot(gateway_ip: IpAddr) -> Snapshot {
+    compile_snapshot(
+        &CompileOptions::sidecar("default"),
+        &[gateway_service(gateway_ip), HTTPBIN.to_owned()],
+    )
+}
+
+fn json(s: &Snapshot) -> Value {
+    serde_json::to_value(s).expect("snapshot to json")
+}
+
+struct Mesh {
+    ca: Ca,
+}
+
+impl Mesh {
+    fn new() -> Mesh {
+        Mesh {
+            ca: Ca::generate("cluster.local").expect("mesh CA"),
+        }
+    }
+
+    fn identity(&self, ns: &str, sa: &str) -> IdentitySource {
+        let svid = self
+            .ca
+            .issue(ns, sa, Validity::from_now(Duration::from_secs(3600)))
+            .expect("svid");
+        let files = IdentityFiles::from_pem(
+            svid.cert_pem.as_bytes(),
+            svid.key_pem.as_bytes(),
+            svid.ca_pem.as_bytes(),
+        )
+        .expect("identity files");
+        watch::channel(Arc::new(files)).1
+    }
+
+    fn sleep(&self) -> IdentitySource {
+        self.identity("default", "sleep")
+    }
+
+    fn gateway(&self) -> IdentitySource {
+        self.identity("istio-system", GATEWAY_SA)
+    }
+}
+
+/// Starts a sidecar proxy with `snapshot`; its explicit proxy listens on `<ip>:15001`.
+async fn start_sidecar(
+    snapshot: &Snapshot,
+    identity: Option<IdentitySource>,
+    dns: SocketAddr,
+) -> common::Running {
+    common::start_with(json(snapshot), move |c: &mut ProxyConfig| {
+        c.listen = Some(SocketAddr::new(c.bind, PROXY_PORT));
+        c.identity = identity;
+        c.dns_server = Some(dns);
+    })
+    .await
+}
+
+/// What the mesh stand-in saw of one mesh-mTLS connection.
+#[derive(Debug, Clone)]
+struct Seen {
+    sni: Option<String>,
+    alpn: Option<String>,
+    peer: Option<Identity>,
+    /// The inner stream started with a TLS record.
+    inner_tls: bool,
+}
+
+/// A stand-in for the gateway end of the mesh hop: terminates mesh mTLS (requiring a client
+/// SVID from the mesh CA), records what it saw, then pipes the inner bytes to `tls_target`
+/// (when they start a TLS handshake) or `http_target`.
+struct MeshStandIn {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MeshStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MeshStandIn {
+    async fn start(
+        addr: SocketAddr,
+        identity: IdentitySource,
+        tls_target: SocketAddr,
+        http_target: SocketAddr,
+    ) -> MeshStandIn {
+        let config = sluice_identity::server_config(identity).expect("mesh server config");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind(addr).await.expect("bind stand-in");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let Ok(Ok(mut tls)) = tokio::time::timeout(STEP, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let mut first = vec![0u8; 16 * 1024];
+                    let Ok(Ok(n)) = tokio::time::timeout(STEP, tls.read(&mut first)).await else {
+                        return;
+                    };
+                    first.truncate(n);
+                    let inner_tls = first.first() == Some(&0x16);
+                    {
+                        let (_, conn) = tls.get_ref();
+                        log.lock().expect("log").push(Seen {
+                            sni: conn.server_name().map(str::to_owned),
+                            alpn: conn
+                                .alpn_protocol()
+                                .map(|p| String::from_utf8_lossy(p).into_owned()),
+                            peer: sluice_identity::peer_identity(conn),
+                            inner_tls,
+                        });
+                    }
+                    let target = if inner_tls { tls_target } else { http_target };
+                    let Ok(mut up) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    if up.write_all(&first).await.is_err() {
+                        return;
+                    }
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+        MeshStandIn { seen, task }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+/// Opens `CONNECT target` through the proxy at `proxy`; returns the socket and the response
+/// head.
+async fn open_tunnel(proxy: SocketAddr, target: &str) -> (TcpStream, String) {
+    let mut tcp = tokio::time::timeout(STEP, TcpStream::connect(proxy))
+        .await
+        .expect("connect in time")
+        .expect("connect to the proxy");
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("write CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, tcp.read(&mut byte))
+            .await
+            .expect("CONNECT answer in time")
+            .expect("read CONNECT answer");
+        assert!(n == 1, "proxy closed during the CONNECT answer: {head:?}");
+        head.push(byte[0]);
+    }
+    (tcp, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// `GET path` over TLS (SNI `host`, verified against `roots`) inside `tcp`.
+async fn https_over(
+    tcp: TcpStream,
+    host: &str,
+    path: &str,
+    roots: rustls::RootCertStore,
+) -> Result<(u16, String), BoxError> {
+    let mut cfg = sluice_test_support::ca::client_config(roots, None);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(host.to_owned())?;
+    let tls =
+        tokio::time::timeout(STEP, TlsConnector::from(Arc::new(cfg)).connect(name, tcp)).await??;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    let conn = tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Empty::<Bytes>::new())?;
+    let resp = tokio::time::timeout(STEP, sender.send_request(req)).await??;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    conn.abort();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An absolute-form `GET url` through the proxy.
+async fn proxied_get(proxy: SocketAddr, url: &str) -> client::Reply {
+    let uri: http::Uri = url.parse().expect("url");
+    let host = uri.authority().expect("authority").as_str().to_owned();
+    let req = Request::get(url)
+        .header("host", host)
+        .body(String::new())
+        .expect("request");
+    client::http_request(proxy, req).await.expect("proxied GET")
+}
+
+fn sleep_identity() -> Identity {
+    Identity::spiffe("cluster.local", "default", "sleep").expect("id")
+}
+
+#[tokio::test]
+async fn connect_tls_and_http_ride_mesh_mtls_to_the_gateway() {
+    let mesh = Mesh::new();
+    let test_ca = TestCa::new("upstream-ca");
+    let github = HttpsUpstream::start(
+        SocketAddr::new(free_loopback_addr(), 0),
+        &test_ca.server_cert(&["api.github.com"]),
+        "github",
+        UpstreamOptions::default(),
+    )
+    .await
+    .expect("github stand-in");
+    let httpbin = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 0), "httpbin")
+        .await
+        .expect("httpbin stand-in");
+    let gateway_ip = free_loopback_addr();
+    let standin = MeshStandIn::start(
+        SocketAddr::new(gateway_ip, 443),
+        mesh.gateway(),
+        github.addr(),
+        httpbin.addr(),
+    )
+    .await;
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let sidecar = start_sidecar(
+        &sidecar_snapshot(gateway_ip),
+        Some(mesh.sleep()),
+        dns.addr(),
+    )
+    .await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    // HTTPS_PROXY=http://<sidecar>:15001 curl https://api.github.com/: CONNECT, then the app's
+    // own TLS, verified end to end against the upstream's CA.
+    let (tcp, head) = open_tunnel(proxy, "api.github.com:443").await;
+    assert!(
+        head.starts_with("HTTP/1.1 200 Connection Established\r\n"),
+        "{head}"
+    );
+    let (status, body) = https_over(tcp, "api.github.com", "/repos", test_ca.ca_root_store())
+        .await
+        .expect("https through the tunnel");
+    assert_eq!(status, 200, "{body}");
+    let echo = common::echo(&body);
+    assert_eq!(echo["upstream"], "github");
+    assert_eq!(echo["sni"], "api.github.com");
+    assert_eq!(echo["path"], "/repos");
+    let seen = standin.seen();
+    let hop = seen
+        .iter()
+        .find(|s| s.inner_tls)
+        .expect("a mesh hop with TLS inside");
+    assert_eq!(hop.sni.as_deref(), Some("api.github.com"), "{hop:?}");
+    assert_eq!(hop.alpn.as_deref(), Some("istio"), "{hop:?}");
+    assert_eq!(hop.peer.as_ref(), Some(&sleep_identity()), "{hop:?}");
+    let line = sidecar
+        .log_line(&[
+            "outbound|443||istio-egressgateway.istio-system.svc.cluster.local",
+            "api.github.com",
+        ])
+        .await;
+    assert!(line.contains(&format!("{gateway_ip}:443")), "{line}");
+
+    // The same with the real curl, as an app would run it.
+    let ca_pem = TempDir::new("curl-ca");
+    let ca_path = test_ca.write_ca_pem(ca_pem.path());
+    let out = client::curl(&[
+        "-sS",
+        "--noproxy",
+        "",
+        "-x",
+        &format!("http://{proxy}"),
+        "--cacert",
+        &ca_path.to_string_lossy(),
+        "https://api.github.com/from-curl",
+    ])
+    .await
+    .expect("curl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::echo(&stdout)["path"], "/from-curl");
+
+    // Absolute-form HTTP for a host the mesh rules send to the gateway: HTTP/1.1 inside the
+    // mesh mTLS, Host preserved, SNI naming the host.
+    let (status, _, body) = proxied_get(proxy, "http://httpbin.example/get?x=1").await;
+    assert_eq!(status, 200, "{body}");
+    let echo = common::echo(&body);
+    assert_eq!(echo["upstream"], "httpbin");
+    assert_eq!(echo["host"], "httpbin.example");
+    assert_eq!(echo["path"], "/get?x=1");
+    assert_eq!(echo["version"], "HTTP/1.1");
+    let hop = standin
+        .seen()
+        .into_iter()
+        .find(|s| !s.inner_tls)
+        .expect("a mesh hop with HTTP inside");
+    assert_eq!(hop.sni.as_deref(), Some("httpbin.example"), "{hop:?}");
+    assert_eq!(hop.peer.as_ref(), Some(&sleep_identity()), "{hop:?}");
+
+    // Origin-form with Host works too (the sidecar as a plain HTTP listener).
+    let (status, _, body) = client::http_get(proxy, "httpbin.example", "/plain")
+        .await
+        .expect("origin-form GET");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(common::echo(&body)["path"], "/plain");
+}
+
+#[tokio::test]
+async fn one_keep_alive_connection_routes_each_request_by_its_own_host() {
+    let mesh = Mesh::new();
+    let httpbin = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 0), "httpbin")
+        .await
+        .expect("httpbin stand-in");
+    let gateway_ip = free_loopback_addr();
+    let _standin = MeshStandIn::start(
+        SocketAddr::new(gateway_ip, 443),
+        mesh.gateway(),
+        httpbin.addr(),
+        httpbin.addr(),
+    )
+    .await;
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let sidecar = start_sidecar(
+        &sidecar_snapshot(gateway_ip),
+        Some(mesh.sleep()),
+        dns.addr(),
+    )
+    .await;
+
+    let tcp = TcpStream::connect(sidecar.addr(PROXY_PORT))
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for url in [
+        "http://httpbin.example/one",
+        "http://unknown.example/",
+        "http://httpbin.example:8080/other-port",
+        "http://httpbin.example/two",
+    ] {
+        let host = url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let req = Request::get(url)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .expect("req");
+        let resp = tokio::time::timeout(STEP, sender.send_request(req))
+            .await
+            .expect("in time")
+            .expect("response");
+        statuses.push(resp.status().as_u16());
+        let _ = resp.into_body().collect().await;
+    }
+    conn.abort();
+    // httpbin.example:8080 is on no virtual listener: refused like any unregistered port.
+    assert_eq!(statuses, vec![200, 502, 502, 200]);
+    assert_eq!(httpbin.requests(), 2);
+}
+
+#[tokio::test]
+async fn registry_only_refuses_what_nothing_registers() {
+    let mesh = Mesh::new();
+    let gateway_ip = free_loopback_addr();
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let snapshot = sidecar_snapshot(gateway_ip);
+    assert_eq!(snapshot.outbound_policy, OutboundPolicy::RegistryOnly);
+    let sidecar = start_sidecar(&snapshot, Some(mesh.sleep()), dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    // HTTP to an unregistered host: Istio's block_all route.
+    let (status, _, _) = proxied_get(proxy, "http://unknown.example/x").await;
+    assert_eq!(status, 502);
+    let line = sidecar
+        .log_line(&["unknown.example", "502", "direct_response"])
+        .await;
+    assert!(line.contains("BlackHoleCluster"), "{line}");
+    assert!(line.contains("block_all"), "{line}");
+
+    // api.github.com is registered for TLS on 443 only: plain HTTP to it is refused too.
+    let (status, _, _) = proxied_get(proxy, "http://api.github.com/").await;
+    assert_eq!(status, 502);
+
+    // A tunnel whose SNI no chain takes: the 200 is sent, then the connection is closed.
+    let test_ca = TestCa::new("unused");
+    let (tcp, head) = open_tunnel(proxy, "unknown.example:443").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let r = https_over(tcp, "unknown.example", "/", test_ca.ca_root_store()).await;
+    assert!(r.is_err(), "the tunnel must be closed: {r:?}");
+    let line = sidecar
+        .log_line(&["BlackHoleCluster", "UH", "unknown.example"])
+        .await;
+    assert!(line.contains(" UH "), "{line}");
+
+    // A port no listener has: closed as well, without waiting for any byte.
+    let (mut tcp, head) = open_tunnel(proxy, "unknown.example:9999").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the tunnel must be closed");
+    sidecar.wait_lines(&["BlackHoleCluster", " UH "], 2).await;
+
+    // Malformed heads: 400, connection closed.
+    let reply = client::raw_tcp(proxy, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5))
+        .await
+        .expect("raw");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let reply = client::raw_tcp(
+        proxy,
+        b"GET /no-host HTTP/1.1\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("raw");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let reply = client::raw_tcp(
+        proxy,
+        b"CONNECT no-port.example HTTP/1.1\r\nHost: no-port.example\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("raw");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+}
+
+#[tokio::test]
+async fn allow_any_passes_unregistered_hosts_through() {
+    let mesh = Mesh::new();
+    let test_ca = TestCa::new("outside-ca");
+    let outside_ip = free_loopback_addr();
+    let http_outside = HttpUpstream::start(SocketAddr::new(outside_ip, 80), "outside-http")
+        .await
+        .expect("http stand-in");
+    let https_outside = HttpsUpstream::start(
+        SocketAddr::new(outside_ip, 443),
+        &test_ca.server_cert(&["outside.example"]),
+        "outside-https",
+        UpstreamOptions::default(),
+    )
+    .await
+    .expect("https stand-in");
+    let dns = DnsServer::start([("outside.example", vec![outside_ip])])
+        .await
+        .expect("dns");
+    let mut snapshot = sidecar_snapshot(free_loopback_addr());
+    snapshot.outbound_policy = OutboundPolicy::AllowAny;
+    let sidecar = start_sidecar(&snapshot, Some(mesh.sleep()), dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    let (status, _, body) = proxied_get(proxy, "http://outside.example/anything").await;
+    assert_eq!(status, 200, "{body}");
+    let echo = common::echo(&body);
+    assert_eq!(echo["upstream"], "outside-http");
+    assert_eq!(echo["host"], "outside.example");
+    assert_eq!(echo["path"], "/anything");
+    let line = sidecar
+        .log_line(&["PassthroughCluster", "outside.example", "allow_any"])
+        .await;
+    assert!(line.contains(&format!("{outside_ip}:80")), "{line}");
+
+    let (tcp, head) = open_tunnel(proxy, "outside.example:443").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (status, body) = https_over(tcp, "outside.example", "/tls", test_ca.ca_root_store())
+        .await
+        .expect("https passthrough");
+    assert_eq!(status, 200, "{body}");
+    let echo = common::echo(&body);
+    assert_eq!(echo["upstream"], "outside-https");
+    assert_eq!(echo["sni"], "outside.example");
+    sidecar
+        .log_line(&["PassthroughCluster", &format!("{outside_ip}:443")])
+        .await;
+    assert_eq!(https_outside.requests(), 1);
+    assert_eq!(http_outside.requests(), 1);
+}
+
+#[tokio::test]
+async fn istio_mutual_without_an_identity_fails_uf() {
+    let httpbin = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 0), "httpbin")
+        .await
+        .expect("httpbin");
+    let mesh = Mesh::new();
+    let gateway_ip = free_loopback_addr();
+    let standin = MeshStandIn::start(
+        SocketAddr::new(gateway_ip, 443),
+        mesh.gateway(),
+        httpbin.addr(),
+        httpbin.addr(),
+    )
+    .await;
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let sidecar = start_sidecar(&sidecar_snapshot(gateway_ip), None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    let (status, _, body) = proxied_get(proxy, "http://httpbin.example/").await;
+    assert_eq!(status, 503, "{body}");
+    let line = sidecar.log_line(&["httpbin.example", "503"]).await;
+    assert!(line.contains(" UF"), "{line}");
+    assert!(line.contains("workload identity"), "{line}");
+
+    // A tunnel to a mesh-routed host is closed the same way, never sent without mTLS.
+    let (tcp, _) = open_tunnel(proxy, "api.github.com:443").await;
+    let r = https_over(tcp, "api.github.com", "/", TestCa::new("x").ca_root_store()).await;
+    assert!(r.is_err(), "{r:?}");
+    sidecar.log_line(&["api.github.com", "UF"]).await;
+    assert!(standin.seen().is_empty(), "nothing reached the gateway");
+    assert_eq!(httpbin.requests(), 0);
+}
+
+/// The whole picture: app → sidecar (CONNECT) → mesh mTLS → gateway (PASSTHROUGH server) →
+/// api.github.com stand-in. Needs the gateway end of the mesh hop.
+#[tokio::test]
+async fn sidecar_to_gateway_to_upstream() {
+    let mesh = Mesh::new();
+    let test_ca = TestCa::new("upstream-ca");
+    let upstream_ip = free_loopback_addr();
+    let github = HttpsUpstream::start(
+        SocketAddr::new(upstream_ip, 443),
+        &test_ca.server_cert(&["api.github.com"]),
+        "github",
+        UpstreamOptions::default(),
+    )
+    .await
+    .expect("github stand-in");
+    let dns = DnsServer::start([("api.github.com", vec![upstream_ip])])
+        .await
+        .expect("dns");
+
+    let gateway_snapshot = compile_snapshot(&CompileOptions::gateway(), &[]);
+    let gateway_identity = mesh.gateway();
+    let dns_addr = dns.addr();
+    let gateway = common::start_with(json(&gateway_snapshot), move |c: &mut ProxyConfig| {
+        c.identity = Some(gateway_identity);
+        c.dns_server = Some(dns_addr);
+    })
+    .await;
+    let sidecar = start_sidecar(
+        &sidecar_snapshot(gateway.ip),
+        Some(mesh.sleep()),
+        dns.addr(),
+    )
+    .await;
+
+    let (tcp, head) = open_tunnel(sidecar.addr(PROXY_PORT), "api.github.com:443").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (status, body) = https_over(tcp, "api.github.com", "/e2e", test_ca.ca_root_store())
+        .await
+        .expect("https through sidecar and gateway");
+    assert_eq!(status, 200, "{body}");
+    let echo = common::echo(&body);
+    assert_eq!(echo["upstream"], "github");
+    assert_eq!(echo["sni"], "api.github.com");
+    assert_eq!(echo["path"], "/e2e");
+    assert_eq!(github.requests(), 1);
+    sidecar
+        .log_line(&["outbound|443||istio-egressgateway.istio-system.svc.cluster.local"])
+        .await;
+    gateway
+        .log_line(&["outbound|443||api.github.com", "api.github.com"])
+        .await;
+}
