@@ -13,6 +13,7 @@ use sluice_test_support::{DnsServer, HttpsUpstream, TempDir, TestCa, UpstreamOpt
 
 use crate::cli::exit;
 use crate::gateway::{self, GatewayArgs};
+use crate::serve::CommonArgs;
 
 /// The external service's name in the demo (`.example` is reserved for documentation).
 const EXTERNAL: &str = "api.partner.example";
@@ -147,15 +148,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
     );
 
     let gateway_args = GatewayArgs {
-        config: vec![config_file.clone()],
+        common: CommonArgs {
+            config: vec![config_file.clone()],
+            admin: args.admin,
+            dns_server: Some(dns.addr()),
+            identity_dir: None,
+            reload_interval: Duration::from_secs(1),
+        },
         labels: gateway::parse_labels("istio=egressgateway").map_err(anyhow::Error::msg)?,
         namespace: "istio-system".into(),
         bind: lo,
-        admin: args.admin,
-        dns_server: Some(dns.addr()),
         credentials_dir: None,
-        identity_dir: None,
-        reload_interval: Duration::from_secs(1),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gw = tokio::spawn(gateway::start(gateway_args, async move {

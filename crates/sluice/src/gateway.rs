@@ -1,7 +1,7 @@
 //! `sluice gateway`: the exit point of the mesh.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,20 +10,13 @@ use sluice_compile::lower::CompileOptions;
 use sluice_proxy::ProxyConfig;
 use sluice_snapshot::Role;
 
-use crate::serve::{self, Plan};
+use crate::serve::{self, CommonArgs, Plan};
 
 /// Flags of `sluice gateway` (each also `SLUICE_<FLAG>` in the environment).
 #[derive(Debug, clap::Args)]
 pub struct GatewayArgs {
-    /// Config files or directories (repeatable).
-    #[arg(
-        short = 'c',
-        long = "config",
-        required = true,
-        env = "SLUICE_CONFIG",
-        value_delimiter = ','
-    )]
-    pub config: Vec<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// This gateway's workload labels; Gateways whose selector matches them apply.
     #[arg(long, default_value = "istio=egressgateway", env = "SLUICE_LABELS", value_parser = parse_labels)]
     pub labels: BTreeMap<String, String>,
@@ -33,22 +26,9 @@ pub struct GatewayArgs {
     /// Address the Gateway servers' ports are bound on.
     #[arg(long, default_value = "0.0.0.0", env = "SLUICE_BIND")]
     pub bind: IpAddr,
-    /// Admin API address (/ready, /healthz, /stats/prometheus, /config_dump).
-    #[arg(long, default_value = "127.0.0.1:15000", env = "SLUICE_ADMIN")]
-    pub admin: SocketAddr,
-    /// DNS server for upstream names (default: the system's resolv.conf).
-    #[arg(long, env = "SLUICE_DNS_SERVER")]
-    pub dns_server: Option<SocketAddr>,
     /// Directory of `credentialName` secrets: DIR/NAME/tls.crt, tls.key, ca.crt.
     #[arg(long, env = "SLUICE_CREDENTIALS_DIR")]
     pub credentials_dir: Option<PathBuf>,
-    /// The gateway's workload identity: tls.crt, tls.key, ca.crt (re-read when they change).
-    /// Mesh mTLS from sidecars is terminated with it; without it, mesh traffic is refused.
-    #[arg(long, env = "SLUICE_IDENTITY_DIR")]
-    pub identity_dir: Option<PathBuf>,
-    /// How often the config files are checked for changes.
-    #[arg(long, default_value = "1s", env = "SLUICE_RELOAD_INTERVAL", value_parser = parse_duration)]
-    pub reload_interval: Duration,
 }
 
 /// `k=v,k2=v2`.
@@ -92,14 +72,10 @@ pub async fn start(
         },
         proxy: ProxyConfig {
             bind: args.bind,
-            dns_server: args.dns_server,
             credentials_dir: args.credentials_dir.clone(),
             ..ProxyConfig::default()
         },
-        config: args.config,
-        admin: args.admin,
-        reload_interval: args.reload_interval,
-        identity_dir: args.identity_dir,
+        common: args.common,
     };
     serve::run(plan, shutdown).await
 }

@@ -19,13 +19,37 @@ use crate::reload;
 /// How often identity files are checked for rotation.
 const IDENTITY_POLL: Duration = Duration::from_secs(1);
 
-pub struct Plan {
+/// Flags the gateway and the sidecar share (each also `SLUICE_<FLAG>` in the environment).
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// Config files or directories (repeatable).
+    #[arg(
+        short = 'c',
+        long = "config",
+        required = true,
+        env = "SLUICE_CONFIG",
+        value_delimiter = ','
+    )]
     pub config: Vec<PathBuf>,
+    /// Admin API address (/ready, /healthz, /stats/prometheus, /config_dump).
+    #[arg(long, default_value = "127.0.0.1:15000", env = "SLUICE_ADMIN")]
+    pub admin: SocketAddr,
+    /// DNS server for upstream names (default: the system's resolv.conf).
+    #[arg(long, env = "SLUICE_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
+    /// The workload identity: tls.crt, tls.key, ca.crt (re-read when they change). Mesh mTLS,
+    /// in either direction, needs it; without it, mesh traffic is refused.
+    #[arg(long, env = "SLUICE_IDENTITY_DIR")]
+    pub identity_dir: Option<PathBuf>,
+    /// How often the config files are checked for changes.
+    #[arg(long, default_value = "1s", env = "SLUICE_RELOAD_INTERVAL", value_parser = crate::gateway::parse_duration)]
+    pub reload_interval: Duration,
+}
+
+pub struct Plan {
+    pub common: CommonArgs,
     pub options: CompileOptions,
     pub proxy: ProxyConfig,
-    pub admin: SocketAddr,
-    pub reload_interval: Duration,
-    pub identity_dir: Option<PathBuf>,
 }
 
 /// Starts watching `dir` for the workload's SVID; the first complete, valid set must be there.
@@ -40,12 +64,13 @@ pub async fn run(
     mut plan: Plan,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<u8> {
-    if let Some(dir) = &plan.identity_dir {
+    plan.proxy.dns_server = plan.common.dns_server;
+    if let Some(dir) = &plan.common.identity_dir {
         let rx = watch_identity(dir)?;
         tracing::info!(identity = %rx.borrow().identity(), "workload identity loaded");
         plan.proxy.identity = Some(rx);
     }
-    let (paths, opts) = (plan.config.clone(), plan.options.clone());
+    let (paths, opts) = (plan.common.config.clone(), plan.options.clone());
     let built = tokio::task::spawn_blocking(move || reload::build(&paths, &opts))
         .await
         .context("compiling the configuration")?;
@@ -64,7 +89,7 @@ pub async fn run(
     let mut registry = prometheus_client::registry::Registry::default();
     let proxy = Proxy::new(plan.proxy, rx.clone(), &mut registry).context("creating the proxy")?;
     let admin = admin::serve(
-        plan.admin,
+        plan.common.admin,
         AdminState {
             snapshots: rx,
             ready: proxy.ready(),
@@ -72,14 +97,14 @@ pub async fn run(
         },
     )
     .await
-    .with_context(|| format!("binding the admin API on {}", plan.admin))?;
+    .with_context(|| format!("binding the admin API on {}", plan.common.admin))?;
     let watcher = tokio::spawn(reload::watch_config(
-        plan.config.clone(),
+        plan.common.config.clone(),
         plan.options,
         tx,
-        plan.reload_interval,
+        plan.common.reload_interval,
     ));
-    tracing::info!(admin = %plan.admin, "sluice started");
+    tracing::info!(admin = %plan.common.admin, "sluice started");
     let result = proxy.run(shutdown).await;
     watcher.abort();
     admin.abort();

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use sluice_compile::lower::CompileOptions;
@@ -12,21 +10,14 @@ use sluice_proxy::ProxyConfig;
 use sluice_snapshot::Role;
 
 use crate::cli::exit;
-use crate::gateway::{parse_duration, parse_labels, shutdown_signal};
-use crate::serve::{self, Plan};
+use crate::gateway::{parse_labels, shutdown_signal};
+use crate::serve::{self, CommonArgs, Plan};
 
 /// Flags of `sluice sidecar` (each also `SLUICE_<FLAG>` in the environment).
 #[derive(Debug, clap::Args)]
 pub struct SidecarArgs {
-    /// Config files or directories (repeatable).
-    #[arg(
-        short = 'c',
-        long = "config",
-        required = true,
-        env = "SLUICE_CONFIG",
-        value_delimiter = ','
-    )]
-    pub config: Vec<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// The workload's namespace.
     #[arg(long, env = "SLUICE_NAMESPACE")]
     pub namespace: String,
@@ -39,19 +30,6 @@ pub struct SidecarArgs {
     /// The explicit proxy's address: point HTTP_PROXY / HTTPS_PROXY here.
     #[arg(long, default_value = "127.0.0.1:15001", env = "SLUICE_LISTEN")]
     pub listen: SocketAddr,
-    /// Admin API address.
-    #[arg(long, default_value = "127.0.0.1:15000", env = "SLUICE_ADMIN")]
-    pub admin: SocketAddr,
-    /// DNS server for upstream names (default: the system's resolv.conf).
-    #[arg(long, env = "SLUICE_DNS_SERVER")]
-    pub dns_server: Option<SocketAddr>,
-    /// The workload's identity: tls.crt, tls.key, ca.crt (re-read when they change). Needed
-    /// to reach the gateway with ISTIO_MUTUAL.
-    #[arg(long, env = "SLUICE_IDENTITY_DIR")]
-    pub identity_dir: Option<PathBuf>,
-    /// How often the config files are checked for changes.
-    #[arg(long, default_value = "1s", env = "SLUICE_RELOAD_INTERVAL", value_parser = parse_duration)]
-    pub reload_interval: Duration,
 }
 
 pub fn run(args: SidecarArgs) -> anyhow::Result<u8> {
@@ -66,7 +44,7 @@ pub async fn start(
     args: SidecarArgs,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<u8> {
-    if let Some(dir) = &args.identity_dir {
+    if let Some(dir) = &args.common.identity_dir {
         // The SVID must be this workload's: a sidecar speaking with another workload's
         // identity would make every policy about it wrong.
         let rx = serve::watch_identity(dir)?;
@@ -95,14 +73,10 @@ pub async fn start(
         },
         proxy: ProxyConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            dns_server: args.dns_server,
             listen: Some(args.listen),
             ..ProxyConfig::default()
         },
-        config: args.config,
-        admin: args.admin,
-        reload_interval: args.reload_interval,
-        identity_dir: args.identity_dir,
+        common: args.common,
     };
     serve::run(plan, shutdown).await
 }

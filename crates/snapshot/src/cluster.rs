@@ -63,7 +63,8 @@ pub enum LbPolicy {
     Passthrough,
 }
 
-/// Circuit-breaker limits (DestinationRule `connectionPool`); `None` is Envoy's default.
+/// Circuit-breaker limits (DestinationRule `connectionPool`). `None` is no limit: Istio sets
+/// Envoy's thresholds to their maximum when the DestinationRule says nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
