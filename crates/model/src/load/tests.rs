@@ -1,10 +1,7 @@
 use super::*;
 
 fn guide(name: &str) -> String {
-    format!(
-        "{}/../../../shared/guide/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/../../testdata/guide/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]
