@@ -15,6 +15,14 @@ use crate::cli::exit;
 use crate::gateway::{self, GatewayArgs};
 use crate::serve::CommonArgs;
 
+/// Prints a line; a closed stdout (`sluice demo | head`) is not worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The external service's name in the demo (`.example` is reserved for documentation).
 const EXTERNAL: &str = "api.partner.example";
 
@@ -128,21 +136,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         config(upstream.addr().port(), tls_port, http_port, &ca_file),
     )?;
 
-    println!("sluice demo — everything runs on loopback\n");
-    println!(
+    say!("sluice demo — everything runs on loopback\n");
+    say!(
         "  external service  https://{EXTERNAL}:{} (its own CA: {})",
         upstream.addr().port(),
         ca_file.display()
     );
-    println!(
+    say!(
         "  DNS server        {} ({EXTERNAL} → 127.0.0.1)",
         dns.addr()
     );
-    println!(
+    say!(
         "  gateway           127.0.0.1:{tls_port} (TLS passthrough), 127.0.0.1:{http_port} (HTTP → TLS origination)"
     );
-    println!("  config            {}", config_file.display());
-    println!(
+    say!("  config            {}", config_file.display());
+    say!(
         "  admin             http://{}/config_dump, /stats/prometheus\n",
         args.admin
     );
@@ -222,17 +230,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         },
     });
 
-    println!();
+    say!();
     for o in &outcomes {
-        println!("{}", o.line);
+        say!("{}", o.line);
     }
     let all_ok = outcomes.iter().all(|o| o.ok);
-    println!(
+    say!(
         "\nThe gateway's access log is above (stdout). Look around:\n  sluice proxy-config all --admin {}\n  curl -s http://{}/stats/prometheus | grep istio_\n",
-        args.admin, args.admin
+        args.admin,
+        args.admin
     );
     if !args.once {
-        println!("Press Ctrl-C to stop.");
+        say!("Press Ctrl-C to stop.");
         gateway::shutdown_signal().await;
     }
     let _ = stop_tx.send(());
