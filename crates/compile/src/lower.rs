@@ -39,6 +39,7 @@ mod gateway;
 mod hosts;
 mod http;
 mod mesh;
+mod ratelimit;
 mod registry;
 mod sidecar;
 mod tcp;
@@ -132,6 +133,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
     };
     listeners.sort_by_key(|l| l.port);
     let clusters = cluster::build(&mut cx);
+    let rate_limits = ratelimit::build(&mut cx, &listeners);
     let outbound_policy = mesh::outbound_policy(&mut cx);
     let access_log = mesh::access_log(&cx);
     mesh::report_unlowered(&mut cx);
@@ -150,6 +152,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
         outbound_policy,
         access_log,
         authz,
+        rate_limits,
     };
     let mut diags = cx.diags;
     crate::sort(&mut diags);

@@ -228,6 +228,43 @@ fn step5_tls_origination() {
     assert_eq!(c.lb, sluice_snapshot::LbPolicy::LeastRequest);
 }
 
+/// Step 5 with the guide's local rate limit (`envoyfilter-egress-ratelimit.yaml`, unchanged):
+/// the filter selects the gateway (`istio: egressgateway`, GATEWAY context) and joins the HTTP
+/// filter chain of every HTTP route configuration; nothing else changes.
+#[test]
+fn step5_with_the_guide_rate_limit() {
+    let mut files = STEP5.to_vec();
+    files.push("envoyfilter-egress-ratelimit.yaml");
+    let (s, diags) = gateway(&load(&files, &[]));
+    golden("step5_rate_limit", &s, &diags);
+    let (without, _) = gateway(&load(&STEP5, &[]));
+    assert_eq!(s.listeners, without.listeners, "routing is unchanged");
+    assert_eq!(s.rate_limits.keys().collect::<Vec<_>>(), ["http.80"]);
+    let limits = &s.rate_limits["http.80"];
+    assert_eq!(limits.filters.len(), 1);
+    let f = &limits.filters[0];
+    assert_eq!(f.name, "envoy.filters.http.local_ratelimit");
+    assert_eq!(
+        f.origin,
+        "EnvoyFilter istio-system/egress-ratelimit configPatches[0]"
+    );
+    let c = &f.config;
+    assert_eq!(c.stat_prefix, "http_local_rate_limiter");
+    let tb = c.token_bucket.expect("bucket");
+    assert_eq!((tb.max_tokens, tb.tokens_per_fill), (100, 10));
+    assert_eq!(tb.fill_interval, std::time::Duration::from_secs(1));
+    assert_eq!(
+        (c.enabled_percent, c.enforced_percent, c.status),
+        (100.0, 100.0, 429)
+    );
+    assert_eq!(c.response_headers_to_add[0].name, "x-rate-limited");
+    assert_eq!(c.response_headers_to_add[0].value, "true");
+
+    // The sidecar is not selected (labels, and the GATEWAY context).
+    let (sc, _) = compile(&load(&files, &[]), &CompileOptions::sidecar("default"));
+    assert!(sc.rate_limits.is_empty());
+}
+
 /// serviceentry-database.yaml with loopback endpoints (the guide's 192.168.1.x replaced).
 fn database_entry() -> String {
     std::fs::read_to_string(guide_path("serviceentry-database.yaml"))

@@ -80,6 +80,9 @@ pub enum Error {
     /// The downstream sent something unusable, or too slowly (`DPE`).
     #[error("downstream: {0}")]
     Downstream(String),
+    /// The local rate limit refused the request (`RL`).
+    #[error("local rate limited")]
+    RateLimited(Box<crate::ratelimit::Limited>),
     /// Fault injection aborted the request (`FI`).
     #[error("fault abort {0}")]
     FaultAbort(u16),
@@ -101,6 +104,7 @@ impl Error {
             Error::Timeout => "UT",
             Error::UpstreamReset(_) => "UC",
             Error::FaultAbort(_) => "FI",
+            Error::RateLimited(_) => "RL",
             Error::Downstream(_) => "DPE",
             // Envoy's RBAC filters set no response flag: a denial shows as `403 -` (HTTP) or
             // a closed connection, named by its details.
@@ -118,6 +122,7 @@ impl Error {
             Error::BlackHole => 502,
             Error::Timeout => 504,
             Error::FaultAbort(status) => *status,
+            Error::RateLimited(l) => l.status,
             Error::Downstream(_) => 400,
             Error::Denied(_) => sluice_snapshot::authz::DENIED_STATUS,
             _ => 503,
@@ -160,6 +165,7 @@ impl Error {
                 "upstream_reset_before_response_started{connection_termination}"
             }
             Error::FaultAbort(_) => "fault_filter_abort",
+            Error::RateLimited(_) => crate::ratelimit::LOCAL_RATE_LIMITED,
             Error::Downstream(_) => "downstream_protocol_error",
             Error::DownstreamTls(_) => "tls_handshake_failed",
             Error::NoIdentity => "mesh_mtls_without_identity",
@@ -209,6 +215,7 @@ impl Error {
             Error::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow".into(),
             Error::NoHealthyUpstream(_) => "no healthy upstream".into(),
             Error::FaultAbort(_) => "fault filter abort".into(),
+            Error::RateLimited(_) => crate::ratelimit::LOCAL_RATE_LIMITED.into(),
             Error::Denied(_) => sluice_snapshot::authz::DENIED_BODY.into(),
             Error::Connect { reason, .. } => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
@@ -228,7 +235,16 @@ mod tests {
 
     #[test]
     fn outcomes_follow_envoy() {
-        let table: [(Error, &str, u16, bool); 9] = [
+        let table: [(Error, &str, u16, bool); 10] = [
+            (
+                Error::RateLimited(Box::new(crate::ratelimit::Limited {
+                    status: 429,
+                    headers: vec![],
+                })),
+                "RL",
+                429,
+                false,
+            ),
             (Error::NoRoute, "NR", 404, false),
             (Error::NoHealthyUpstream("x".into()), "UH", 503, true),
             (Error::BlackHole, "UH", 502, false),

@@ -182,6 +182,8 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         authz::Protocol::Http,
         &authz::http_request(&ctx.info, &parts, &authority),
     );
+    // Then the local rate limit, which Istio's EnvoyFilters insert before the router.
+    let authorized = authorized.and_then(|()| local_rate_limit(&ctx, &mut parts, &authority));
     let outcome = match authorized {
         Ok(()) => {
             // Boxed: the future borrows `parts` across awaits, and hyper needs it provably
@@ -213,6 +215,45 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         guards,
         counts,
     })
+}
+
+/// Envoy's local rate limit filters of the chain's route configuration, for the virtual host
+/// and route this request selects (a request no route takes is limited too: the filter runs
+/// before the router answers 404).
+fn local_rate_limit(ctx: &ConnCtx, parts: &mut Parts, authority: &str) -> Result<(), Error> {
+    if ctx.snapshot.rate_limits.is_empty() {
+        return Ok(());
+    }
+    let Some(App::Http {
+        route_config,
+        virtual_hosts,
+    }) = ctx.chain().map(|c| &c.app)
+    else {
+        return Ok(());
+    };
+    let vhost = select_virtual_host(virtual_hosts, route::strip_port(authority));
+    let route_name = vhost.and_then(|vh| {
+        let view = route::RequestView {
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            method: parts.method.as_str(),
+            authority,
+            scheme: ctx.scheme(),
+            headers: &parts.headers,
+            port: ctx.info.listener_port,
+        };
+        route::find(&vh.routes, &view).map(|(r, _)| r.name.as_str())
+    });
+    crate::ratelimit::check(
+        &ctx.snapshot,
+        &ctx.shared.rate_limits,
+        &ctx.shared.telemetry.metrics,
+        route_config,
+        vhost.map(|v| v.name.as_str()),
+        route_name,
+        &mut parts.headers,
+    )
+    .map_err(|limited| Error::RateLimited(Box::new(limited)))
 }
 
 /// Things that must live as long as the response body (in-flight counts, limits).
@@ -328,7 +369,11 @@ pub fn text_response(status: u16, body: String) -> Response<Body> {
 
 /// The proxy's own answer for a failed request.
 fn local_reply(e: &Error) -> Response<Body> {
-    text_response(e.http_status(), e.body())
+    let mut resp = text_response(e.http_status(), e.body());
+    if let Error::RateLimited(limited) = e {
+        crate::ratelimit::apply_headers(&limited.headers, resp.headers_mut());
+    }
+    resp
 }
 
 /// The downstream request body, counting bytes received.

@@ -25,6 +25,7 @@ pub mod conn;
 pub mod error;
 pub mod http;
 pub mod listener;
+pub mod ratelimit;
 pub mod rewind;
 pub mod sidecar;
 pub mod sni;
@@ -55,6 +56,8 @@ pub struct Shared {
     pub telemetry: Arc<Telemetry>,
     pub upstreams: Upstreams,
     pub server_tls: ServerConfigs,
+    /// The local rate limit's token buckets, shared by every connection.
+    pub rate_limits: ratelimit::Buckets,
     /// Becomes true when the proxy drains: HTTP connections finish their requests and close.
     pub drain: watch::Receiver<bool>,
 }
@@ -82,6 +85,7 @@ impl Proxy {
             upstreams,
             telemetry,
             server_tls: ServerConfigs::default(),
+            rate_limits: ratelimit::Buckets::default(),
             drain: drain_rx,
         });
         let (ready, _) = watch::channel(false);
@@ -141,6 +145,7 @@ impl Proxy {
                         continue;
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
+                    shared.rate_limits.retain_for(&snapshot);
                     if let Err(e) = manager.reconcile(&snapshot).await {
                         tracing::error!(error = %e, "applying the new snapshot's listeners");
                     }

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod cluster;
 pub mod listener;
 pub mod matching;
+pub mod ratelimit;
 pub mod route;
 
 use std::collections::BTreeMap;
@@ -73,6 +74,10 @@ pub struct Snapshot {
     /// AuthorizationPolicies that apply to this proxy's workload, compiled.
     #[serde(default)]
     pub authz: authz::Policies,
+    /// Envoy's HTTP local rate limit, by HTTP route configuration name (`http.80`): what the
+    /// EnvoyFilters that select this proxy configure.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limits: BTreeMap<String, ratelimit::HttpRateLimits>,
 }
 
 impl Snapshot {
@@ -86,6 +91,7 @@ impl Snapshot {
             outbound_policy: OutboundPolicy::AllowAny,
             access_log: AccessLog::default(),
             authz: authz::Policies::default(),
+            rate_limits: BTreeMap::new(),
         }
     }
 

@@ -144,13 +144,8 @@ pub fn report_unlowered(cx: &mut Ctx<'_>) {
             "PeerAuthentication is not lowered into the snapshot yet",
         );
     }
-    for r in res.envoy_filters.iter().filter(|r| applies(r.namespace())) {
-        warn(
-            cx,
-            r,
-            "EnvoyFilter patches Envoy configuration; sluice does not apply it",
-        );
-    }
+    // EnvoyFilters: the local rate limit is lowered (`ratelimit`); validation reports every
+    // other patch.
     for r in res.telemetries.iter().filter(|r| applies(r.namespace())) {
         warn(
             cx,

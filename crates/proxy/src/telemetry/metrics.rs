@@ -75,6 +75,26 @@ pub struct DryRunLabels {
     pub policy: String,
 }
 
+/// Envoy's local rate limit stats are named `<stat_prefix>.http_local_rate_limit.<counter>`;
+/// sluice exports them as `envoy_http_local_rate_limit_<counter>_total{stat_prefix="…"}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatPrefixLabels {
+    pub stat_prefix: String,
+}
+
+/// Counter handles of one local rate limit stat prefix.
+#[derive(Clone)]
+pub struct RateLimitStats {
+    /// Requests the limit was checked for (`filter_enabled`).
+    pub enabled: Counter,
+    /// Checked requests that got a token.
+    pub ok: Counter,
+    /// Checked requests that found the bucket empty.
+    pub rate_limited: Counter,
+    /// Requests over the limit that were refused (`filter_enforced`).
+    pub enforced: Counter,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
     pub cluster_name: String,
@@ -119,6 +139,10 @@ pub struct Metrics {
     rq_timeout: Family<ClusterLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
     authz_dry_run: Family<DryRunLabels, Counter>,
+    rl_enabled: Family<StatPrefixLabels, Counter>,
+    rl_ok: Family<StatPrefixLabels, Counter>,
+    rl_rate_limited: Family<StatPrefixLabels, Counter>,
+    rl_enforced: Family<StatPrefixLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
 }
@@ -143,6 +167,10 @@ impl Metrics {
             rq_timeout: Family::default(),
             authz: Family::default(),
             authz_dry_run: Family::default(),
+            rl_enabled: Family::default(),
+            rl_ok: Family::default(),
+            rl_rate_limited: Family::default(),
+            rl_enforced: Family::default(),
             access_log_dropped: Counter::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -232,6 +260,26 @@ impl Metrics {
             m.authz_dry_run.clone(),
         );
         registry.register(
+            "envoy_http_local_rate_limit_enabled",
+            "Requests the local rate limit was checked for, by stat_prefix",
+            m.rl_enabled.clone(),
+        );
+        registry.register(
+            "envoy_http_local_rate_limit_ok",
+            "Requests under the local rate limit, by stat_prefix",
+            m.rl_ok.clone(),
+        );
+        registry.register(
+            "envoy_http_local_rate_limit_rate_limited",
+            "Requests over the local rate limit (enforced or not), by stat_prefix",
+            m.rl_rate_limited.clone(),
+        );
+        registry.register(
+            "envoy_http_local_rate_limit_enforced",
+            "Requests refused by the local rate limit, by stat_prefix",
+            m.rl_enforced.clone(),
+        );
+        registry.register(
             "sluice_access_log_dropped_lines",
             "Access-log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
@@ -269,6 +317,19 @@ impl Metrics {
         self.response_bytes
             .get_or_create(labels)
             .observe(resp_bytes as f64);
+    }
+
+    /// The local rate limit counters of `stat_prefix`.
+    pub fn local_rate_limit(&self, stat_prefix: &str) -> RateLimitStats {
+        let l = StatPrefixLabels {
+            stat_prefix: stat_prefix.to_owned(),
+        };
+        RateLimitStats {
+            enabled: self.rl_enabled.get_or_create_owned(&l),
+            ok: self.rl_ok.get_or_create_owned(&l),
+            rate_limited: self.rl_rate_limited.get_or_create_owned(&l),
+            enforced: self.rl_enforced.get_or_create_owned(&l),
+        }
     }
 
     pub fn authz(&self, labels: &AuthzLabels) {
