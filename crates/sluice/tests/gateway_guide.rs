@@ -4,26 +4,18 @@
 //! gateway binds the Gateway servers' real ports (443, 80) on its own 127.0.x.y address.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+
 use std::time::Duration;
+
+mod common;
+
+use common::{bin, gateway, guide};
 
 use sluice_test_support::client::{curl, http_get, https_get, raw_tcp};
 use sluice_test_support::{
     DnsServer, HttpsUpstream, SluiceProcess, TcpUpstream, TempDir, TestCa, UpstreamOptions,
     free_loopback_addr,
 };
-
-fn guide(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/guide")
-        .join(file)
-        .display()
-        .to_string()
-}
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
-}
 
 /// A mesh config that logs every request to stdout in Istio's default format (the guide's
 /// own format spreads an entry over several lines and names no cluster).
@@ -35,37 +27,6 @@ fn access_log(dir: &TempDir) -> String {
     )
     .expect("write mesh config");
     path.display().to_string()
-}
-
-/// Starts the gateway on its own loopback address with the given config and DNS server.
-async fn gateway(
-    config: &[String],
-    dns: SocketAddr,
-    env: &[(&str, &str)],
-) -> (SluiceProcess, IpAddr) {
-    let bind = free_loopback_addr();
-    let admin = SocketAddr::new(bind, 15000);
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("gateway");
-    for c in config {
-        cmd.args(["-c", c]);
-    }
-    cmd.args([
-        "--bind",
-        &bind.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--dns-server",
-        &dns.to_string(),
-    ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let proc = tokio::task::spawn_blocking(move || SluiceProcess::spawn_command(cmd, admin))
-        .await
-        .expect("join")
-        .expect("gateway starts and becomes ready");
-    (proc, bind)
 }
 
 /// Guide Step 4, unchanged: TLS to api.github.com passes through the gateway by SNI and is

@@ -4,8 +4,12 @@
 //! curl as the client; every address is loopback.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
+
+mod common;
+
+use common::{bin, gateway_at, guide, start};
 
 use sluice_identity::{Ca, Validity};
 use sluice_test_support::client::{curl, raw_tcp};
@@ -13,18 +17,6 @@ use sluice_test_support::{
     DnsServer, HttpUpstream, HttpsUpstream, SluiceProcess, TcpUpstream, TempDir, TestCa,
     UpstreamOptions, free_loopback_addr,
 };
-
-fn guide(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/guide")
-        .join(file)
-        .display()
-        .to_string()
-}
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
-}
 
 /// A mesh CA and a directory of SVIDs, one per workload.
 struct Mesh {
@@ -49,30 +41,6 @@ impl Mesh {
             .expect("write svid");
         out.display().to_string()
     }
-}
-
-async fn start(cmd: std::process::Command, admin: SocketAddr) -> SluiceProcess {
-    tokio::task::spawn_blocking(move || SluiceProcess::spawn_command(cmd, admin))
-        .await
-        .expect("join")
-        .expect("sluice starts and becomes ready")
-}
-
-async fn gateway(
-    config: &[String],
-    bind: IpAddr,
-    dns: SocketAddr,
-    identity: &str,
-) -> SluiceProcess {
-    let admin = SocketAddr::new(bind, 15000);
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("gateway");
-    for c in config {
-        cmd.args(["-c", c]);
-    }
-    cmd.args(["--bind", &bind.to_string(), "--admin", &admin.to_string()]);
-    cmd.args(["--dns-server", &dns.to_string(), "--identity-dir", identity]);
-    start(cmd, admin).await
 }
 
 /// Starts a sidecar for ns/sa; returns it with its explicit-proxy address.
@@ -283,7 +251,7 @@ spec:
         &[(443, "tls", "TLS"), (5432, "tcp-postgres", "TCP")],
     ));
     let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
-    let _gw = gateway(&config, gw_ip, dns.addr(), &gw_id).await;
+    let _gw = gateway_at(gw_ip, &config, dns.addr(), Some(&gw_id), &[]).await;
 
     let mut sidecars = Vec::new();
     for (ns, sa) in [
@@ -383,7 +351,7 @@ async fn step10_production_setup_end_to_end() {
         gateway_service(&dir, gw_ip, &[(443, "tls", "TLS")]),
     ];
     let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
-    let _gw = gateway(&config, gw_ip, dns.addr(), &gw_id).await;
+    let _gw = gateway_at(gw_ip, &config, dns.addr(), Some(&gw_id), &[]).await;
     let allowed = mesh.svid("production", "payment-service");
     let other = mesh.svid("production", "reporting");
     let (_s1, p1) = sidecar(

@@ -5,25 +5,17 @@
 //! and the filter's `x-rate-limited: true`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{gateway, guide};
 
 use sluice_test_support::client::http_get;
 use sluice_test_support::{
-    DnsServer, HttpsUpstream, SluiceProcess, TempDir, TestCa, UpstreamOptions, free_loopback_addr,
+    DnsServer, HttpsUpstream, TempDir, TestCa, UpstreamOptions, free_loopback_addr,
 };
-
-fn guide(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/guide")
-        .join(file)
-        .display()
-        .to_string()
-}
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn guide_rate_limit_refuses_after_the_burst() {
@@ -42,33 +34,19 @@ async fn guide_rate_limit_refuses_after_the_burst() {
         .await
         .expect("dns");
 
-    let bind = free_loopback_addr();
-    let admin = SocketAddr::new(bind, 15000);
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("gateway");
-    for f in [
+    let config: Vec<String> = [
         "gateway-tls-origination.yaml",
         "virtualservice-tls-origination.yaml",
         "destinationrule-tls-origination.yaml",
         "serviceentry-tls-origination.yaml",
         "mesh-config.yaml",
         "envoyfilter-egress-ratelimit.yaml",
-    ] {
-        cmd.args(["-c", &guide(f)]);
-    }
-    cmd.args([
-        "--bind",
-        &bind.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--dns-server",
-        &dns.addr().to_string(),
-    ]);
-    cmd.env("SSL_CERT_FILE", ca_file.display().to_string());
-    let gw = tokio::task::spawn_blocking(move || SluiceProcess::spawn_command(cmd, admin))
-        .await
-        .expect("join")
-        .expect("gateway starts and becomes ready");
+    ]
+    .iter()
+    .map(|f| guide(f))
+    .collect();
+    let ca_env = ca_file.display().to_string();
+    let (gw, bind) = gateway(&config, dns.addr(), &[("SSL_CERT_FILE", &ca_env)]).await;
 
     let addr = SocketAddr::new(bind, 80);
     let started = Instant::now();

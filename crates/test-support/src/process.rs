@@ -7,7 +7,7 @@
 //! use std::time::Duration;
 //! use sluice_test_support::{SluiceProcess, free_loopback_addr};
 //!
-//! let ip = free_loopback_addr(); // 127.0.10.1, 127.0.10.2, ... one per call
+//! let ip = free_loopback_addr(); // a distinct 127.x.y.z per call
 //! let admin = SocketAddr::new(ip, 15000);
 //! let args: Vec<String> = ["gateway", "-c", "testdata/egress", "--bind", &ip.to_string(),
 //!     "--admin", &admin.to_string()].iter().map(|s| s.to_string()).collect();
@@ -36,21 +36,36 @@ use anyhow::{Context as _, bail};
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 const FIRST: u32 = (10 << 8) | 1; // 127.0.10.1
-static NEXT_LOOPBACK: AtomicU32 = AtomicU32::new(FIRST);
+/// 0 until the first call, which starts this process in its own block of addresses.
+static NEXT_LOOPBACK: AtomicU32 = AtomicU32::new(0);
 
-/// A loopback address not handed out before in this process: 127.0.10.1, .2, ... (skipping
-/// `.0` and `.255`, and addresses whose port 443 or 80 is already in use, e.g. by another test
-/// process). Tests bind the real ports (443, 80, 15000...) on it without colliding.
+/// Where this process starts handing out addresses: 127.0.10.1 shifted by a block of eight
+/// /24s per process id, so two test processes running at once (two checkouts, two cargo
+/// invocations) do not pick the same addresses and race for their ports.
+fn first_for_process() -> u32 {
+    FIRST + (std::process::id() % 1000) * (8 << 8)
+}
+
+/// A loopback address not handed out before in this process: consecutive addresses from a
+/// per-process start in 127.0.0.0/8 (skipping `.0` and `.255`, and addresses where a port the
+/// tests bind — 443, 80, 5432, 15000, 15001 — is already in use, e.g. by another test
+/// process). Tests bind the real ports on it without colliding.
 pub fn free_loopback_addr() -> IpAddr {
+    let _ = NEXT_LOOPBACK.compare_exchange(
+        0,
+        first_for_process(),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
     for _ in 0..10_000 {
         let n = NEXT_LOOPBACK.fetch_add(1, Ordering::Relaxed);
         let (hi, lo) = (n >> 8, n & 0xff);
-        assert!(hi <= 0xff, "free_loopback_addr: 127.0.0.0/8 exhausted");
+        assert!(hi <= 0xffff, "free_loopback_addr: 127.0.0.0/8 exhausted");
         if lo == 0 || lo == 255 {
             continue;
         }
         let ip = IpAddr::V4(Ipv4Addr::new(127, (hi >> 8) as u8, hi as u8, lo as u8));
-        let in_use = [443u16, 80].iter().any(|&port| {
+        let in_use = [443u16, 80, 5432, 15000, 15001].iter().any(|&port| {
             matches!(
                 std::net::TcpListener::bind((ip, port)),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
