@@ -134,10 +134,8 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
     // proxy should either (Envoy's `forward_client_cert_details: SANITIZE`).
     parts.headers.remove(XFCC);
     // What the gateway adds to every request (Envoy with use_remote_address).
-    if !parts.headers.contains_key("x-request-id")
-        && let Ok(v) = HeaderValue::from_str(&headers::request_id())
-    {
-        parts.headers.insert("x-request-id", v);
+    if !parts.headers.contains_key("x-request-id") {
+        parts.headers.insert("x-request-id", headers::request_id());
     }
     let peer_ip = ctx.info.peer.ip().to_string();
     let xff = match parts

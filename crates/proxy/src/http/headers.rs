@@ -2,7 +2,6 @@
 //! operations, request ids.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use rand::Rng;
 use sluice_snapshot::route::HeaderOps;
 
 /// Connection-specific headers (RFC 9110 §7.6.1), never forwarded.
@@ -61,19 +60,11 @@ pub fn apply(ops: &HeaderOps, headers: &mut HeaderMap) {
 }
 
 /// A random UUID v4, as Envoy's `x-request-id`.
-pub fn request_id() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+pub fn request_id() -> HeaderValue {
+    // Formatted into a stack buffer: this runs on every request without an id.
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -111,8 +102,9 @@ mod tests {
     #[test]
     fn request_ids_look_like_uuids() {
         let id = request_id();
+        let id = id.to_str().expect("ascii");
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
-        assert_ne!(id, request_id());
+        assert_ne!(id, request_id().to_str().expect("ascii"));
     }
 }
