@@ -155,7 +155,6 @@ const CASES_MD_TEXT_DIFFERENCES: &[(&str, &str)] = &[
 /// one of sluice's messages.
 #[test]
 fn curated_networking_cases_are_covered_with_istio_texts() {
-    let text = read("acceptance/validation/cases.md");
     let cases = load_cases(&WEBHOOK_FILES, |_| {});
     let kinds = [
         "ServiceEntry",
@@ -165,57 +164,29 @@ fn curated_networking_cases_are_covered_with_istio_texts() {
         "Sidecar",
     ];
     let mut failures = Vec::new();
-    let mut covered = 0;
-    for entry in text.split("\n### ").skip(1) {
-        let title = entry.lines().next().unwrap_or_default();
-        let Some((id, rest)) = title.split_once(". ") else {
-            continue;
-        };
-        let Some((kind, case_name)) = rest.split_once(": ") else {
-            continue;
-        };
-        if !kinds.contains(&kind) {
-            continue;
-        }
-        covered += 1;
+    let entries = cases_md_entries(&kinds);
+    let covered = entries.len();
+    for e in &entries {
+        let (id, case_name, file) = (&e.id, &e.case_name, &e.file);
         // The webhook case it was drawn from.
-        let from = entry
-            .lines()
-            .find(|l| l.starts_with("- from:"))
-            .unwrap_or_default();
-        let file = from
-            .split('`')
-            .nth(1)
-            .and_then(|f| f.strip_prefix("webhook-cases/"))
-            .and_then(|f| f.strip_suffix(".yaml"))
-            .unwrap_or_default();
         let source = cases
             .iter()
-            .find(|c| c.file == file && c.name == case_name && !c.valid);
+            .find(|c| c.file == file && &c.name == case_name && !c.valid);
         if source.is_none() {
             failures.push(format!("{id}: no invalid case {case_name:?} in {file:?}"));
         }
-        // The YAML of the entry, and the texts it quotes.
-        let yaml = entry
-            .split("```yaml\n")
-            .nth(1)
-            .and_then(|y| y.split("```").next())
-            .unwrap_or_default();
-        let v = judge_yaml(&format!("cases.md#{id}"), yaml);
+        let v = judge_yaml(&format!("cases.md#{id}"), &e.yaml);
         if v.errors.is_empty() {
             failures.push(format!("{id} {case_name}: accepted"));
             continue;
         }
-        let quoted = entry
-            .lines()
-            .find_map(|l| l.strip_prefix("- Istio error contains: "))
-            .unwrap_or_default();
-        let missing: Vec<&str> = quoted
-            .split("; ")
-            .map(|q| q.trim().trim_matches('`').trim())
-            .filter(|want| !want.is_empty() && !v.errors.iter().any(|e| e.contains(want)))
+        let missing: Vec<&str> = e
+            .quoted
+            .iter()
+            .map(String::as_str)
+            .filter(|want| !v.errors.iter().any(|err| err.contains(want)))
             .collect();
-        let known = CASES_MD_TEXT_DIFFERENCES.iter().any(|(k, _)| *k == id);
+        let known = CASES_MD_TEXT_DIFFERENCES.iter().any(|(k, _)| k == id);
         match (known, missing.is_empty()) {
             (false, false) => failures.push(format!(
                 "{id} {case_name}: no error contains {missing:?}: {:?}",

@@ -170,36 +170,16 @@ fn istio_crd_fixtures_for_policy_kinds() {
 /// messages.
 #[test]
 fn curated_policy_cases_are_covered_with_istio_texts() {
-    let text = read("acceptance/validation/cases.md");
     let cases = load_cases(&WEBHOOK_FILES, undo_go_constant_names);
     let kinds = ["AuthorizationPolicy", "Telemetry"];
     let mut failures = Vec::new();
-    let mut covered = 0;
-    for entry in text.split("\n### ").skip(1) {
-        let title = entry.lines().next().unwrap_or_default();
-        let Some((id, rest)) = title.split_once(". ") else {
-            continue;
-        };
-        let Some((kind, case_name)) = rest.split_once(": ") else {
-            continue;
-        };
-        if !kinds.contains(&kind) {
-            continue;
-        }
-        covered += 1;
-        let from = entry
-            .lines()
-            .find(|l| l.starts_with("- from:"))
-            .unwrap_or_default();
-        let file = from
-            .split('`')
-            .nth(1)
-            .and_then(|f| f.strip_prefix("webhook-cases/"))
-            .and_then(|f| f.strip_suffix(".yaml"))
-            .unwrap_or_default();
+    let entries = cases_md_entries(&kinds);
+    let covered = entries.len();
+    for e in &entries {
+        let (id, case_name, file) = (&e.id, &e.case_name, &e.file);
         let source = cases
             .iter()
-            .find(|c| c.file == file && c.name == case_name && !c.valid);
+            .find(|c| c.file == file && &c.name == case_name && !c.valid);
         let Some(source) = source else {
             failures.push(format!("{id}: no invalid case {case_name:?} in {file:?}"));
             continue;
@@ -210,26 +190,14 @@ fn curated_policy_cases_are_covered_with_istio_texts() {
         {
             continue;
         }
-        let yaml = entry
-            .split("```yaml\n")
-            .nth(1)
-            .and_then(|y| y.split("```").next())
-            .unwrap_or_default()
-            .replace(": TagOverride_", ": ");
+        let yaml = e.yaml.replace(": TagOverride_", ": ");
         let v = judge_yaml(&format!("cases.md#{id}"), &yaml);
         if v.errors.is_empty() {
             failures.push(format!("{id} {case_name}: accepted"));
             continue;
         }
-        let quoted = entry
-            .lines()
-            .find_map(|l| l.strip_prefix("- Istio error contains: "))
-            .unwrap_or_default();
-        for want in quoted
-            .split("; ")
-            .map(|q| q.trim().trim_matches('`').trim())
-        {
-            if !want.is_empty() && !v.errors.iter().any(|e| e.contains(want)) {
+        for want in &e.quoted {
+            if !v.errors.iter().any(|err| err.contains(want.as_str())) {
                 failures.push(format!(
                     "{id} {case_name}: no error contains {want:?}: {:?}",
                     v.errors

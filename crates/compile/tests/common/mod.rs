@@ -197,3 +197,63 @@ pub fn run_cases(title: &str, cases: &[Case], known_list: &[(&str, &str, Miss, &
         "a known difference was not found"
     );
 }
+
+/// One curated entry of `cases.md`: an invalid configuration and the texts Istio's error has.
+pub struct CasesMdEntry {
+    pub id: String,
+    pub case_name: String,
+    /// The webhook case table it was drawn from (`serviceentry-serviceentries`).
+    pub file: String,
+    pub yaml: String,
+    /// The substrings Istio's error contains.
+    pub quoted: Vec<String>,
+}
+
+/// The entries of `cases.md` about `kinds`, in order.
+pub fn cases_md_entries(kinds: &[&str]) -> Vec<CasesMdEntry> {
+    let text = read("acceptance/validation/cases.md");
+    let mut out = Vec::new();
+    for entry in text.split("\n### ").skip(1) {
+        let title = entry.lines().next().unwrap_or_default();
+        let Some((id, rest)) = title.split_once(". ") else {
+            continue;
+        };
+        let Some((kind, case_name)) = rest.split_once(": ") else {
+            continue;
+        };
+        if !kinds.contains(&kind) {
+            continue;
+        }
+        let from = entry
+            .lines()
+            .find(|l| l.starts_with("- from:"))
+            .unwrap_or_default();
+        let file = from
+            .split('`')
+            .nth(1)
+            .and_then(|f| f.strip_prefix("webhook-cases/"))
+            .and_then(|f| f.strip_suffix(".yaml"))
+            .unwrap_or_default();
+        let yaml = entry
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|y| y.split("```").next())
+            .unwrap_or_default();
+        let quoted = entry
+            .lines()
+            .find_map(|l| l.strip_prefix("- Istio error contains: "))
+            .unwrap_or_default()
+            .split("; ")
+            .map(|q| q.trim().trim_matches('`').trim().to_owned())
+            .filter(|q| !q.is_empty())
+            .collect();
+        out.push(CasesMdEntry {
+            id: id.to_owned(),
+            case_name: case_name.to_owned(),
+            file: file.to_owned(),
+            yaml: yaml.to_owned(),
+            quoted,
+        });
+    }
+    out
+}
