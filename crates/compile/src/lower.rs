@@ -132,9 +132,17 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
         Role::Sidecar => sidecar::listeners(&mut cx),
     };
     listeners.sort_by_key(|l| l.port);
-    let clusters = cluster::build(&mut cx);
+    let mut clusters = cluster::build(&mut cx);
     let rate_limits = ratelimit::build(&mut cx, &listeners);
     let outbound_policy = mesh::outbound_policy(&mut cx);
+    let fallback = match options.role {
+        Role::Gateway => None,
+        Role::Sidecar => {
+            let (fallback, cluster) = sidecar::fallback(outbound_policy, &mut listeners);
+            clusters.insert(cluster.name.clone(), cluster);
+            Some(fallback)
+        }
+    };
     let access_log = mesh::access_log(&cx);
     mesh::report_unlowered(&mut cx);
     let (authz, authz_diags) = crate::authz::compile_policies(
@@ -153,6 +161,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
         access_log,
         authz,
         rate_limits,
+        fallback,
     };
     let mut diags = cx.diags;
     crate::sort(&mut diags);

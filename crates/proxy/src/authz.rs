@@ -31,7 +31,7 @@ use sluice_snapshot::authz::{Decision, HttpAttrs, Peer, Request};
 use sluice_snapshot::{Role, Snapshot};
 
 use crate::Error;
-use crate::conn::ConnInfo;
+use crate::flow::ConnInfo;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::{AuthzLabels, DryRunLabels};
 

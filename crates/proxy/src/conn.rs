@@ -10,104 +10,21 @@
 //! (`--identity-dir`), or when the handshake fails, the connection is closed: identity never
 //! comes from anything else, and traffic without the mesh layer has no principal.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_snapshot::Role;
 use sluice_snapshot::listener::{App, FilterChain, Listener, ServerTls, ServerTlsMode, Transport};
-use sluice_snapshot::{Role, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::flow::{ConnCtx, ConnInfo, Routes};
 use crate::rewind::Rewind;
+use crate::runtime::Runtime;
+use crate::shared::Shared;
 use crate::sni::{self, Peek};
 use crate::telemetry::{Kind, LogTarget, Record};
-use crate::{Error, Shared, authz, http, tcp, tls};
-
-/// What is known about a connection.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The address the client connected to.
-    pub local: SocketAddr,
-    pub peer: SocketAddr,
-    /// The listener (snapshot port) that accepted it.
-    pub listener_port: u16,
-    /// From the ClientHello, lower-cased.
-    pub sni: Option<String>,
-    pub alpn: Vec<String>,
-    pub start: Instant,
-    /// The destination before redirection, when the listener learnt it (not at the gateway).
-    pub original_dst: Option<SocketAddr>,
-    /// TLS was terminated here (the request scheme is https).
-    pub tls: bool,
-    /// The peer's workload identity, from a certificate verified against the mesh trust
-    /// bundle during the mesh mTLS handshake — never from anything the client can write.
-    pub peer_identity: Option<sluice_identity::Identity>,
-    /// The SNI of the mesh hop, when this stream arrived inside mesh mTLS: the sidecar names
-    /// the destination host there (istio.io's `sni:` idiom), which authz uses as the host of
-    /// TCP traffic.
-    pub mesh_sni: Option<String>,
-    /// Sidecar role: the host and port the app asked for (CONNECT target, absolute URI, Host).
-    pub requested: Option<(String, u16)>,
-}
-
-impl ConnInfo {
-    pub fn new(local: SocketAddr, peer: SocketAddr, listener_port: u16) -> ConnInfo {
-        ConnInfo {
-            local,
-            peer,
-            listener_port,
-            sni: None,
-            alpn: Vec::new(),
-            start: Instant::now(),
-            original_dst: None,
-            tls: false,
-            peer_identity: None,
-            mesh_sni: None,
-            requested: None,
-        }
-    }
-}
-
-/// A connection's context once its chain is chosen: shared by its requests.
-pub struct ConnCtx {
-    pub info: ConnInfo,
-    pub snapshot: Arc<Snapshot>,
-    pub shared: Arc<Shared>,
-    pub log: Option<Arc<LogTarget>>,
-    chain: usize,
-}
-
-impl ConnCtx {
-    /// The context of chain `chain` of the listener at `info.listener_port`, for callers that
-    /// chose the chain themselves (the sidecar picks a virtual listener per request).
-    pub(crate) fn for_chain(
-        info: ConnInfo,
-        snapshot: Arc<Snapshot>,
-        shared: Arc<Shared>,
-        log: Option<Arc<LogTarget>>,
-        chain: usize,
-    ) -> ConnCtx {
-        ConnCtx {
-            info,
-            snapshot,
-            shared,
-            log,
-            chain,
-        }
-    }
-
-    pub fn chain(&self) -> Option<&FilterChain> {
-        self.snapshot
-            .listener(self.info.listener_port)?
-            .chains
-            .get(self.chain)
-    }
-
-    pub fn scheme(&self) -> &'static str {
-        if self.info.tls { "https" } else { "http" }
-    }
-}
+use crate::{Error, authz, http, tcp, tls};
 
 /// ALPN values only mesh mTLS offers: Istio's sidecars offer both, sluice's sidecar `istio`.
 /// A ClientHello with one of them is the mesh hop, whatever server it arrives on.
@@ -133,14 +50,11 @@ type MeshIo = Box<dyn Io>;
 /// recorded, and the stream inside goes through chain selection again (inner TLS by its SNI,
 /// inner plain by the plain chain), once. A server with `tls.mode: ISTIO_MUTUAL` terminates
 /// mesh mTLS as its own TLS.
-pub async fn serve_connection<S>(
-    io: S,
-    info: ConnInfo,
-    snapshot: Arc<Snapshot>,
-    shared: Arc<Shared>,
-) where
+pub async fn serve_connection<S>(io: S, info: ConnInfo, runtime: Arc<Runtime>, shared: Arc<Shared>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let snapshot = runtime.snapshot.clone();
     let log = shared.telemetry.log_target(&snapshot.access_log);
     let rec = Record::new(
         shared.telemetry.clone(),
@@ -152,7 +66,7 @@ pub async fn serve_connection<S>(
     );
     let mut flow = Flow {
         info,
-        snapshot: snapshot.clone(),
+        runtime,
         shared,
         log,
         rec,
@@ -236,10 +150,40 @@ fn alpn_h2(alpn: Option<&[u8]>) -> Option<bool> {
     }
 }
 
+/// A stream the sidecar's front end found no listener or chain for: the snapshot's fallback
+/// TCP route (its outbound policy) takes it, through the same phases as any TCP chain.
+pub async fn serve_fallback_stream<S>(
+    io: S,
+    info: ConnInfo,
+    runtime: Arc<Runtime>,
+    shared: Arc<Shared>,
+    passthrough: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let log = shared.telemetry.log_target(&runtime.snapshot.access_log);
+    let rec = Record::new(
+        shared.telemetry.clone(),
+        log.clone(),
+        Kind::Tcp,
+        info.local,
+        info.peer,
+        info.sni.clone(),
+    );
+    let flow = Flow {
+        info,
+        runtime,
+        shared,
+        log,
+        rec,
+    };
+    flow.run_tcp(io, Routes::Fallback, passthrough).await;
+}
+
 /// One connection on its way through the phases.
 struct Flow {
     info: ConnInfo,
-    snapshot: Arc<Snapshot>,
+    runtime: Arc<Runtime>,
     shared: Arc<Shared>,
     log: Option<Arc<LogTarget>>,
     /// The connection's record: logged when TLS/TCP ends or the connection is refused;
@@ -341,7 +285,7 @@ impl Flow {
         self.info.mesh_sni = self.info.sni.take();
         self.info.alpn.clear();
         let inner: MeshIo = Box::new(stream);
-        let snapshot = self.snapshot.clone();
+        let snapshot = self.runtime.snapshot.clone();
         let Some(listener) = snapshot.listener(self.info.listener_port) else {
             self.rec.fail(&Error::NoFilterChain);
             return;
@@ -378,7 +322,7 @@ impl Flow {
         transport: Transport,
         index: usize,
     ) {
-        let snapshot = self.snapshot.clone();
+        let snapshot = self.runtime.snapshot.clone();
         let Some(chain) = snapshot
             .listener(self.info.listener_port)
             .and_then(|l| l.chains.get(index))
@@ -496,40 +440,63 @@ impl Flow {
         h2: Option<bool>,
         passthrough: bool,
     ) {
+        match &chain.app {
+            App::Http { .. } => {
+                let ctx = self.into_ctx(Routes::Chain(index));
+                http::serve(io, ctx, h2).await;
+            }
+            App::Tcp { .. } => self.run_tcp(io, Routes::Chain(index), passthrough).await,
+        }
+    }
+
+    /// The HTTP requests of this connection log themselves: the connection's record is not
+    /// written.
+    fn into_ctx(self, routes: Routes) -> Arc<ConnCtx> {
         let Flow {
             info,
-            snapshot,
+            runtime,
             shared,
             log,
             mut rec,
         } = self;
-        let ctx = Arc::new(ConnCtx {
+        rec.disarm();
+        Arc::new(ConnCtx {
             info,
-            snapshot,
+            runtime,
             shared,
             log,
-            chain: index,
-        });
-        match &chain.app {
-            App::Http { .. } => {
-                rec.disarm();
-                http::serve(io, ctx, h2).await;
-            }
-            App::Tcp { routes } => {
-                rec.kind = Kind::Tcp;
-                let req = authz::connection_request(&ctx.info);
-                if let Err(e) = authz::authorize(
-                    &ctx.snapshot,
-                    &ctx.shared.telemetry,
-                    authz::Protocol::Tcp,
-                    &req,
-                ) {
-                    rec.fail(&e);
-                    return;
-                }
-                tcp::proxy(io, routes, &ctx, &mut rec, passthrough).await;
-            }
+            routes,
+        })
+    }
+
+    /// A TLS or TCP stream: authorized once, then routed and forwarded by [`tcp`].
+    async fn run_tcp<T: Io + 'static>(self, io: T, routes: Routes, passthrough: bool) {
+        let Flow {
+            info,
+            runtime,
+            shared,
+            log,
+            mut rec,
+        } = self;
+        rec.kind = Kind::Tcp;
+        let ctx = ConnCtx {
+            info,
+            runtime,
+            shared,
+            log,
+            routes,
+        };
+        let req = authz::connection_request(&ctx.info);
+        if let Err(e) = authz::authorize(
+            &ctx.runtime.snapshot,
+            &ctx.shared.telemetry,
+            authz::Protocol::Tcp,
+            &req,
+        ) {
+            rec.fail(&e);
+            return;
         }
+        tcp::proxy(io, &ctx, &mut rec, passthrough).await;
     }
 }
 

@@ -23,11 +23,13 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use sluice_snapshot::listener::App;
-use sluice_snapshot::route::{Redirect, RouteAction, select_virtual_host};
+use sluice_snapshot::route::{
+    Redirect, RequestMatch, Route, RouteAction, VirtualHost, select_virtual_host,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::conn::ConnCtx;
+use crate::flow::ConnCtx;
+use crate::shared::wait_true;
 use crate::telemetry::{ByteCounts, HttpFields, Kind, Record};
 use crate::upstream::pool::{Body, BoxError};
 use crate::{Error, authz};
@@ -76,7 +78,7 @@ where
                 tracing::debug!(error = %e, peer = %ctx.info.peer, "http connection");
             }
         }
-        _ = crate::wait_true(&mut drain) => {
+        _ = wait_true(&mut drain) => {
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "http connection during drain");
@@ -173,24 +175,31 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
     .boxed();
 
     // Authorization before routing, as Envoy's RBAC filter runs before its router: a denied
-    // request reaches no upstream.
-    let authorized = authz::authorize(
-        &ctx.snapshot,
-        &ctx.shared.telemetry,
-        authz::Protocol::Http,
-        &authz::http_request(&ctx.info, &parts, &authority),
-    );
+    // request reaches no upstream. The attributes are gathered only when policies apply.
+    let authorized = if authz::enforced(&ctx.runtime.snapshot) {
+        authz::authorize(
+            &ctx.runtime.snapshot,
+            &ctx.shared.telemetry,
+            authz::Protocol::Http,
+            &authz::http_request(&ctx.info, &parts, &authority),
+        )
+    } else {
+        Ok(())
+    };
+    // The route, once: the rate limit and the router both use it.
+    let found = find_route(&ctx, &parts, &authority);
     // Then the local rate limit, which Istio's EnvoyFilters insert before the router.
-    let authorized = authorized.and_then(|()| local_rate_limit(&ctx, &mut parts, &authority));
-    let outcome = match authorized {
-        Ok(()) => {
+    let authorized = authorized.and_then(|()| local_rate_limit(&ctx, &mut parts, found.as_ref()));
+    let outcome = match (authorized, found) {
+        (Ok(()), Some(found)) => {
             // Boxed: the future borrows `parts` across awaits, and hyper needs it provably
             // `Send`.
             let dispatched: Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                Box::pin(dispatch(&ctx, &parts, &authority, body, &mut rec));
+                Box::pin(dispatch(&ctx, &parts, &authority, body, found, &mut rec));
             dispatched.await
         }
-        Err(denied) => Err(denied),
+        (Ok(()), None) => Err(Error::NoRoute),
+        (Err(denied), _) => Err(denied),
     };
     let (resp, guards) = match outcome {
         Ok(r) => r,
@@ -215,40 +224,52 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
     })
 }
 
+/// What the router chose for a request: its virtual host, and the route with the
+/// alternative of its match that held (`None`: a virtual host but no route, still 404).
+pub(crate) struct Found<'a> {
+    vhost: &'a VirtualHost,
+    route: Option<(&'a Route, Option<&'a RequestMatch>)>,
+}
+
+/// The virtual host (most specific domain) and the first route that matches.
+fn find_route<'a>(ctx: &'a ConnCtx, parts: &Parts, authority: &str) -> Option<Found<'a>> {
+    let vhost = select_virtual_host(ctx.virtual_hosts(), route::strip_port(authority))?;
+    let view = route::RequestView {
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        method: parts.method.as_str(),
+        authority,
+        scheme: ctx.scheme(),
+        headers: &parts.headers,
+        port: ctx.info.listener_port,
+    };
+    Some(Found {
+        vhost,
+        route: route::find(&vhost.routes, &view),
+    })
+}
+
 /// Envoy's local rate limit filters of the chain's route configuration, for the virtual host
 /// and route this request selects (a request no route takes is limited too: the filter runs
 /// before the router answers 404).
-fn local_rate_limit(ctx: &ConnCtx, parts: &mut Parts, authority: &str) -> Result<(), Error> {
-    if ctx.snapshot.rate_limits.is_empty() {
+fn local_rate_limit(
+    ctx: &ConnCtx,
+    parts: &mut Parts,
+    found: Option<&Found<'_>>,
+) -> Result<(), Error> {
+    if ctx.runtime.snapshot.rate_limits.is_empty() {
         return Ok(());
     }
-    let Some(App::Http {
-        route_config,
-        virtual_hosts,
-    }) = ctx.chain().map(|c| &c.app)
-    else {
+    let Some(route_config) = ctx.route_config() else {
         return Ok(());
     };
-    let vhost = select_virtual_host(virtual_hosts, route::strip_port(authority));
-    let route_name = vhost.and_then(|vh| {
-        let view = route::RequestView {
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            method: parts.method.as_str(),
-            authority,
-            scheme: ctx.scheme(),
-            headers: &parts.headers,
-            port: ctx.info.listener_port,
-        };
-        route::find(&vh.routes, &view).map(|(r, _)| r.name.as_str())
-    });
     crate::ratelimit::check(
-        &ctx.snapshot,
+        &ctx.runtime.snapshot,
         &ctx.shared.rate_limits,
         &ctx.shared.telemetry.metrics,
         route_config,
-        vhost.map(|v| v.name.as_str()),
-        route_name,
+        found.map(|f| f.vhost.name.as_str()),
+        found.and_then(|f| f.route).map(|(r, _)| r.name.as_str()),
         &mut parts.headers,
     )
     .map_err(|limited| Error::RateLimited(Box::new(limited)))
@@ -262,28 +283,18 @@ async fn dispatch(
     parts: &Parts,
     authority: &str,
     body: Body,
+    found: Found<'_>,
     rec: &mut Record,
 ) -> Result<(Response<Body>, Option<Guards>), Error> {
-    let chain = ctx.chain().ok_or(Error::NoRoute)?;
-    let App::Http { virtual_hosts, .. } = &chain.app else {
-        return Err(Error::NoRoute);
-    };
-    let host = route::strip_port(authority);
-    let vhost = select_virtual_host(virtual_hosts, host).ok_or(Error::NoRoute)?;
-    let view = route::RequestView {
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        method: parts.method.as_str(),
-        authority,
-        scheme: ctx.scheme(),
-        headers: &parts.headers,
-        port: ctx.info.listener_port,
-    };
-    let (r, matched) = route::find(&vhost.routes, &view).ok_or(Error::NoRoute)?;
+    let (r, matched) = found.route.ok_or(Error::NoRoute)?;
     rec.route_name = Some(r.name.clone());
     match &r.action {
         RouteAction::DirectResponse { status, body } => {
             rec.details = Some("direct_response".into());
+            if let Some(cluster) = &r.direct_cluster {
+                rec.cluster = Some(cluster.clone());
+                rec.service = Some(cluster.clone());
+            }
             let mut resp = text_response(*status, body.clone().unwrap_or_default());
             headers::apply(&r.response_headers, resp.headers_mut());
             Ok((resp, None))

@@ -6,27 +6,35 @@
 //! snapshot current when it is accepted and keeps it to its end; a new snapshot only changes
 //! which ports are bound and what new connections see.
 //!
-//! Module map (pingora-style phases):
-//! - [`listener`]: bind / re-bind / close ports, accept loops, drain.
-//! - [`conn`]: one connection: ClientHello inspection ([`sni`]), chain selection, TLS
-//!   termination ([`tls::server`]), then [`http`] or [`tcp`].
-//! - [`sidecar`]: the sidecar's explicit proxy (`CONNECT`, absolute-form and `Host`-addressed
-//!   HTTP), which picks a virtual listener per flow, and REGISTRY_ONLY / ALLOW_ANY for what
-//!   no listener routes.
-//! - [`http`]: virtual host → route → action (forward with retries, redirect, direct).
-//! - [`upstream`]: discovery (static, DNS, dynamic DNS), load balancing, limits, dialing with
-//!   TLS origination ([`tls::client`]), pooled HTTP connections.
-//! - [`telemetry`]: one record per request/connection → access log line + Istio metrics.
-//! - [`error`]: the one place that maps failures to response flags and statuses.
+//! The phases of a flow, each in one place (pingora's `ProxyHttp` in spirit):
+//! 1. **accept** — [`listener`]: bound ports and the sidecar's explicit proxy, one task per
+//!    connection, the runtime current at accept kept to the end.
+//! 2. **inspect** — [`conn`]: the ClientHello ([`sni`]), the mesh hop (mesh mTLS terminated,
+//!    the peer's identity verified), the filter chain, TLS termination. The sidecar's front
+//!    end ([`sidecar`]) reads CONNECT / absolute-form / Host-addressed requests and hands each
+//!    flow to the same phases, on a virtual listener or the snapshot's fallback routes.
+//! 3. **authorize** — [`authz`]: per connection for TLS/TCP, per request for HTTP.
+//! 4. **route** (once) — [`http::route`] for a request, [`tcp`] for a stream.
+//! 5. **limit** — [`ratelimit`] for the route found in 4.
+//! 6. **pick upstream** — [`upstream`]: weighted cluster, endpoint, pool or dial.
+//! 7. **forward** — [`http::forward`] (attempts, retries, timeouts) or [`tcp`] (bytes).
+//! 8. **log** — [`telemetry`]: one record per request or connection, written when it drops.
+//!
+//! Module graph (no cycles): `flow` (the per-flow context) is a leaf the phases read; `runtime`
+//! holds the per-snapshot state (clusters with pools and TLS); `shared` what lives as long as
+//! the proxy; `error` maps every failure to its Envoy outcome.
 
 pub mod authz;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod flow;
 pub mod http;
 pub mod listener;
 pub mod ratelimit;
 pub mod rewind;
+pub mod runtime;
+pub mod shared;
 pub mod sidecar;
 pub mod sni;
 pub mod tcp;
@@ -43,24 +51,17 @@ use sluice_snapshot::Snapshot;
 use tokio::sync::{mpsc, watch};
 
 pub use config::ProxyConfig;
-pub use conn::{ConnInfo, serve_connection};
 pub use error::Error;
+pub use flow::ConnInfo;
+pub use shared::Shared;
 
+use runtime::Runtime;
 use telemetry::Telemetry;
 use tls::server::ServerConfigs;
 use upstream::Upstreams;
 
-/// What every connection of a proxy shares: settings, caches, pools, telemetry sinks.
-pub struct Shared {
-    pub config: ProxyConfig,
-    pub telemetry: Arc<Telemetry>,
-    pub upstreams: Upstreams,
-    pub server_tls: ServerConfigs,
-    /// The local rate limit's token buckets, shared by every connection.
-    pub rate_limits: ratelimit::Buckets,
-    /// Becomes true when the proxy drains: HTTP connections finish their requests and close.
-    pub drain: watch::Receiver<bool>,
-}
+/// How often idle pooled connections are swept and TLS files checked for changes.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -117,19 +118,25 @@ impl Proxy {
         } = self;
         let (tracker, mut tracked) = mpsc::channel::<()>(1);
         let (hard_stop, hard_stop_rx) = watch::channel(false);
-        let mut manager =
-            listener::Manager::new(shared.clone(), snapshots.clone(), tracker, hard_stop_rx);
 
         let first = snapshots.borrow_and_update().clone();
-        manager.reconcile(&first).await?;
+        let runtime = Arc::new(Runtime::build_blocking(first, None, shared.clone()).await);
+        let (runtimes, runtimes_rx) = watch::channel(runtime.clone());
+        let mut manager =
+            listener::Manager::new(shared.clone(), runtimes_rx.clone(), tracker, hard_stop_rx);
+        manager.reconcile(&runtime.snapshot).await?;
         ready.send_replace(true);
 
-        let pool = shared.upstreams.pool.clone();
-        let sweeper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let upkeep_shared = shared.clone();
+        let mut upkeep_runtimes = runtimes_rx;
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                pool.sweep();
+                let rt = upkeep_runtimes.borrow_and_update().clone();
+                let shared = upkeep_shared.clone();
+                let _ = tokio::task::spawn_blocking(move || rt.maintain(&shared)).await;
             }
         });
 
@@ -146,7 +153,11 @@ impl Proxy {
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
                     shared.rate_limits.retain_for(&snapshot);
-                    if let Err(e) = manager.reconcile(&snapshot).await {
+                    let previous = runtimes.borrow().clone();
+                    let next = Runtime::build_blocking(snapshot, Some(previous), shared.clone()).await;
+                    let next = Arc::new(next);
+                    runtimes.send_replace(next.clone());
+                    if let Err(e) = manager.reconcile(&next.snapshot).await {
                         tracing::error!(error = %e, "applying the new snapshot's listeners");
                     }
                 }
@@ -161,14 +172,9 @@ impl Proxy {
             tracing::info!("drain timeout: closing the remaining connections");
         }
         hard_stop.send_replace(true);
-        sweeper.abort();
+        upkeep.abort();
         Ok(())
     }
-}
-
-/// Resolves once `rx` holds `true` (or its sender is gone).
-pub(crate) async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await.is_ok();
 }
 
 #[cfg(test)]

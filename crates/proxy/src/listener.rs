@@ -12,15 +12,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_snapshot::{Role, Snapshot};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::conn::{ConnInfo, serve_connection};
-use crate::{Error, Shared};
+use crate::Error;
+use crate::conn::serve_connection;
+use crate::flow::ConnInfo;
+use crate::runtime::Runtime;
+use crate::shared::{Shared, wait_true};
+
+/// The listen backlog: a burst of new connections waits in the kernel's queue, not on SYN
+/// retransmits (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (a restarted proxy rebinds while
+/// old connections sit in TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 pub struct Manager {
     shared: Arc<Shared>,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    runtimes: watch::Receiver<Arc<Runtime>>,
     /// Held by every connection task; the drain waits for all of them to be dropped.
     tracker: Option<mpsc::Sender<()>>,
     hard_stop: watch::Receiver<bool>,
@@ -33,13 +53,13 @@ pub struct Manager {
 impl Manager {
     pub fn new(
         shared: Arc<Shared>,
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        runtimes: watch::Receiver<Arc<Runtime>>,
         tracker: mpsc::Sender<()>,
         hard_stop: watch::Receiver<bool>,
     ) -> Manager {
         Manager {
             shared,
-            snapshots,
+            runtimes,
             tracker: Some(tracker),
             hard_stop,
             bound: BTreeMap::new(),
@@ -75,7 +95,7 @@ impl Manager {
                 continue;
             }
             let addr = SocketAddr::new(self.shared.config.bind, port);
-            match TcpListener::bind(addr).await {
+            match bind(addr) {
                 Ok(listener) => {
                     tracing::info!(%addr, "listening");
                     let Some(tracker) = self.tracker.clone() else {
@@ -85,7 +105,7 @@ impl Manager {
                     tokio::spawn(accept_loop(
                         listener,
                         Entry::Port(port),
-                        self.snapshots.clone(),
+                        self.runtimes.clone(),
                         self.shared.clone(),
                         stop_rx,
                         tracker,
@@ -115,7 +135,7 @@ impl Manager {
             .config
             .listen
             .unwrap_or(crate::sidecar::DEFAULT_LISTEN);
-        let listener = TcpListener::bind(addr).await.map_err(|source| {
+        let listener = bind(addr).map_err(|source| {
             tracing::error!(%addr, error = %source, "cannot bind the explicit proxy");
             Error::Bind { addr, source }
         })?;
@@ -127,7 +147,7 @@ impl Manager {
         tokio::spawn(accept_loop(
             listener,
             Entry::ExplicitProxy,
-            self.snapshots.clone(),
+            self.runtimes.clone(),
             self.shared.clone(),
             stop_rx,
             tracker,
@@ -157,7 +177,7 @@ enum Entry {
 async fn accept_loop(
     listener: TcpListener,
     entry: Entry,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    runtimes: watch::Receiver<Arc<Runtime>>,
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
     tracker: mpsc::Sender<()>,
@@ -181,7 +201,7 @@ async fn accept_loop(
         let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let snapshot = snapshots.borrow().clone();
+        let runtime = runtimes.borrow().clone();
         let shared = shared.clone();
         let tracker = tracker.clone();
         let mut hard_stop = hard_stop.clone();
@@ -191,16 +211,16 @@ async fn accept_loop(
                 match entry {
                     Entry::Port(port) => {
                         let info = ConnInfo::new(local, peer, port);
-                        serve_connection(stream, info, snapshot, shared).await;
+                        serve_connection(stream, info, runtime, shared).await;
                     }
                     Entry::ExplicitProxy => {
-                        crate::sidecar::serve(stream, local, peer, snapshot, shared).await;
+                        crate::sidecar::serve(stream, local, peer, runtime, shared).await;
                     }
                 }
             };
             tokio::select! {
                 _ = serve => {}
-                _ = crate::wait_true(&mut hard_stop) => {}
+                _ = wait_true(&mut hard_stop) => {}
             }
         });
     }

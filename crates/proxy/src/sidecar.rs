@@ -17,16 +17,21 @@
 //!   `CONNECT` without a port or inside a tunnel). HTTP/1.x only: an app speaking h2c
 //!   prior-knowledge to the proxy is not served (h2 inside a CONNECT tunnel is fine).
 //!
+//! This module only reads the explicit proxy's front end and picks the routes; everything
+//! after — authorization, routing, rate limits, upstreams, retries, timeouts, logs — is the
+//! same code the gateway runs ([`crate::conn`], [`crate::http`], [`crate::tcp`]).
+//!
 //! A destination no rule or registered host covers — no virtual listener for the port, no
-//! chain for the SNI or transport, no TCP route for it, no virtual host for the host — follows
-//! the mesh's `outboundTrafficPolicy` (`snapshot.outbound_policy`), as Istio's sidecar does:
-//! - `REGISTRY_ONLY`: HTTP gets `502` from route `block_all` (details `direct_response`,
-//!   cluster `BlackHoleCluster`); a tunnel is closed (flag `UH`, cluster `BlackHoleCluster`).
-//!   The tunnel was already answered `200` (its SNI is only known afterwards), so the app sees
-//!   its connection closed, as it would under Istio's iptables capture.
-//! - `ALLOW_ANY`: `PassthroughCluster`: the host is resolved with the proxy's resolver and
-//!   the request (in the clear, route `allow_any`) or the tunnel's bytes (as they are) go to
-//!   the port asked for.
+//! chain for the SNI or transport, no TCP route for it, no virtual host for the host — takes
+//! the snapshot's fallback routes, which the compiler made from the mesh's
+//! `outboundTrafficPolicy`, as Istio's sidecar has them:
+//! - `REGISTRY_ONLY`: route `block_all` / cluster `BlackHoleCluster`: HTTP gets `502` (flag
+//!   `UH`), a tunnel is closed (`UH`). The tunnel was already answered `200` (its SNI is only
+//!   known afterwards), so the app sees its connection closed, as it would under Istio's
+//!   iptables capture.
+//! - `ALLOW_ANY`: route `allow_any` / `PassthroughCluster`: the host the app asked for is
+//!   resolved with the proxy's resolver and the request (in the clear) or the tunnel's bytes
+//!   (as they are) go to the port asked for.
 //!
 //! Every refused flow is logged (target `sluice::refused`) with its host, port and SNI.
 //!
@@ -38,38 +43,32 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sluice_snapshot::cluster::{LbPolicy, Limits};
 use sluice_snapshot::listener::{App, Transport};
-use sluice_snapshot::route::{RouteAction, TcpRoute, VirtualHost, select_virtual_host};
-use sluice_snapshot::{
-    BLACK_HOLE_CLUSTER, Cluster, Discovery, OutboundPolicy, PASSTHROUGH_CLUSTER, Snapshot,
-};
+use sluice_snapshot::route::TcpRoute;
+use sluice_snapshot::{Discovery, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::conn::{ConnCtx, ConnInfo, serve_connection};
-use crate::http::headers;
-use crate::rewind::Rewind;
+use crate::Error;
+use crate::conn::{serve_connection, serve_fallback_stream};
+use crate::flow::{ConnCtx, ConnInfo, Routes};
+use crate::runtime::Runtime;
+use crate::shared::{Shared, wait_true};
 use crate::sni::{self, Peek};
-use crate::telemetry::{ByteCounts, HttpFields, Kind, LogTarget, Record};
-use crate::upstream::lb::Candidate;
-use crate::upstream::pool::{BoxError, DEFAULT_IDLE_TIMEOUT, SendError};
-use crate::{Error, Shared};
+use crate::telemetry::{Kind, LogTarget, Record};
+use crate::upstream::pool::BoxError;
 
 /// Where the explicit proxy listens unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -78,11 +77,6 @@ pub const DEFAULT_LISTEN: SocketAddr =
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// The app must send each request head within this time.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connect timeout toward `PassthroughCluster` destinations (Istio's default).
-const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Istio's route names for unregistered HTTP destinations.
-const BLOCK_ALL_ROUTE: &str = "block_all";
-const ALLOW_ANY_ROUTE: &str = "allow_any";
 
 /// The response body type of the explicit proxy.
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -96,7 +90,7 @@ type BoxStream = Box<dyn Stream>;
 struct Conn {
     local: SocketAddr,
     peer: SocketAddr,
-    snapshot: Arc<Snapshot>,
+    runtime: Arc<Runtime>,
     shared: Arc<Shared>,
     log: Option<Arc<LogTarget>>,
     /// Inside a CONNECT tunnel: its port (every request goes to that virtual listener).
@@ -116,16 +110,16 @@ pub async fn serve<S>(
     io: S,
     local: SocketAddr,
     peer: SocketAddr,
-    snapshot: Arc<Snapshot>,
+    runtime: Arc<Runtime>,
     shared: Arc<Shared>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let log = shared.telemetry.log_target(&snapshot.access_log);
+    let log = shared.telemetry.log_target(&runtime.snapshot.access_log);
     let conn = Arc::new(Conn {
         local,
         peer,
-        snapshot,
+        runtime,
         shared,
         log,
         tunnel_port: None,
@@ -158,7 +152,7 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
                 tracing::debug!(error = %e, peer = %conn.peer, "explicit proxy connection");
             }
         }
-        _ = crate::wait_true(&mut drain) => {
+        _ = wait_true(&mut drain) => {
             http.as_mut().graceful_shutdown();
             if let Err(e) = http.await {
                 tracing::debug!(error = %e, "explicit proxy connection during drain");
@@ -203,47 +197,39 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         }
     }
     let req = Request::from_parts(parts, body);
-    let snapshot = &conn.snapshot;
-    let Some(listener) = snapshot.listener(target.port) else {
-        return unrouted_http(req, &target, &conn).await;
-    };
-    let Some(chain) = listener.select(Transport::Plain, None) else {
-        return unrouted_http(req, &target, &conn).await;
-    };
-    let Some(index) = listener.chains.iter().position(|c| std::ptr::eq(c, chain)) else {
-        return unrouted_http(req, &target, &conn).await;
-    };
-    let vhost = match &chain.app {
-        App::Http { virtual_hosts, .. } => match select_virtual_host(virtual_hosts, &target.host) {
-            Some(v) => v,
-            None => return unrouted_http(req, &target, &conn).await,
-        },
-        App::Tcp { routes } => {
-            let dest = target_ip(&target.host);
-            if routes.iter().any(|r| r.matches(None, dest)) {
-                return bad_request(
-                    "this port carries TCP for the sidecar: open a tunnel with CONNECT",
-                );
+    let snapshot = &conn.runtime.snapshot;
+    let chain = snapshot.listener(target.port).and_then(|l| {
+        let chain = l.select(Transport::Plain, None)?;
+        let index = l.chains.iter().position(|c| std::ptr::eq(c, chain))?;
+        Some((index, chain))
+    });
+    let routes = match chain {
+        Some((index, chain)) => match &chain.app {
+            App::Http { .. } => Routes::Chain(index),
+            App::Tcp { routes } => {
+                if routes
+                    .iter()
+                    .any(|r| r.matches(None, target_ip(&target.host)))
+                {
+                    return bad_request(
+                        "this port carries TCP for the sidecar: open a tunnel with CONNECT",
+                    );
+                }
+                Routes::Fallback
             }
-            return unrouted_http(req, &target, &conn).await;
-        }
+        },
+        None => Routes::Fallback,
     };
     let mut info = ConnInfo::new(conn.local, conn.peer, target.port);
-    info.original_dst = destination(
-        &conn.shared,
-        &target.host,
-        target.port,
-        vhost_needs_destination(snapshot, vhost),
-    )
-    .await;
+    info.original_dst = target_ip(&target.host).map(|ip| SocketAddr::new(ip, target.port));
     info.requested = Some((target.host.clone(), target.port));
-    let ctx = Arc::new(ConnCtx::for_chain(
+    let ctx = Arc::new(ConnCtx {
         info,
-        snapshot.clone(),
-        conn.shared.clone(),
-        conn.log.clone(),
-        index,
-    ));
+        runtime: conn.runtime.clone(),
+        shared: conn.shared.clone(),
+        log: conn.log.clone(),
+        routes,
+    });
     crate::http::handle(req, ctx)
         .await
         .map(|b| b.boxed_unsync())
@@ -331,15 +317,17 @@ fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
 
 /// A CONNECT tunnel to `host:port`, on the virtual listener of `port`.
 async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
-    let snapshot = &conn.snapshot;
+    let runtime = &conn.runtime;
+    let snapshot = &runtime.snapshot;
+    let shared = &conn.shared;
     let mut info = ConnInfo::new(conn.local, conn.peer, port);
     info.requested = Some((host.clone(), port));
     info.original_dst = target_ip(&host).map(|ip| SocketAddr::new(ip, port));
     let Some(listener) = snapshot.listener(port) else {
-        return unrouted_stream(Rewind::new(Bytes::new(), io), info, conn).await;
+        return serve_fallback_stream(io, info, runtime.clone(), shared.clone(), false).await;
     };
     let (io, transport) = if listener.inspects_tls() {
-        let (io, peek) = sni::inspect(io, conn.shared.config.tls_inspect_timeout).await;
+        let (io, peek) = sni::inspect(io, shared.config.tls_inspect_timeout).await;
         match peek {
             Ok(Peek::Found(hello)) => {
                 info.sni = hello.sni;
@@ -357,10 +345,14 @@ async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
             }
         }
     } else {
-        (Rewind::new(Bytes::new(), io), Transport::Plain)
+        (
+            crate::rewind::Rewind::new(Bytes::new(), io),
+            Transport::Plain,
+        )
     };
+    let passthrough = transport == Transport::Tls;
     let Some(chain) = listener.select(transport, info.sni.as_deref()) else {
-        return unrouted_stream(io, info, conn).await;
+        return serve_fallback_stream(io, info, runtime.clone(), shared.clone(), passthrough).await;
     };
     match (&chain.tls, &chain.app) {
         (None, App::Http { .. }) => {
@@ -368,8 +360,8 @@ async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
             let inner = Arc::new(Conn {
                 local: conn.local,
                 peer: conn.peer,
-                snapshot: snapshot.clone(),
-                shared: conn.shared.clone(),
+                runtime: runtime.clone(),
+                shared: shared.clone(),
                 log: conn.log.clone(),
                 tunnel_port: Some(port),
                 pending: Mutex::new(None),
@@ -378,19 +370,26 @@ async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
         }
         (_, App::Tcp { routes }) => {
             if info.original_dst.is_none() && routes_need_destination(snapshot, routes) {
-                info.original_dst = destination(&conn.shared, &host, port, true).await;
+                info.original_dst = destination(shared, &host, port).await;
             }
             let dest = info.original_dst.map_or(conn.local.ip(), |a| a.ip());
             if !routes
                 .iter()
                 .any(|r| r.matches(info.sni.as_deref(), Some(dest)))
             {
-                return unrouted_stream(io, info, conn).await;
+                return serve_fallback_stream(
+                    io,
+                    info,
+                    runtime.clone(),
+                    shared.clone(),
+                    passthrough,
+                )
+                .await;
             }
-            serve_connection(io, info, snapshot.clone(), conn.shared.clone()).await;
+            serve_connection(io, info, runtime.clone(), shared.clone()).await;
         }
         (Some(_), App::Http { .. }) => {
-            serve_connection(io, info, snapshot.clone(), conn.shared.clone()).await;
+            serve_connection(io, info, runtime.clone(), shared.clone()).await;
         }
     }
 }
@@ -408,237 +407,6 @@ fn refuse_connection(info: &ConnInfo, conn: &Conn, e: &Error) {
     rec.fail(e);
 }
 
-fn refused_log(host: &str, port: u16, sni: Option<&str>, protocol: &'static str) {
-    tracing::info!(
-        target: "sluice::refused",
-        host,
-        port,
-        sni = sni.unwrap_or("-"),
-        protocol,
-        cluster = BLACK_HOLE_CLUSTER,
-        "refused: no route or registered host for this destination (REGISTRY_ONLY)"
-    );
-}
-
-/// A tunnel to a destination nothing routes: closed (REGISTRY_ONLY) or passed through as is
-/// (ALLOW_ANY).
-async fn unrouted_stream<S>(io: Rewind<S>, info: ConnInfo, conn: &Conn)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let (host, port) = info
-        .requested
-        .clone()
-        .unwrap_or_else(|| (String::new(), info.listener_port));
-    let mut rec = Record::new(
-        conn.shared.telemetry.clone(),
-        conn.log.clone(),
-        Kind::Tcp,
-        conn.local,
-        conn.peer,
-        info.sni.clone(),
-    );
-    match conn.snapshot.outbound_policy {
-        OutboundPolicy::RegistryOnly => {
-            refused_log(&host, port, info.sni.as_deref(), "tcp");
-            rec.cluster = Some(BLACK_HOLE_CLUSTER.to_owned());
-            rec.service = Some(BLACK_HOLE_CLUSTER.to_owned());
-            rec.fail(&Error::BlackHole);
-            drop(io);
-        }
-        OutboundPolicy::AllowAny => {
-            rec.cluster = Some(PASSTHROUGH_CLUSTER.to_owned());
-            rec.service = Some(host.clone());
-            if let Err(e) = passthrough_stream(io, &host, port, &info, conn, &mut rec).await {
-                tracing::debug!(error = %e, host, port, "passthrough tunnel");
-                rec.fail(&e);
-            }
-        }
-    }
-}
-
-async fn passthrough_stream<S>(
-    mut io: Rewind<S>,
-    host: &str,
-    port: u16,
-    info: &ConnInfo,
-    conn: &Conn,
-    rec: &mut Record,
-) -> Result<(), Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let ups = &conn.shared.upstreams;
-    let cluster = passthrough_cluster(host, port);
-    let state = ups.state(&cluster);
-    rec.tcp_opened();
-    let addr = match info.original_dst {
-        Some(a) => a,
-        None => SocketAddr::new(first_ip(&conn.shared, host).await?, port),
-    };
-    rec.upstream_host = Some(addr);
-    let mut dialed = ups.dial(&cluster, &state, addr, None).await?;
-    rec.upstream_local = dialed.local;
-    state.stats.upstream_cx_active.inc();
-    let copied = tokio::io::copy_bidirectional(&mut io, &mut dialed.io).await;
-    state.stats.upstream_cx_active.dec();
-    match copied {
-        Ok((up, down)) => {
-            rec.counts.received.fetch_add(up, Ordering::Relaxed);
-            rec.counts.sent.fetch_add(down, Ordering::Relaxed);
-        }
-        Err(e) => tracing::debug!(error = %e, host, port, "passthrough copy ended"),
-    }
-    Ok(())
-}
-
-/// A plain request to a destination nothing routes: 502 (REGISTRY_ONLY) or forwarded in the
-/// clear to the host and port asked for (ALLOW_ANY).
-async fn unrouted_http(
-    req: Request<Incoming>,
-    target: &Target,
-    conn: &Conn,
-) -> Response<ProxyBody> {
-    let (parts, body) = req.into_parts();
-    let mut rec = Record::new(
-        conn.shared.telemetry.clone(),
-        conn.log.clone(),
-        Kind::Http,
-        conn.local,
-        conn.peer,
-        None,
-    );
-    rec.http = Some(Box::new(HttpFields {
-        method: parts.method.as_str().to_owned(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        protocol: protocol(parts.version),
-        authority: target.authority.clone(),
-        request_headers: if conn.log.is_some() {
-            parts.headers.clone()
-        } else {
-            Default::default()
-        },
-        response_headers: Default::default(),
-    }));
-    match conn.snapshot.outbound_policy {
-        OutboundPolicy::RegistryOnly => {
-            refused_log(&target.host, target.port, None, "http");
-            rec.route_name = Some(BLOCK_ALL_ROUTE.to_owned());
-            rec.cluster = Some(BLACK_HOLE_CLUSTER.to_owned());
-            rec.service = Some(BLACK_HOLE_CLUSTER.to_owned());
-            rec.details = Some("direct_response".into());
-            rec.response_code = StatusCode::BAD_GATEWAY.as_u16();
-            let mut resp = Response::new(empty());
-            *resp.status_mut() = StatusCode::BAD_GATEWAY;
-            resp
-        }
-        OutboundPolicy::AllowAny => {
-            rec.route_name = Some(ALLOW_ANY_ROUTE.to_owned());
-            rec.cluster = Some(PASSTHROUGH_CLUSTER.to_owned());
-            rec.service = Some(target.host.clone());
-            match passthrough_http(parts, body, target, conn, &mut rec).await {
-                Ok(resp) => {
-                    rec.response_code = resp.status().as_u16();
-                    rec.details = Some("via_upstream".into());
-                    if let Some(h) = rec.http.as_mut()
-                        && conn.log.is_some()
-                    {
-                        h.response_headers = resp.headers().clone();
-                    }
-                    let counts = rec.counts.clone();
-                    resp.map(|inner| {
-                        Logged {
-                            inner,
-                            rec: Some(rec),
-                            counts,
-                        }
-                        .boxed_unsync()
-                    })
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, host = target.host, "passthrough request");
-                    rec.fail(&e);
-                    rec.response_code = e.http_status();
-                    text(e.http_status(), e.body())
-                }
-            }
-        }
-    }
-}
-
-async fn passthrough_http(
-    mut parts: http::request::Parts,
-    body: Incoming,
-    target: &Target,
-    conn: &Conn,
-    rec: &mut Record,
-) -> Result<Response<Incoming>, Error> {
-    let ups = &conn.shared.upstreams;
-    let cluster = passthrough_cluster(&target.host, target.port);
-    let state = ups.state(&cluster);
-    let ip = first_ip(&conn.shared, &target.host).await?;
-    let candidate = Candidate {
-        addr: SocketAddr::new(ip, target.port),
-        weight: 1,
-        host: Arc::from(target.host.as_str()),
-    };
-    rec.upstream_host = Some(candidate.addr);
-    let (key, pooled) = ups.http_connection(&cluster, &state, &candidate).await?;
-    rec.upstream_local = pooled.local;
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&target.authority) {
-        parts.headers.insert(header::HOST, v);
-    }
-    parts.version = Version::HTTP_11;
-    let counts = rec.counts.clone();
-    let body = body
-        .map_frame(move |f| {
-            if let Some(d) = f.data_ref() {
-                counts.received.fetch_add(d.len() as u64, Ordering::Relaxed);
-            }
-            f
-        })
-        .map_err(|e| -> BoxError { Box::new(e) })
-        .boxed();
-    let req = Request::from_parts(parts, body);
-    state.stats.upstream_rq_total.inc();
-    let resp = pooled
-        .send(
-            &ups.pool,
-            &key,
-            req,
-            None,
-            DEFAULT_IDLE_TIMEOUT,
-            state.clone(),
-        )
-        .await
-        .map_err(|e| match e {
-            SendError::Unsent(_, e) | SendError::Failed(e) => Error::UpstreamReset(e.to_string()),
-        })?;
-    let (mut head, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut head.headers);
-    Ok(Response::from_parts(head, body))
-}
-
-/// Istio's `PassthroughCluster` toward one destination: its original address, no TLS.
-fn passthrough_cluster(host: &str, port: u16) -> Cluster {
-    Cluster {
-        name: PASSTHROUGH_CLUSTER.to_owned(),
-        service: host.to_owned(),
-        port,
-        discovery: Discovery::OriginalDestination,
-        tls: None,
-        connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
-        lb: LbPolicy::Passthrough,
-        limits: Limits::default(),
-        outlier: None,
-        http2: false,
-    }
-}
-
 /// An IP literal host (`10.0.0.1`, `[::1]`).
 fn target_ip(host: &str) -> Option<IpAddr> {
     host.trim_start_matches('[')
@@ -647,24 +415,14 @@ fn target_ip(host: &str) -> Option<IpAddr> {
         .ok()
 }
 
-async fn first_ip(shared: &Shared, host: &str) -> Result<IpAddr, Error> {
-    let ips = shared.upstreams.resolver.resolve(host).await?;
-    ips.first()
-        .copied()
-        .ok_or_else(|| Error::NoHealthyUpstream(format!("{host}: no address").into()))
-}
-
-/// The destination address of a flow to `host:port`: an IP literal as is; a name resolved
-/// only when `needed` (the routes look at the address). `None` when unknown.
-async fn destination(shared: &Shared, host: &str, port: u16, needed: bool) -> Option<SocketAddr> {
+/// The destination address of a flow to `host:port`, for routes that select by it
+/// (`destinationSubnets`): an IP literal as is, a name resolved. `None` when unknown.
+async fn destination(shared: &Shared, host: &str, port: u16) -> Option<SocketAddr> {
     if let Some(ip) = target_ip(host) {
         return Some(SocketAddr::new(ip, port));
     }
-    if !needed {
-        return None;
-    }
-    match first_ip(shared, host).await {
-        Ok(ip) => Some(SocketAddr::new(ip, port)),
+    match shared.upstreams.resolver.resolve(host).await {
+        Ok(ips) => ips.first().map(|ip| SocketAddr::new(*ip, port)),
         Err(e) => {
             tracing::debug!(error = %e, host, "resolving the destination");
             None
@@ -678,19 +436,6 @@ fn uses_original_dst(snapshot: &Snapshot, cluster: &str) -> bool {
         .is_some_and(|c| c.discovery == Discovery::OriginalDestination)
 }
 
-/// Some route of `vhost` sends to a cluster of resolution NONE (the destination address).
-fn vhost_needs_destination(snapshot: &Snapshot, vhost: &VirtualHost) -> bool {
-    vhost.routes.iter().any(|r| match &r.action {
-        RouteAction::Forward(f) => f
-            .clusters
-            .iter()
-            .map(|c| c.cluster.as_str())
-            .chain(f.mirrors.iter().map(|m| m.cluster.as_str()))
-            .any(|c| uses_original_dst(snapshot, c)),
-        RouteAction::Redirect(_) | RouteAction::DirectResponse { .. } => false,
-    })
-}
-
 /// Some TCP route selects by destination subnet, or sends to a cluster of resolution NONE.
 fn routes_need_destination(snapshot: &Snapshot, routes: &[TcpRoute]) -> bool {
     routes.iter().any(|r| {
@@ -701,27 +446,12 @@ fn routes_need_destination(snapshot: &Snapshot, routes: &[TcpRoute]) -> bool {
     })
 }
 
-fn protocol(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    }
-}
-
 fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 fn text(status: u16, body: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp
+    crate::http::text_response(status, body).map(|b| b.boxed_unsync())
 }
 
 /// `400` with the reason, and the connection closed after it.
@@ -730,57 +460,6 @@ fn bad_request(why: &str) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
-}
-
-/// A passed-through response body: counts the bytes sent to the app and logs the request
-/// when it ends (or when the app goes away).
-struct Logged {
-    inner: Incoming,
-    rec: Option<Record>,
-    counts: Arc<ByteCounts>,
-}
-
-impl HttpBody for Logged {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.counts
-                        .sent
-                        .fetch_add(d.len() as u64, Ordering::Relaxed);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(rec) = this.rec.as_mut() {
-                    rec.add_flag("UPE");
-                    rec.termination = Some("upstream_body_error".into());
-                }
-                this.rec.take();
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(None) => {
-                this.rec.take();
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

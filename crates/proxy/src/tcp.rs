@@ -12,81 +12,85 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::Rng;
-use sluice_snapshot::route::{TcpRoute, WeightedCluster};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use crate::Error;
-use crate::conn::ConnCtx;
+use crate::flow::ConnCtx;
 use crate::telemetry::{ByteCounts, Record};
-use crate::upstream::lb::Slot;
+use crate::upstream::lb::{Slot, pick_weighted};
 
 /// Envoy's default TCP proxy idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Forwards `io` per `routes`. `passthrough`: the bytes are the client's own TLS.
-pub async fn proxy<S>(
-    io: S,
-    routes: &[TcpRoute],
-    ctx: &ConnCtx,
-    rec: &mut Record,
-    passthrough: bool,
-) where
+/// Forwards `io` by the flow's TCP routes. `passthrough`: the bytes are the client's own TLS.
+pub async fn proxy<S>(io: S, ctx: &ConnCtx, rec: &mut Record, passthrough: bool)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Err(e) = run(io, routes, ctx, rec, passthrough).await {
+    if let Err(e) = run(io, ctx, rec, passthrough).await {
         tracing::debug!(error = %e, sni = ?ctx.info.sni, "tcp proxy");
         rec.fail(&e);
     }
 }
 
-async fn run<S>(
-    io: S,
-    routes: &[TcpRoute],
-    ctx: &ConnCtx,
-    rec: &mut Record,
-    passthrough: bool,
-) -> Result<(), Error>
+async fn run<S>(io: S, ctx: &ConnCtx, rec: &mut Record, passthrough: bool) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let sni = ctx.info.sni.as_deref();
     let dest = ctx.info.original_dst.unwrap_or(ctx.info.local).ip();
-    let route = routes
+    let route = ctx
+        .tcp_routes()
         .iter()
         .find(|r| r.matches(sni, Some(dest)))
         .ok_or(Error::NoRoute)?;
     rec.route_name = Some(route.name.clone());
     let wc = pick_weighted(&route.clusters).ok_or(Error::NoRoute)?;
-    let cluster = ctx
-        .snapshot
+    let c = ctx
+        .runtime
         .cluster(&wc.cluster)
         .ok_or_else(|| Error::UnknownCluster(wc.cluster.clone()))?;
+    let (cluster, state) = (&c.cluster, &c.state);
     rec.cluster = Some(cluster.name.clone());
-    rec.service = Some(cluster.service.clone());
+    rec.service = Some(match &ctx.info.requested {
+        // The fallback clusters stand for whatever the app asked for: Istio's metrics name
+        // the destination there.
+        Some((host, _)) if cluster.discovery == sluice_snapshot::Discovery::OriginalDestination => {
+            host.clone()
+        }
+        _ => cluster.service.clone(),
+    });
     rec.tcp_opened();
 
     let upstreams = &ctx.shared.upstreams;
-    let state = upstreams.state(cluster);
+    let host = sni.or(ctx.info.requested.as_ref().map(|(h, _)| h.as_str()));
+    let requested = ctx.info.requested.as_ref().map(|(h, p)| (h.as_str(), *p));
     let candidates = upstreams
-        .endpoints(cluster, sni, ctx.info.original_dst)
+        .endpoints(cluster, host, ctx.info.original_dst, requested)
         .await?;
     let (candidate, _inflight) = state
         .pick(cluster.lb, &candidates)
         .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
     let _slot = Slot::try_take(
-        &state,
+        state,
         |s| &s.connections,
         cluster.limits.max_connections,
         true,
     )
     .ok_or(Error::Overflow("max_connections"))?;
-    let origination = upstreams.stream_origination(cluster, candidate, &ctx.info, passthrough)?;
+    let origination = c.stream_origination(
+        upstreams,
+        candidate,
+        requested.map(|(h, _)| h),
+        sni,
+        passthrough,
+    )?;
     rec.upstream_host = Some(candidate.addr);
     let dialed = upstreams
-        .dial(cluster, &state, candidate.addr, origination)
+        .dial(cluster, state, candidate.addr, origination)
         .await?;
     rec.upstream_local = dialed.local;
     state.stats.upstream_cx_active.inc();
@@ -102,29 +106,6 @@ where
         Err(CopyEnd::Io(e)) => {
             tracing::debug!(error = %e, "tcp copy ended");
             Ok(())
-        }
-    }
-}
-
-/// Picks a weighted cluster (weights sum to 100, or to whatever they sum to).
-pub fn pick_weighted(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
-    match clusters {
-        [] => None,
-        [one] => Some(one),
-        _ => {
-            let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
-            if total == 0 {
-                return clusters.first();
-            }
-            let mut n = rand::rng().random_range(0..total);
-            for c in clusters {
-                let w = u64::from(c.weight);
-                if n < w {
-                    return Some(c);
-                }
-                n -= w;
-            }
-            clusters.last()
         }
     }
 }
@@ -224,31 +205,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sluice_snapshot::route::HeaderOps;
-
-    #[test]
-    fn weighted_pick_follows_weights() {
-        let wc = |name: &str, weight| WeightedCluster {
-            cluster: name.into(),
-            weight,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-        };
-        let clusters = [wc("a", 80), wc("b", 20), wc("c", 0)];
-        let mut a = 0;
-        for _ in 0..10_000 {
-            match pick_weighted(&clusters).map(|c| c.cluster.as_str()) {
-                Some("a") => a += 1,
-                Some("b") => {}
-                other => panic!("{other:?}"),
-            }
-        }
-        assert!((7600..8400).contains(&a), "{a}");
     }
 }

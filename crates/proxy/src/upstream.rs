@@ -7,33 +7,144 @@ pub mod lb;
 pub mod pool;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use rustls::ClientConfig;
 use sluice_snapshot::{Cluster, Discovery, HostMatch};
+use tokio::time::Instant;
 
 use crate::Error;
-use crate::conn::ConnInfo;
 use crate::telemetry::Telemetry;
 use crate::tls::client::{ClientConfigs, is_mesh};
 use connect::{Dialed, Origination};
-use lb::{Candidate, ClusterState, Clusters, Slot};
-use pool::{Pool, PoolKey, Pooled};
+use lb::{Candidate, ClusterState, Slot};
+use pool::{DEFAULT_IDLE_TIMEOUT, PoolKey, Pooled};
 
+/// What the proxy uses to reach any upstream: the resolver and the TLS builders.
 pub struct Upstreams {
     pub resolver: dns::Resolver,
-    pub clusters: Clusters,
-    pub pool: Arc<Pool>,
     pub tls: ClientConfigs,
     telemetry: Arc<Telemetry>,
+}
+
+/// One cluster of a snapshot at run time: its settings, its state (pool, load balancer,
+/// circuit breakers — carried over to the next snapshot while the settings stay the same),
+/// and the TLS configuration it originates with, loaded when the snapshot is applied.
+pub struct ClusterRt {
+    pub cluster: Cluster,
+    pub state: Arc<ClusterState>,
+    tls: RwLock<Option<Arc<ClientConfig>>>,
+}
+
+impl ClusterRt {
+    /// The runtime of `cluster`: `previous` (the same cluster in the last snapshot) lends its
+    /// state when the settings did not change. Loads TLS files: call it off the runtime.
+    pub fn new(cluster: &Cluster, previous: Option<&ClusterRt>, ups: &Upstreams) -> ClusterRt {
+        let state = match previous {
+            Some(p) if p.cluster == *cluster => p.state.clone(),
+            _ => Arc::new(ClusterState::new(
+                ups.telemetry.metrics.cluster(&cluster.name),
+            )),
+        };
+        let rt = ClusterRt {
+            cluster: cluster.clone(),
+            state,
+            tls: RwLock::new(None),
+        };
+        rt.reload_tls(ups);
+        rt
+    }
+
+    /// Re-reads the TLS files when they changed (the builder compares modification times).
+    pub fn reload_tls(&self, ups: &Upstreams) {
+        let Some(tls) = &self.cluster.tls else {
+            return;
+        };
+        let built = ups.tls.get(tls, self.cluster.http2);
+        let mut slot = self.tls.write().unwrap_or_else(|p| p.into_inner());
+        match built {
+            Ok(config) => *slot = Some(config),
+            Err(e) => {
+                tracing::warn!(cluster = self.cluster.name, error = %e, "upstream tls settings");
+                *slot = None;
+            }
+        }
+    }
+
+    fn tls_config(&self, ups: &Upstreams) -> Result<Option<Arc<ClientConfig>>, Error> {
+        let Some(tls) = &self.cluster.tls else {
+            return Ok(None);
+        };
+        if let Some(c) = self.tls.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(Some(c.clone()));
+        }
+        // Not loadable when the snapshot was applied: try again, so the error is the
+        // connection's and a file that appears later is picked up.
+        ups.tls.get(tls, self.cluster.http2).map(Some)
+    }
+
+    /// The TLS to originate toward `host`, if the cluster originates TLS.
+    pub fn origination(&self, ups: &Upstreams, host: &str) -> Result<Option<Origination>, Error> {
+        let Some(config) = self.tls_config(ups)? else {
+            return Ok(None);
+        };
+        let server_name = match self.cluster.tls.as_ref().and_then(|t| t.sni.as_deref()) {
+            Some(sni) => sni.to_owned(),
+            None => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        };
+        Ok(Some(Origination {
+            config,
+            server_name,
+        }))
+    }
+
+    /// The TLS a TCP or TLS stream gets toward `candidate`. A passthrough stream carries the
+    /// client's own TLS and is not wrapped again — except by the mesh hop (`ISTIO_MUTUAL`),
+    /// which wraps whatever the app sent: its SNI is the cluster's `sni`, else the host the
+    /// app asked for (the sidecar's CONNECT target; the gateway learns the destination from
+    /// it, for authorization and for routing what is not TLS inside), else the inner
+    /// ClientHello's SNI (also when the app asked for an IP address).
+    pub fn stream_origination(
+        &self,
+        ups: &Upstreams,
+        candidate: &Candidate,
+        requested: Option<&str>,
+        sni: Option<&str>,
+        passthrough: bool,
+    ) -> Result<Option<Origination>, Error> {
+        match &self.cluster.tls {
+            Some(tls) if is_mesh(tls) => {
+                // An IP literal is no SNI: the inner ClientHello's name says more then.
+                let named = requested.filter(|h| {
+                    h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                });
+                let host = named.or(sni).or(requested).unwrap_or(&candidate.host);
+                self.origination(ups, host)
+            }
+            _ if passthrough => Ok(None),
+            _ => self.origination(ups, &candidate.host),
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.cluster
+            .limits
+            .idle_timeout
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+    }
 }
 
 impl Upstreams {
     pub fn new(resolver: dns::Resolver, telemetry: Arc<Telemetry>) -> Upstreams {
         Upstreams {
             resolver,
-            clusters: Clusters::default(),
-            pool: Arc::new(Pool::default()),
             tls: ClientConfigs::default(),
             telemetry,
         }
@@ -45,15 +156,10 @@ impl Upstreams {
         self
     }
 
-    pub fn state(&self, cluster: &Cluster) -> Arc<ClusterState> {
-        self.clusters.get(&cluster.name, || {
-            self.telemetry.metrics.cluster(&cluster.name)
-        })
-    }
-
     /// The endpoints of `cluster` now. `host` is the request's authority host or the
     /// connection's SNI (DYNAMIC_DNS resolves it); `original_dst` is the destination the
-    /// client connected to, when the listener knows it (ORIGINAL_DST).
+    /// client connected to, when the listener knows it (ORIGINAL_DST), else `requested`, the
+    /// host and port the app asked its sidecar for, resolved.
     ///
     /// On a mesh-hop cluster (`ISTIO_MUTUAL`) each candidate's `host` is `host` itself: the
     /// hop names the destination the app asked for as its SNI (so the gateway learns it, and
@@ -63,8 +169,11 @@ impl Upstreams {
         cluster: &Cluster,
         host: Option<&str>,
         original_dst: Option<SocketAddr>,
+        requested: Option<(&str, u16)>,
     ) -> Result<Vec<Candidate>, Error> {
-        let mut out = self.discover(cluster, host, original_dst).await?;
+        let mut out = self
+            .discover(cluster, host, original_dst, requested)
+            .await?;
         if let (Some(tls), Some(host)) = (&cluster.tls, host)
             && is_mesh(tls)
             && !host.is_empty()
@@ -82,6 +191,7 @@ impl Upstreams {
         cluster: &Cluster,
         host: Option<&str>,
         original_dst: Option<SocketAddr>,
+        requested: Option<(&str, u16)>,
     ) -> Result<Vec<Candidate>, Error> {
         match &cluster.discovery {
             Discovery::Static { endpoints } => {
@@ -147,68 +257,28 @@ impl Upstreams {
             }
             // At the gateway the listener does not learn an original destination (no
             // SO_ORIGINAL_DST without iptables redirection), so this is `UH`.
-            Discovery::OriginalDestination => match original_dst {
-                Some(addr) => Ok(vec![Candidate {
+            Discovery::OriginalDestination => match (original_dst, requested) {
+                (Some(addr), _) => Ok(vec![Candidate {
                     addr,
                     weight: 1,
                     host: Arc::from(addr.ip().to_string()),
                 }]),
-                None => Err(Error::NoHealthyUpstream(
+                (None, Some((name, port))) => {
+                    let ips = self.resolver.resolve(name).await?;
+                    let ip = ips.first().ok_or_else(|| {
+                        Error::NoHealthyUpstream(format!("{name}: no address").into())
+                    })?;
+                    Ok(vec![Candidate {
+                        addr: SocketAddr::new(*ip, port),
+                        weight: 1,
+                        host: Arc::from(name),
+                    }])
+                }
+                (None, None) => Err(Error::NoHealthyUpstream(
                     "no original destination on this listener".into(),
                 )),
             },
             Discovery::BlackHole => Err(Error::BlackHole),
-        }
-    }
-
-    /// The TLS to originate toward `host` of `cluster`, if it originates TLS.
-    pub fn origination(&self, cluster: &Cluster, host: &str) -> Result<Option<Origination>, Error> {
-        let Some(tls) = &cluster.tls else {
-            return Ok(None);
-        };
-        let config = self.tls.get(tls, cluster.http2)?;
-        let server_name = tls.sni.clone().unwrap_or_else(|| {
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned()
-        });
-        Ok(Some(Origination {
-            config,
-            server_name,
-        }))
-    }
-
-    /// The TLS a TCP or TLS stream gets toward `candidate`. A passthrough stream carries the
-    /// client's own TLS and is not wrapped again — except by the mesh hop (`ISTIO_MUTUAL`),
-    /// which wraps whatever the app sent: its SNI is the cluster's `sni`, else the host the
-    /// app asked for (the sidecar's CONNECT target; the gateway learns the destination from
-    /// it, for authorization and for routing what is not TLS inside), else the inner
-    /// ClientHello's SNI (also when the app asked for an IP address).
-    pub fn stream_origination(
-        &self,
-        cluster: &Cluster,
-        candidate: &Candidate,
-        info: &ConnInfo,
-        passthrough: bool,
-    ) -> Result<Option<Origination>, Error> {
-        match &cluster.tls {
-            Some(tls) if is_mesh(tls) => {
-                let requested = info.requested.as_ref().map(|(h, _)| h.as_str());
-                // An IP literal is no SNI: the inner ClientHello's name says more then.
-                let named = requested.filter(|h| {
-                    h.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<std::net::IpAddr>()
-                        .is_err()
-                });
-                let host = named
-                    .or(info.sni.as_deref())
-                    .or(requested)
-                    .unwrap_or(&candidate.host);
-                self.origination(cluster, host)
-            }
-            _ if passthrough => Ok(None),
-            _ => self.origination(cluster, &candidate.host),
         }
     }
 
@@ -228,30 +298,28 @@ impl Upstreams {
         r
     }
 
-    /// A connection for one HTTP request to `candidate`: pooled if one is idle, else dialed,
-    /// within the cluster's connection limits.
+    /// A connection for one HTTP request to `candidate` of `c`: pooled if one is idle, else
+    /// dialed, within the cluster's connection limits.
     pub async fn http_connection(
         &self,
-        cluster: &Cluster,
-        state: &Arc<ClusterState>,
+        c: &ClusterRt,
         candidate: &Candidate,
-    ) -> Result<(PoolKey, Pooled), Error> {
-        let origination = self.origination(cluster, &candidate.host)?;
+    ) -> Result<Pooled, Error> {
+        let (cluster, state) = (&c.cluster, &c.state);
+        let origination = c.origination(self, &candidate.host)?;
         let key = PoolKey {
-            cluster: cluster.name.clone(),
             addr: candidate.addr,
-            tls: match (&cluster.tls, &origination) {
-                (Some(t), Some(o)) => Some((t.clone(), o.server_name.clone())),
-                _ => None,
-            },
-            http2: cluster.http2,
+            server_name: origination
+                .as_ref()
+                .map(|o| Arc::from(o.server_name.as_str())),
         };
+        let idle_timeout = c.idle_timeout();
         let deadline = Instant::now() + cluster.connect_timeout.max(Duration::from_millis(100));
         let mut pending: Option<Slot> = None;
         let mut origination = origination;
         loop {
-            if let Some(p) = self.pool.checkout(&key) {
-                return Ok((key, p));
+            if let Some(p) = state.pool.checkout(&key, cluster.http2, idle_timeout).await {
+                return Ok(p);
             }
             if let Some(slot) = Slot::try_take(
                 state,
@@ -263,12 +331,11 @@ impl Upstreams {
                 let dialed = self
                     .dial(cluster, state, candidate.addr, origination.take())
                     .await?;
-                let pooled = self
+                return state
                     .pool
-                    .handshake(&key, dialed, state.clone(), slot)
+                    .handshake(&key, cluster.http2, dialed, state, slot)
                     .await
-                    .map_err(|e| Error::UpstreamReset(e.to_string()))?;
-                return Ok((key, pooled));
+                    .map_err(|e| Error::UpstreamReset(e.to_string()));
             }
             if pending.is_none() {
                 pending = Slot::try_take(

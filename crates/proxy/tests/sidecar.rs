@@ -594,8 +594,24 @@ async fn allow_any_passes_unregistered_hosts_through() {
     let dns = DnsServer::start([("outside.example", vec![outside_ip])])
         .await
         .expect("dns");
-    let mut snapshot = sidecar_snapshot(free_loopback_addr());
-    snapshot.outbound_policy = OutboundPolicy::AllowAny;
+    // The guide's mesh config says REGISTRY_ONLY; a Sidecar resource overrides it, and the
+    // compiler turns the policy into routes (allow_any → PassthroughCluster).
+    let allow_any = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+"#;
+    let snapshot = compile_snapshot(
+        &CompileOptions::sidecar("default"),
+        &[
+            gateway_service(free_loopback_addr()),
+            HTTPBIN.to_owned(),
+            allow_any.to_owned(),
+        ],
+    );
+    assert_eq!(snapshot.outbound_policy, OutboundPolicy::AllowAny);
     let sidecar = start_sidecar(&snapshot, Some(mesh.sleep()), dns.addr()).await;
     let proxy = sidecar.addr(PROXY_PORT);
 

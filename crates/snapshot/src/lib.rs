@@ -78,6 +78,21 @@ pub struct Snapshot {
     /// EnvoyFilters that select this proxy configure.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limits: BTreeMap<String, ratelimit::HttpRateLimits>,
+    /// Sidecar role: where a flow goes that no listener, chain or virtual host takes — the
+    /// outbound policy compiled into routes, as Istio compiles it (`allow_any` to
+    /// `PassthroughCluster`, `block_all` to `BlackHoleCluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+/// The routes of traffic to destinations nothing registered (Istio's `allow_any` /
+/// `block_all` virtual host and its PassthroughCluster / BlackHoleCluster TCP route).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    /// Appended to every HTTP chain of a sidecar, too (domain `*`, so any other virtual host
+    /// is more specific).
+    pub http: VirtualHost,
+    pub tcp: route::TcpRoute,
 }
 
 impl Snapshot {
@@ -92,6 +107,7 @@ impl Snapshot {
             access_log: AccessLog::default(),
             authz: authz::Policies::default(),
             rate_limits: BTreeMap::new(),
+            fallback: None,
         }
     }
 

@@ -42,6 +42,10 @@ pub struct Route {
     /// Istio's `x-envoy-decorator-operation`: `host:port/*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// For a route that answers by itself, the cluster its requests are logged and counted
+    /// against (Istio's `block_all` route answers 502 and names `BlackHoleCluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_cluster: Option<String>,
 }
 
 /// Everything must match (Istio's HTTPMatchRequest); an empty list of alternatives in

@@ -115,6 +115,7 @@ pub fn build_routes(
                     request_headers: action.request_headers.clone(),
                     response_headers: action.response_headers.clone(),
                     operation: Some(operation),
+                    direct_cluster: None,
                 },
                 catch_all: is_catch_all,
             });
@@ -861,6 +862,7 @@ pub fn default_route(cx: &Ctx<'_>, cluster: String, host: &str, port: u16) -> Ro
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),
         operation: Some(format!("{host}:{port}/*")),
+        direct_cluster: None,
     }
 }
 
@@ -881,6 +883,7 @@ pub fn https_redirect_route() -> Route {
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),
         operation: None,
+        direct_cluster: None,
     }
 }
 

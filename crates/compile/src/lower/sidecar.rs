@@ -16,8 +16,14 @@ use sluice_model::networking::service_entry::Protocol;
 use sluice_model::networking::{ServiceEntry, VirtualService};
 use sluice_model::{Level, Resource};
 use sluice_snapshot::listener::{ChainMatch, Transport};
-use sluice_snapshot::route::{HeaderOps, TcpRoute, WeightedCluster};
-use sluice_snapshot::{App, FilterChain, HostMatch, Listener, VirtualHost};
+use std::time::Duration;
+
+use sluice_snapshot::cluster::Limits;
+use sluice_snapshot::route::{Forward, HeaderOps, TcpRoute, WeightedCluster};
+use sluice_snapshot::{
+    App, BLACK_HOLE_CLUSTER, Cluster, Discovery, Fallback, FilterChain, HostMatch, LbPolicy,
+    Listener, OutboundPolicy, PASSTHROUGH_CLUSTER, Route, RouteAction, RouteMatch, VirtualHost,
+};
 
 use super::cluster::port_protocol;
 use super::codes::{DROPPED, NOT_SUPPORTED};
@@ -53,6 +59,107 @@ impl PortService<'_> {
             Origin::of(self.se, &format!("spec.ports[{}]", self.port_index)),
         )
     }
+}
+
+/// Connect timeout of `PassthroughCluster` (Istio's default for it).
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outbound policy as routes and clusters, as Istio's sidecar has them: `ALLOW_ANY` is a
+/// virtual host `allow_any` (domain `*`) and a TCP route to `PassthroughCluster` (the
+/// destination the app asked for, no TLS of its own); `REGISTRY_ONLY` is `block_all` and a TCP
+/// route to `BlackHoleCluster`. The virtual host is appended to every HTTP chain, so a host no
+/// other virtual host names takes it; the proxy takes the same routes for ports no listener
+/// declares.
+pub fn fallback(policy: OutboundPolicy, listeners: &mut [Listener]) -> (Fallback, Cluster) {
+    let (vhost_name, cluster) = match policy {
+        OutboundPolicy::AllowAny => (
+            "allow_any",
+            Cluster {
+                name: PASSTHROUGH_CLUSTER.to_owned(),
+                service: PASSTHROUGH_CLUSTER.to_owned(),
+                port: 0,
+                discovery: Discovery::OriginalDestination,
+                tls: None,
+                connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
+                lb: LbPolicy::Passthrough,
+                limits: Limits::default(),
+                outlier: None,
+                http2: false,
+            },
+        ),
+        OutboundPolicy::RegistryOnly => (
+            "block_all",
+            Cluster {
+                name: BLACK_HOLE_CLUSTER.to_owned(),
+                service: BLACK_HOLE_CLUSTER.to_owned(),
+                port: 0,
+                discovery: Discovery::BlackHole,
+                tls: None,
+                connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
+                lb: LbPolicy::Passthrough,
+                limits: Limits::default(),
+                outlier: None,
+                http2: false,
+            },
+        ),
+    };
+    let to = || {
+        vec![WeightedCluster {
+            cluster: cluster.name.clone(),
+            weight: 100,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }]
+    };
+    // Istio's `block_all` answers by itself (502) and names BlackHoleCluster; `allow_any`
+    // forwards to PassthroughCluster.
+    let (action, direct_cluster) = match policy {
+        OutboundPolicy::AllowAny => (
+            RouteAction::Forward(Forward {
+                clusters: to(),
+                rewrite: None,
+                timeout: None,
+                retry: None,
+                fault: None,
+                mirrors: Vec::new(),
+            }),
+            None,
+        ),
+        OutboundPolicy::RegistryOnly => (
+            RouteAction::DirectResponse {
+                status: 502,
+                body: None,
+            },
+            Some(cluster.name.clone()),
+        ),
+    };
+    let http = VirtualHost {
+        name: vhost_name.to_owned(),
+        domains: vec![HostMatch::Any],
+        routes: vec![Route {
+            name: vhost_name.to_owned(),
+            match_: RouteMatch::default(),
+            action,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            operation: None,
+            direct_cluster,
+        }],
+    };
+    for listener in listeners.iter_mut() {
+        for chain in &mut listener.chains {
+            if let App::Http { virtual_hosts, .. } = &mut chain.app {
+                virtual_hosts.push(http.clone());
+            }
+        }
+    }
+    let tcp = TcpRoute {
+        name: cluster.name.clone(),
+        sni: Vec::new(),
+        destination_subnets: Vec::new(),
+        clusters: to(),
+    };
+    (Fallback { http, tcp }, cluster)
 }
 
 pub fn listeners(cx: &mut Ctx<'_>) -> Vec<Listener> {

@@ -3,26 +3,27 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use rand::Rng;
+use sluice_snapshot::StringMatcher;
 use sluice_snapshot::route::{Forward, RequestMatch, RetryPolicy, Rewrite, Route};
-use sluice_snapshot::{Cluster, StringMatcher};
+use tokio::time::Instant;
 
 use super::headers;
 use super::{Guards, route::strip_port};
 use crate::Error;
-use crate::conn::ConnCtx;
-use crate::tcp::pick_weighted;
+use crate::flow::ConnCtx;
 use crate::telemetry::Record;
-use crate::upstream::lb::{ClusterState, Slot};
-use crate::upstream::pool::{Body, BoxError, DEFAULT_IDLE_TIMEOUT, SendError};
+use crate::upstream::ClusterRt;
+use crate::upstream::lb::{Slot, pick_weighted};
+use crate::upstream::pool::{Body, BoxError, PooledBody, SendError};
 
 /// Request bodies up to this size are buffered so they can be retried and mirrored; larger
 /// or unsized bodies are streamed once (no retries, no mirrors), as Envoy does past its
@@ -128,12 +129,20 @@ pub async fn forward(
     }
     let wc = pick_weighted(&fwd.clusters)
         .ok_or_else(|| Error::UnknownCluster("(route without destination)".into()))?;
-    let cluster = ctx
-        .snapshot
+    let c = ctx
+        .runtime
         .cluster(&wc.cluster)
         .ok_or_else(|| Error::UnknownCluster(wc.cluster.clone()))?;
+    let cluster = &c.cluster;
     rec.cluster = Some(cluster.name.clone());
-    rec.service = Some(cluster.service.clone());
+    rec.service = Some(match &ctx.info.requested {
+        // The fallback clusters stand for whatever the app asked for: Istio's metrics name
+        // the destination there.
+        Some((host, _)) if cluster.discovery == sluice_snapshot::Discovery::OriginalDestination => {
+            host.clone()
+        }
+        _ => cluster.service.clone(),
+    });
 
     // The upstream request head.
     let mut hdrs = parts.headers.clone();
@@ -190,13 +199,12 @@ pub async fn forward(
         }
     }
 
-    let state = ctx.shared.upstreams.state(cluster);
+    let state = &c.state;
     let started = Instant::now();
     let mut upstream = Upstream::default();
     let attempts = attempts(
         ctx,
-        cluster,
-        &state,
+        c,
         &dns_host,
         &mut out,
         fwd.retry.as_ref(),
@@ -367,14 +375,14 @@ impl<'a> RetryOn<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn attempts(
     ctx: &Arc<ConnCtx>,
-    cluster: &Cluster,
-    state: &Arc<ClusterState>,
+    c: &ClusterRt,
     dns_host: &str,
     out: &mut Outgoing,
     policy: Option<&RetryPolicy>,
     rec: &mut Record,
     upstream: &mut Upstream,
-) -> Result<(Response<Incoming>, Guards), Error> {
+) -> Result<(Response<PooledBody>, Guards), Error> {
+    let (cluster, state) = (&c.cluster, &c.state);
     let retry = policy.map(RetryOn::new);
     let max_attempts = match policy {
         Some(p) if out.replayable() => p.attempts.saturating_add(1),
@@ -396,7 +404,7 @@ async fn attempts(
         } else {
             None
         };
-        let one = attempt(ctx, cluster, state, dns_host, out, upstream);
+        let one = attempt(ctx, c, dns_host, out, upstream);
         let r = match per_try {
             Some(t) => tokio::time::timeout(t, one)
                 .await
@@ -433,15 +441,16 @@ async fn attempts(
 /// One attempt: an endpoint, a connection, the request, the response head.
 async fn attempt(
     ctx: &Arc<ConnCtx>,
-    cluster: &Cluster,
-    state: &Arc<ClusterState>,
+    c: &ClusterRt,
     dns_host: &str,
     out: &mut Outgoing,
     upstream: &mut Upstream,
-) -> Result<(Response<Incoming>, Guards), Error> {
+) -> Result<(Response<PooledBody>, Guards), Error> {
+    let (cluster, state) = (&c.cluster, &c.state);
     let ups = &ctx.shared.upstreams;
+    let requested = ctx.info.requested.as_ref().map(|(h, p)| (h.as_str(), *p));
     let candidates = ups
-        .endpoints(cluster, Some(dns_host), ctx.info.original_dst)
+        .endpoints(cluster, Some(dns_host), ctx.info.original_dst, requested)
         .await?;
     let (candidate, inflight) = state
         .pick(cluster.lb, &candidates)
@@ -458,11 +467,10 @@ async fn attempt(
     } else {
         "http"
     };
-    let idle = cluster.limits.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
     let mut unsent: Option<Request<Body>> = None;
     // A pooled connection may turn out closed: the request then goes on another one.
     for _ in 0..3 {
-        let (key, conn) = ups.http_connection(cluster, state, candidate).await?;
+        let conn = ups.http_connection(c, candidate).await?;
         upstream.local = conn.local;
         let reused = conn.reused;
         let req = match unsent.take() {
@@ -472,14 +480,7 @@ async fn attempt(
                 .ok_or_else(|| Error::UpstreamReset("request body already sent".into()))?,
         };
         let sent = conn
-            .send(
-                &ups.pool,
-                &key,
-                req,
-                cluster.limits.max_requests_per_connection,
-                idle,
-                state.clone(),
-            )
+            .send(state, req, cluster.limits.max_requests_per_connection)
             .await;
         match sent {
             Ok(resp) => return Ok((resp, Box::new((inflight, requests)))),
@@ -522,20 +523,18 @@ fn spawn_mirror(
     timeout: Option<Duration>,
 ) {
     tokio::spawn(async move {
-        let Some(cluster) = ctx.snapshot.cluster(&cluster) else {
+        let Some(c) = ctx.runtime.cluster(&cluster).cloned() else {
             return;
         };
-        let state = ctx.shared.upstreams.state(cluster);
         let mut upstream = Upstream::default();
         let limit = timeout.unwrap_or(Duration::from_secs(30));
         let run = async {
-            let (resp, _guards) =
-                attempt(&ctx, cluster, &state, &dns_host, &mut out, &mut upstream).await?;
+            let (resp, _guards) = attempt(&ctx, &c, &dns_host, &mut out, &mut upstream).await?;
             let _ = resp.into_body().collect().await;
             Ok::<(), Error>(())
         };
         if let Ok(Err(e)) = tokio::time::timeout(limit, run).await {
-            tracing::debug!(error = %e, cluster = cluster.name, "mirror");
+            tracing::debug!(error = %e, cluster = c.cluster.name, "mirror");
         }
     });
 }

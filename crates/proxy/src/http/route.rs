@@ -135,6 +135,7 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             operation: None,
+            direct_cluster: None,
         }
     }
 

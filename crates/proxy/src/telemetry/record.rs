@@ -201,6 +201,7 @@ impl Record {
         self.flags
             .iter()
             .any(|f| matches!(*f, "NR" | "UH" | "NC" | "DF"))
+            || self.cluster.as_deref() == Some(sluice_snapshot::BLACK_HOLE_CLUSTER)
     }
 
     fn finish(&mut self) {
@@ -252,6 +253,7 @@ impl Record {
                 target: "sluice::refused",
                 host = host.unwrap_or("-"),
                 sni = self.sni.as_deref().unwrap_or("-"),
+                cluster = self.cluster.as_deref().unwrap_or("-"),
                 flags = %self.flags(),
                 details = self.details.as_deref().or(self.termination.as_deref()).unwrap_or("-"),
                 downstream = %self.downstream_remote,

@@ -1,5 +1,6 @@
 //! Per-cluster runtime state (load-balancer counters, in-flight requests, circuit-breaker
-//! counts) and endpoint picking: LEAST_REQUEST (power of two choices), ROUND_ROBIN, RANDOM.
+//! counts, the connection pool) and picking: a weighted cluster of a route, an endpoint of a
+//! cluster (LEAST_REQUEST with power of two choices, ROUND_ROBIN, RANDOM).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,9 +9,34 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 use sluice_snapshot::cluster::LbPolicy;
+use sluice_snapshot::route::WeightedCluster;
 use tokio::sync::Notify;
 
+use super::pool::Pool;
 use crate::telemetry::metrics::ClusterStats;
+
+/// Picks a weighted cluster (weights sum to 100, or to whatever they sum to).
+pub fn pick_weighted(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
+    match clusters {
+        [] => None,
+        [one] => Some(one),
+        _ => {
+            let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
+            if total == 0 {
+                return clusters.first();
+            }
+            let mut n = rand::rng().random_range(0..total);
+            for c in clusters {
+                let w = u64::from(c.weight);
+                if n < w {
+                    return Some(c);
+                }
+                n -= w;
+            }
+            clusters.last()
+        }
+    }
+}
 
 /// One resolved endpoint of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +63,12 @@ pub struct ClusterState {
     /// Signalled when a connection closes or returns to the pool.
     pub freed: Notify,
     pub stats: ClusterStats,
+    /// Idle HTTP connections of this cluster.
+    pub pool: Pool,
 }
 
 impl ClusterState {
-    fn new(stats: ClusterStats) -> ClusterState {
+    pub fn new(stats: ClusterStats) -> ClusterState {
         ClusterState {
             rr: AtomicUsize::new(0),
             inflight: Mutex::new(HashMap::new()),
@@ -50,6 +78,7 @@ impl ClusterState {
             retries: AtomicU32::new(0),
             freed: Notify::new(),
             stats,
+            pool: Pool::default(),
         }
     }
 
@@ -157,25 +186,6 @@ impl Drop for Slot {
     }
 }
 
-/// Runtime state of every cluster, by name. It outlives snapshots: a cluster that keeps its
-/// name across a reload keeps its counters.
-#[derive(Default)]
-pub struct Clusters {
-    map: Mutex<HashMap<String, Arc<ClusterState>>>,
-}
-
-impl Clusters {
-    pub fn get(&self, name: &str, stats: impl FnOnce() -> ClusterStats) -> Arc<ClusterState> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get(name) {
-            return s.clone();
-        }
-        let state = Arc::new(ClusterState::new(stats()));
-        map.insert(name.to_owned(), state.clone());
-        state
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use prometheus_client::registry::Registry;
@@ -227,6 +237,27 @@ mod tests {
             assert_eq!(picked.addr, c[1].addr);
         }
         drop(busy);
+    }
+
+    #[test]
+    fn weighted_pick_follows_weights() {
+        use sluice_snapshot::route::HeaderOps;
+        let wc = |name: &str, weight| WeightedCluster {
+            cluster: name.into(),
+            weight,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        };
+        let clusters = [wc("a", 80), wc("b", 20), wc("c", 0)];
+        let mut a = 0;
+        for _ in 0..10_000 {
+            match pick_weighted(&clusters).map(|c| c.cluster.as_str()) {
+                Some("a") => a += 1,
+                Some("b") => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!((7600..8400).contains(&a), "{a}");
     }
 
     #[test]

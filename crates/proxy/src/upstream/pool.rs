@@ -1,20 +1,27 @@
-//! Pooled upstream HTTP connections, keyed by cluster, endpoint and TLS settings (so two
-//! settings never share a connection, pingora's `PeerOptions`). HTTP/1.1 connections are kept
-//! alive and reused one request at a time, up to `max_requests_per_connection` and for at
-//! most the idle timeout; HTTP/2 connections are shared by concurrent requests.
+//! Pooled upstream HTTP connections of one cluster, keyed by endpoint and the server name
+//! sent (the cluster's TLS settings are fixed for the pool's life: a changed cluster gets a
+//! new pool, so two settings never share a connection, pingora's `PeerOptions`).
+//!
+//! HTTP/1.1 connections serve one request at a time. A connection goes back to the pool when
+//! its response body has been read to the end — from the body itself, with no task spawned
+//! per request — and is reused up to `max_requests_per_connection`, for at most the idle
+//! timeout. A response body dropped early takes its connection with it (its framing is
+//! unknown). HTTP/2 connections are shared by concurrent requests.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
-use sluice_snapshot::cluster::UpstreamTls;
+use tokio::time::Instant;
 
 use super::connect::Dialed;
 use super::lb::{ClusterState, Slot};
@@ -26,20 +33,17 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 /// `idleTimeout` (Envoy's default is one hour; a shorter one frees sockets sooner).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// An endpoint and the TLS server name sent to it (`None`: plain).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct PoolKey {
-    pub cluster: String,
     pub addr: SocketAddr,
-    /// TLS settings and the server name sent.
-    pub tls: Option<(UpstreamTls, String)>,
-    pub http2: bool,
+    pub server_name: Option<Arc<str>>,
 }
 
 struct Idle {
     tx: http1::SendRequest<Body>,
     since: Instant,
     served: u32,
-    idle_timeout: Duration,
     local: Option<SocketAddr>,
 }
 
@@ -58,6 +62,7 @@ enum Sender {
 
 /// A connection checked out for one request.
 pub struct Pooled {
+    key: PoolKey,
     sender: Sender,
     /// It served a request before (a failure may be a stale keep-alive connection).
     pub reused: bool,
@@ -77,13 +82,19 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A ready connection for `key`, if one is pooled.
-    pub fn checkout(&self, key: &PoolKey) -> Option<Pooled> {
-        if key.http2 {
+    /// A ready connection for `key`, if one is pooled. `idle_timeout`: older ones are closed.
+    pub async fn checkout(
+        &self,
+        key: &PoolKey,
+        http2: bool,
+        idle_timeout: Duration,
+    ) -> Option<Pooled> {
+        if http2 {
             let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = h2.get(key) {
                 if !s.tx.is_closed() {
                     return Some(Pooled {
+                        key: key.clone(),
                         sender: Sender::H2(s.tx.clone()),
                         reused: true,
                         local: s.local,
@@ -92,15 +103,26 @@ impl Pool {
                 h2.remove(key);
             }
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(key)?;
-        let now = Instant::now();
-        while let Some(c) = list.pop() {
-            if c.tx.is_closed() || !c.tx.is_ready() || now.duration_since(c.since) >= c.idle_timeout
-            {
+        loop {
+            let mut c = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let list = idle.get_mut(key)?;
+                let c = list.pop();
+                if list.is_empty() {
+                    idle.remove(key);
+                }
+                c?
+            };
+            if c.tx.is_closed() || c.since.elapsed() >= idle_timeout {
+                continue;
+            }
+            // A connection returned as its response body ended is ready as soon as its driver
+            // has seen the end: usually already, else within the same turn of the runtime.
+            if c.tx.ready().await.is_err() {
                 continue;
             }
             return Some(Pooled {
+                key: key.clone(),
                 sender: Sender::H1 {
                     tx: c.tx,
                     served: c.served,
@@ -109,8 +131,11 @@ impl Pool {
                 local: c.local,
             });
         }
-        idle.remove(key);
-        None
+    }
+
+    fn put_back(&self, key: PoolKey, idle: Idle) {
+        let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key).or_default().push(idle);
     }
 
     /// Starts HTTP on a freshly dialed connection. `slot` is the cluster's connection count,
@@ -118,15 +143,16 @@ impl Pool {
     pub async fn handshake(
         &self,
         key: &PoolKey,
+        http2: bool,
         dialed: Dialed,
-        state: Arc<ClusterState>,
+        state: &ClusterState,
         slot: Slot,
     ) -> Result<Pooled, hyper::Error> {
-        let is_tls = key.tls.is_some();
+        let is_tls = key.server_name.is_some();
         let local = dialed.local;
         let io = TokioIo::new(dialed.io);
         let guard = ConnGuard::new(state.stats.upstream_cx_active.clone(), slot);
-        if key.http2 && (dialed.h2 || !is_tls) {
+        if http2 && (dialed.h2 || !is_tls) {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(96 * 1024)
@@ -147,6 +173,7 @@ impl Pool {
                 },
             );
             return Ok(Pooled {
+                key: key.clone(),
                 sender: Sender::H2(tx),
                 reused: false,
                 local,
@@ -157,24 +184,24 @@ impl Pool {
             .handshake(io)
             .await?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream http/1.1 connection ended");
             }
             drop(guard);
         });
         Ok(Pooled {
+            key: key.clone(),
             sender: Sender::H1 { tx, served: 0 },
             reused: false,
             local,
         })
     }
 
-    /// Drops idle connections past their idle timeout.
-    pub fn sweep(&self) {
-        let now = Instant::now();
+    /// Drops idle connections past `idle_timeout` and closed ones.
+    pub fn sweep(&self, idle_timeout: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < c.idle_timeout);
+            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
             !list.is_empty()
         });
         drop(idle);
@@ -210,44 +237,107 @@ impl Pooled {
         matches!(self.sender, Sender::H2(_))
     }
 
-    /// Sends `req`; an HTTP/1.1 connection goes back to the pool once its response body has
-    /// been read, unless it served `max_requests` already.
+    /// Sends `req`. An HTTP/1.1 connection goes back to `state`'s pool when the returned
+    /// body has been read to its end, unless it served `max_requests` already.
     pub async fn send(
         self,
-        pool: &Arc<Pool>,
-        key: &PoolKey,
+        state: &Arc<ClusterState>,
         req: Request<Body>,
         max_requests: Option<u32>,
-        idle_timeout: Duration,
-        on_free: Arc<ClusterState>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<PooledBody>, SendError> {
         let local = self.local;
         match self.sender {
-            Sender::H2(mut tx) => tx.try_send_request(req).await.map_err(unsent),
+            Sender::H2(mut tx) => {
+                let resp = tx.try_send_request(req).await.map_err(unsent)?;
+                Ok(resp.map(|inner| PooledBody { inner, back: None }))
+            }
             Sender::H1 { mut tx, served } => {
+                let upgrade = req.headers().contains_key(http::header::UPGRADE);
                 let resp = tx.try_send_request(req).await.map_err(unsent)?;
                 let served = served.saturating_add(1);
-                if max_requests.is_none_or(|m| served < m) {
-                    let pool = pool.clone();
-                    let key = key.clone();
-                    tokio::spawn(async move {
-                        // Ready again once the response body has been read to its end.
-                        let ready = tokio::time::timeout(idle_timeout, tx.ready()).await;
-                        if matches!(ready, Ok(Ok(()))) {
-                            let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                            idle.entry(key).or_default().push(Idle {
-                                tx,
-                                since: Instant::now(),
-                                served,
-                                idle_timeout,
-                                local,
-                            });
-                        }
-                        on_free.freed.notify_waiters();
-                    });
-                }
-                Ok(resp)
+                let keep = !upgrade
+                    && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                    && max_requests.is_none_or(|m| served < m);
+                let back = keep.then(|| Back {
+                    state: state.clone(),
+                    key: self.key,
+                    idle: Idle {
+                        tx,
+                        since: Instant::now(),
+                        served,
+                        local,
+                    },
+                });
+                Ok(resp.map(|inner| PooledBody {
+                    inner,
+                    back: back.map(Box::new),
+                }))
             }
+        }
+    }
+}
+
+/// A connection to return to its pool.
+struct Back {
+    state: Arc<ClusterState>,
+    key: PoolKey,
+    idle: Idle,
+}
+
+/// An upstream response body; its HTTP/1.1 connection returns to the pool at the body's end.
+pub struct PooledBody {
+    inner: Incoming,
+    back: Option<Box<Back>>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some(back) = self.back.take() {
+            let Back {
+                state,
+                key,
+                mut idle,
+            } = *back;
+            idle.since = Instant::now();
+            state.pool.put_back(key, idle);
+            state.freed.notify_waiters();
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Read to its end (a client that stops polling once the length is reached): the
+        // connection is clean. Otherwise its framing is unknown and it closes with the sender.
+        if self.inner.is_end_stream() {
+            self.give_back();
         }
     }
 }

@@ -73,7 +73,9 @@ fn every_registered_port_is_a_virtual_listener() {
         ]
     );
     let vh = vhosts(&s, 80);
-    assert_eq!(vh.len(), 1);
+    // The registered host, then Istio's catch-all of the outbound policy (ALLOW_ANY here).
+    assert_eq!(vh.len(), 2);
+    assert_eq!(vh[1].name, "allow_any");
     assert_eq!(vh[0].name, "api.example.com:80");
     assert_eq!(vh[0].routes[0].name, "default");
     assert_eq!(
@@ -97,6 +99,7 @@ fn every_registered_port_is_a_virtual_listener() {
     assert_eq!(
         names,
         vec![
+            "PassthroughCluster",
             "outbound|443||api.example.com",
             "outbound|5432||db.example.com",
             "outbound|7000||db.example.com",
@@ -138,7 +141,8 @@ spec:
 "#;
     let (s, d) = sidecar(&format!("{ENTRIES}{rules}"), "default");
     let vh = vhosts(&s, 80);
-    assert_eq!(vh.len(), 1, "{vh:#?}");
+    assert_eq!(vh.len(), 2, "{vh:#?}");
+    assert_eq!(vh[1].name, "allow_any");
     assert_eq!(vh[0].routes.len(), 1);
     assert_eq!(vh[0].routes[0].name, "default/a-mesh/0");
     assert_eq!(forward_cluster(&vh[0]), "outbound|443||api.example.com");
@@ -166,7 +170,68 @@ spec:
 "#;
     let (s, _) = sidecar(&format!("{ENTRIES}{rules}"), "default");
     let names: Vec<String> = vhosts(&s, 80).into_iter().map(|v| v.name).collect();
-    assert_eq!(names, vec!["api.example.com:80", "www.example.org:80"]);
+    assert_eq!(
+        names,
+        vec!["api.example.com:80", "www.example.org:80", "allow_any"]
+    );
+}
+
+/// Istio's sidecar compiles the outbound policy into routes and clusters: `allow_any` to
+/// `PassthroughCluster` (the original destination), or `block_all` to `BlackHoleCluster`; the
+/// catch-all virtual host ends every HTTP route configuration, and the same routes take
+/// traffic to ports no listener declares.
+#[test]
+fn the_outbound_policy_is_compiled_into_fallback_routes() {
+    use sluice_snapshot::{BLACK_HOLE_CLUSTER, Discovery, OutboundPolicy, PASSTHROUGH_CLUSTER};
+    let registry_only = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"#;
+    for (yaml, policy, vhost, cluster, discovery) in [
+        (
+            String::new(),
+            OutboundPolicy::AllowAny,
+            "allow_any",
+            PASSTHROUGH_CLUSTER,
+            Discovery::OriginalDestination,
+        ),
+        (
+            registry_only.to_owned(),
+            OutboundPolicy::RegistryOnly,
+            "block_all",
+            BLACK_HOLE_CLUSTER,
+            Discovery::BlackHole,
+        ),
+    ] {
+        let (s, _) = sidecar(&format!("{ENTRIES}{yaml}"), "default");
+        assert_eq!(s.outbound_policy, policy);
+        let fallback = s.fallback.as_ref().expect("a sidecar has fallback routes");
+        assert_eq!(fallback.http.name, vhost);
+        let route = &fallback.http.routes[0];
+        match &route.action {
+            RouteAction::Forward(f) => assert_eq!(f.clusters[0].cluster, cluster),
+            // block_all: Istio's direct response, counted against BlackHoleCluster.
+            RouteAction::DirectResponse { status, .. } => {
+                assert_eq!(
+                    (*status, route.direct_cluster.as_deref()),
+                    (502, Some(cluster))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fallback.tcp.clusters[0].cluster, cluster);
+        assert_eq!(s.clusters[cluster].discovery, discovery);
+        assert_eq!(vhosts(&s, 80).last().map(|v| v.name.as_str()), Some(vhost));
+    }
+    let (gateway, _) = crate::lower::testing::gateway(ENTRIES);
+    assert!(
+        gateway.fallback.is_none(),
+        "the gateway has no outbound policy"
+    );
 }
 
 #[test]

@@ -1,0 +1,138 @@
+//! What is known about one flow (a connection, a tunnel, the requests on it) as it goes
+//! through the phases, and which routes take it. A leaf of the proxy's module graph: the
+//! phases (`conn`, `http`, `tcp`, `authz`, `sidecar`) all read it, it reads none of them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_snapshot::listener::{App, FilterChain};
+use sluice_snapshot::route::{TcpRoute, VirtualHost};
+use tokio::time::Instant;
+
+use crate::runtime::Runtime;
+use crate::shared::Shared;
+use crate::telemetry::LogTarget;
+
+/// What is known about a connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// The listener (snapshot port) that accepted it.
+    pub listener_port: u16,
+    /// From the ClientHello, lower-cased.
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub start: Instant,
+    /// The destination before redirection, when the listener learnt it (not at the gateway).
+    pub original_dst: Option<SocketAddr>,
+    /// TLS was terminated here (the request scheme is https).
+    pub tls: bool,
+    /// The peer's workload identity, from a certificate verified against the mesh trust
+    /// bundle during the mesh mTLS handshake — never from anything the client can write.
+    pub peer_identity: Option<sluice_identity::Identity>,
+    /// The SNI of the mesh hop, when this stream arrived inside mesh mTLS: the sidecar names
+    /// the destination host there (istio.io's `sni:` idiom), which authz uses as the host of
+    /// TCP traffic.
+    pub mesh_sni: Option<String>,
+    /// Sidecar role: the host and port the app asked for (CONNECT target, absolute URI, Host).
+    pub requested: Option<(String, u16)>,
+}
+
+impl ConnInfo {
+    pub fn new(local: SocketAddr, peer: SocketAddr, listener_port: u16) -> ConnInfo {
+        ConnInfo {
+            local,
+            peer,
+            listener_port,
+            sni: None,
+            alpn: Vec::new(),
+            start: Instant::now(),
+            original_dst: None,
+            tls: false,
+            peer_identity: None,
+            mesh_sni: None,
+            requested: None,
+        }
+    }
+}
+
+/// Which routes a flow is served by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Chain `index` of the listener at the flow's `listener_port`.
+    Chain(usize),
+    /// The snapshot's fallback (a sidecar's outbound policy, for destinations no listener,
+    /// chain or virtual host takes).
+    Fallback,
+}
+
+/// A connection's context once its routes are chosen: shared by its requests.
+pub struct ConnCtx {
+    pub info: ConnInfo,
+    pub runtime: Arc<Runtime>,
+    pub shared: Arc<Shared>,
+    pub log: Option<Arc<LogTarget>>,
+    pub routes: Routes,
+}
+
+impl ConnCtx {
+    pub fn chain(&self) -> Option<&FilterChain> {
+        match self.routes {
+            Routes::Chain(index) => self
+                .runtime
+                .snapshot
+                .listener(self.info.listener_port)?
+                .chains
+                .get(index),
+            Routes::Fallback => None,
+        }
+    }
+
+    /// The virtual hosts an HTTP request of this flow is routed by.
+    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+        match self.routes {
+            Routes::Chain(_) => match self.chain().map(|c| &c.app) {
+                Some(App::Http { virtual_hosts, .. }) => virtual_hosts,
+                _ => &[],
+            },
+            Routes::Fallback => self
+                .runtime
+                .snapshot
+                .fallback
+                .as_ref()
+                .map(|f| std::slice::from_ref(&f.http))
+                .unwrap_or(&[]),
+        }
+    }
+
+    /// The TCP routes a stream of this flow is routed by.
+    pub fn tcp_routes(&self) -> &[TcpRoute] {
+        match self.routes {
+            Routes::Chain(_) => match self.chain().map(|c| &c.app) {
+                Some(App::Tcp { routes }) => routes,
+                _ => &[],
+            },
+            Routes::Fallback => self
+                .runtime
+                .snapshot
+                .fallback
+                .as_ref()
+                .map(|f| std::slice::from_ref(&f.tcp))
+                .unwrap_or(&[]),
+        }
+    }
+
+    /// The HTTP route configuration's name (`http.80`), which local rate limits are keyed by.
+    pub fn route_config(&self) -> Option<&str> {
+        match self.chain().map(|c| &c.app) {
+            Some(App::Http { route_config, .. }) => Some(route_config),
+            _ => None,
+        }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.info.tls { "https" } else { "http" }
+    }
+}

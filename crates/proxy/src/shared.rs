@@ -1,0 +1,29 @@
+//! What every connection of a proxy shares for its whole life: process settings, the
+//! resolver and TLS builders, telemetry sinks, the drain signal. Per-snapshot state lives in
+//! [`crate::runtime`].
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::ProxyConfig;
+use crate::ratelimit;
+use crate::telemetry::Telemetry;
+use crate::tls::server::ServerConfigs;
+use crate::upstream::Upstreams;
+
+pub struct Shared {
+    pub config: ProxyConfig,
+    pub telemetry: Arc<Telemetry>,
+    pub upstreams: Upstreams,
+    pub server_tls: ServerConfigs,
+    /// The local rate limit's token buckets, shared by every connection.
+    pub rate_limits: ratelimit::Buckets,
+    /// Becomes true when the proxy drains: HTTP connections finish their requests and close.
+    pub drain: watch::Receiver<bool>,
+}
+
+/// Resolves once `rx` holds `true` (or its sender is gone).
+pub(crate) async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.is_ok();
+}
