@@ -729,3 +729,179 @@ async fn sidecar_to_gateway_to_upstream() {
         .log_line(&["outbound|443||api.github.com", "api.github.com"])
         .await;
 }
+
+/// An HTTP/1.1 server on `addr` that answers one request per connection with keep-alive
+/// (no `Connection: close`), then closes the connection when the next request arrives on
+/// it, unanswered: every pooled connection turns stale. Counts connections.
+async fn one_request_per_connection(
+    addr: SocketAddr,
+) -> (
+    Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind(addr).await.expect("bind stale server");
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = count.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = "fresh";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if tcp.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                // The next request on this connection finds it closed, unanswered.
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    (count, task)
+}
+
+fn allow_any_snapshot(extra: &[String]) -> Snapshot {
+    let allow_any = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+"#;
+    let mut docs = vec![
+        gateway_service(free_loopback_addr()),
+        HTTPBIN.to_owned(),
+        allow_any.to_owned(),
+    ];
+    docs.extend_from_slice(extra);
+    compile_snapshot(&CompileOptions::sidecar("default"), &docs)
+}
+
+/// The sidecar has no forwarding code of its own: a request to an unregistered host
+/// (PassthroughCluster) and one to a registered host both go through the gateway's forward
+/// path, which sends a request that found its pooled connection closed again on a new one
+/// (Envoy retries a reset on a reused connection) instead of failing it.
+#[tokio::test]
+async fn stale_pooled_connections_are_retried_on_every_sidecar_route() {
+    let ip = free_loopback_addr();
+    let (connections, server) = one_request_per_connection(SocketAddr::new(ip, 80)).await;
+    let dns = DnsServer::start([("stale.example", vec![ip])])
+        .await
+        .expect("dns");
+    let registered = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: stale, namespace: default}}
+spec:
+  hosts: [stale.example]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+"#
+    );
+    let snapshot = allow_any_snapshot(&[registered]);
+    let sidecar = start_sidecar(&snapshot, None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    // Passthrough by IP literal, then the registered route: three requests each, each
+    // after the first finding its pooled connection stale.
+    for (url, cluster) in [
+        (format!("http://{ip}/p"), "PassthroughCluster"),
+        (
+            "http://stale.example/r".to_owned(),
+            "outbound|80||stale.example",
+        ),
+    ] {
+        for _ in 0..3 {
+            let (status, _, body) = proxied_get(proxy, &url).await;
+            assert_eq!((status, body.as_str()), (200, "fresh"), "{url}");
+        }
+        sidecar.wait_lines(&[" 200 ", cluster], 3).await;
+    }
+    // One connection per request: every reuse found a closed connection and was sent again.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 6);
+    server.abort();
+}
+
+/// A CONNECT tunnel through the sidecar is a TCP flow of the common path, so the cluster's
+/// idle timeout (DestinationRule `connectionPool.tcp.idleTimeout`) closes it as it closes
+/// one at the gateway; a tunnel that keeps moving bytes stays open.
+#[tokio::test]
+async fn sidecar_tunnels_close_at_the_idle_timeout() {
+    let ip = free_loopback_addr();
+    let echo = sluice_test_support::TcpUpstream::start(SocketAddr::new(ip, 7000), "echo")
+        .await
+        .expect("echo");
+    let dns = DnsServer::start([("echo.example", vec![ip])])
+        .await
+        .expect("dns");
+    let config = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo.example]
+  addresses: [{ip}/32]
+  ports: [{{number: 7000, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo, namespace: default}}
+spec:
+  host: echo.example
+  trafficPolicy:
+    connectionPool:
+      tcp: {{idleTimeout: 1s}}
+"#
+    );
+    let snapshot = allow_any_snapshot(&[config]);
+    let sidecar = start_sidecar(&snapshot, None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    let (mut tcp, head) = open_tunnel(proxy, &format!("{ip}:7000")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+        .await
+        .expect("banner in time")
+        .expect("banner");
+    assert_eq!(&buf[..n], b"echo\n");
+    // Bytes every 300 ms keep it open past the timeout...
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tcp.write_all(b"ping").await.expect("write");
+        let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(&buf[..n], b"ping");
+    }
+    // ...then silence: the proxy closes it (read returns 0), well before the test's bound.
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("closed by the idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let line = sidecar
+        .log_line(&["outbound|7000||echo.example", "idle_timeout"])
+        .await;
+    assert!(line.contains(&format!("{ip}:7000")), "{line}");
+    assert_eq!(echo.connections(), 1);
+}
