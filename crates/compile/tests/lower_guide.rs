@@ -186,6 +186,7 @@ fn step5_tls_origination() {
     let App::Http {
         route_config,
         virtual_hosts,
+        ..
     } = &chain.app
     else {
         panic!("port 80 is HTTP");

@@ -525,6 +525,7 @@ mod tests {
             chain(App::Http {
                 route_config: "http.80".into(),
                 virtual_hosts: vec![],
+                index: Default::default(),
             })
         };
         let tcp = || {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_snapshot::listener::{App, FilterChain};
-use sluice_snapshot::route::{TcpRoute, VirtualHost};
+use sluice_snapshot::route::{TcpRoute, VirtualHost, select_virtual_host};
 use tokio::time::Instant;
 
 use crate::runtime::Runtime;
@@ -90,20 +90,14 @@ impl ConnCtx {
         }
     }
 
-    /// The virtual hosts an HTTP request of this flow is routed by.
-    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+    /// The virtual host an HTTP request for `host` (no port) of this flow is routed by.
+    pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
         match self.routes {
-            Routes::Chain(_) => match self.chain().map(|c| &c.app) {
-                Some(App::Http { virtual_hosts, .. }) => virtual_hosts,
-                _ => &[],
-            },
-            Routes::Fallback => self
-                .runtime
-                .snapshot
-                .fallback
-                .as_ref()
-                .map(|f| std::slice::from_ref(&f.http))
-                .unwrap_or(&[]),
+            Routes::Chain(_) => self.chain()?.app.virtual_host(host),
+            Routes::Fallback => {
+                let fallback = &self.runtime.snapshot.fallback.as_ref()?.http;
+                select_virtual_host(std::slice::from_ref(fallback), host)
+            }
         }
     }
 

@@ -23,9 +23,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use sluice_snapshot::route::{
-    Redirect, RequestMatch, Route, RouteAction, VirtualHost, select_virtual_host,
-};
+use sluice_snapshot::route::{Redirect, RequestMatch, Route, RouteAction, VirtualHost};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::flow::ConnCtx;
@@ -233,7 +231,7 @@ pub(crate) struct Found<'a> {
 
 /// The virtual host (most specific domain) and the first route that matches.
 fn find_route<'a>(ctx: &'a ConnCtx, parts: &Parts, authority: &str) -> Option<Found<'a>> {
-    let vhost = select_virtual_host(ctx.virtual_hosts(), route::strip_port(authority))?;
+    let vhost = ctx.virtual_host(route::strip_port(authority))?;
     let view = route::RequestView {
         path: parts.uri.path(),
         query: parts.uri.query(),

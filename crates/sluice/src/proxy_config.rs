@@ -142,6 +142,7 @@ fn routes(s: &Snapshot) -> Vec<Vec<String>> {
             let App::Http {
                 route_config,
                 virtual_hosts,
+                ..
             } = &c.app
             else {
                 continue;

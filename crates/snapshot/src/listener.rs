@@ -70,9 +70,30 @@ pub enum App {
         /// `http.443`: the route configuration's name, as `proxy-config routes` shows it.
         route_config: String,
         virtual_hosts: Vec<VirtualHost>,
+        /// Built on first use: the virtual host of a request in constant time.
+        #[serde(skip)]
+        index: crate::route::IndexCell,
     },
     /// Bytes forwarded to a cluster, chosen by the first matching route.
     Tcp { routes: Vec<TcpRoute> },
+}
+
+impl App {
+    /// The virtual host of an HTTP chain for `host` (no port), most specific domain first,
+    /// in constant time in the number of hosts.
+    pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        match self {
+            App::Http {
+                virtual_hosts,
+                index,
+                ..
+            } => index
+                .get(virtual_hosts)
+                .select(host)
+                .and_then(|i| virtual_hosts.get(i)),
+            App::Tcp { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,8 @@
 //! HTTP virtual hosts and routes, TCP/TLS routes. VirtualService rules are first-match in
 //! declared order, and so are these.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,105 @@ pub fn select_virtual_host<'a>(vhosts: &'a [VirtualHost], host: &str) -> Option<
             .iter()
             .flat_map(|v| v.domains.iter().map(move |d| (d, v))),
     )
+}
+
+/// An index of a list of virtual hosts by domain, so that choosing one costs the same for
+/// ten hosts or ten thousand: exact domains in a hash map, `*.suffix` domains by each suffix
+/// of the host, `*` last. It chooses what [`select_virtual_host`] chooses (on equally specific
+/// domains, the last virtual host).
+#[derive(Debug, Default)]
+pub struct VirtualHostIndex {
+    exact: HashMap<String, usize>,
+    /// `.example.com` of `*.example.com`.
+    dot_suffix: HashMap<String, usize>,
+    /// Suffixes that do not start at a label (`*example.com`): rare, tried one by one.
+    other_suffix: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+impl VirtualHostIndex {
+    pub fn new(vhosts: &[VirtualHost]) -> VirtualHostIndex {
+        let mut index = VirtualHostIndex::default();
+        for (i, vh) in vhosts.iter().enumerate() {
+            for d in &vh.domains {
+                match d {
+                    HostMatch::Exact(e) => {
+                        index.exact.insert(e.to_ascii_lowercase(), i);
+                    }
+                    HostMatch::Suffix(s) if s.starts_with('.') => {
+                        index.dot_suffix.insert(s.to_ascii_lowercase(), i);
+                    }
+                    HostMatch::Suffix(s) => {
+                        index.other_suffix.retain(|(o, _)| o != s);
+                        index.other_suffix.push((s.to_ascii_lowercase(), i));
+                    }
+                    HostMatch::Any => index.any = Some(i),
+                }
+            }
+        }
+        index
+    }
+
+    /// The index of the virtual host for `host` (no port).
+    pub fn select(&self, host: &str) -> Option<usize> {
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        if let Some(i) = self.exact.get(host) {
+            return Some(*i);
+        }
+        // The longest matching suffix wins: try the host's suffixes from the longest, at
+        // each dot after the first character (a wildcard needs a non-empty label before it).
+        let mut best: Option<(usize, usize)> = None;
+        for (at, _) in host.char_indices().filter(|(at, c)| *c == '.' && *at > 0) {
+            if let Some(i) = self.dot_suffix.get(&host[at..]) {
+                best = Some((host.len() - at, *i));
+                break;
+            }
+        }
+        for (s, i) in &self.other_suffix {
+            let m = HostMatch::Suffix(s.clone());
+            if m.matches(host)
+                && best.is_none_or(|(len, bi)| s.len() > len || (s.len() == len && *i > bi))
+            {
+                best = Some((s.len(), *i));
+            }
+        }
+        best.map(|(_, i)| i).or(self.any)
+    }
+}
+
+/// A lazily built [`VirtualHostIndex`]: not part of the snapshot's value (not serialized,
+/// not compared), built on first use by a proxy.
+#[derive(Default)]
+pub struct IndexCell(OnceLock<VirtualHostIndex>);
+
+impl IndexCell {
+    pub fn get(&self, vhosts: &[VirtualHost]) -> &VirtualHostIndex {
+        self.0.get_or_init(|| VirtualHostIndex::new(vhosts))
+    }
+}
+
+impl Clone for IndexCell {
+    fn clone(&self) -> Self {
+        IndexCell::default()
+    }
+}
+
+impl PartialEq for IndexCell {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for IndexCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexCell")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,5 +368,53 @@ pub(crate) mod opt_duration {
         #[derive(Deserialize)]
         struct W(#[serde(with = "super::duration")] Duration);
         Option::<W>::deserialize(d).map(|o| o.map(|W(d)| d))
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    fn vh(name: &str, domains: &[&str]) -> VirtualHost {
+        VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| HostMatch::parse(d)).collect(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// The index chooses exactly what the linear rule chooses, ties included.
+    #[test]
+    fn the_index_agrees_with_the_linear_choice() {
+        let vhosts = vec![
+            vh("a", &["api.example.com", "*.example.com"]),
+            vh("b", &["*.api.example.com"]),
+            vh("c", &["*"]),
+            vh("d", &["API.example.com"]),
+            vh("e", &["*ample.org", "*.org"]),
+            vh("f", &["*.example.com"]),
+            vh("g", &["*"]),
+        ];
+        let index = VirtualHostIndex::new(&vhosts);
+        for host in [
+            "api.example.com",
+            "Api.Example.com",
+            "x.api.example.com",
+            "www.example.com",
+            "example.com",
+            ".example.com",
+            "sample.org",
+            "www.ample.org",
+            "ample.org",
+            "x.org",
+            "unknown.net",
+            "",
+            "é.example.com",
+        ] {
+            let linear = select_virtual_host(&vhosts, host).map(|v| v.name.as_str());
+            let indexed = index.select(host).map(|i| vhosts[i].name.as_str());
+            assert_eq!(indexed, linear, "{host}");
+        }
+        assert_eq!(VirtualHostIndex::new(&[]).select("a.com"), None);
     }
 }

@@ -478,6 +478,7 @@ fn chains(cx: &mut Ctx<'_>, port: u16, plan: Plan<'_>) -> Vec<FilterChain> {
                 app: App::Http {
                     route_config: format!("http.{port}"),
                     virtual_hosts,
+                    index: Default::default(),
                 },
             }]
         }
@@ -548,6 +549,7 @@ fn chains(cx: &mut Ctx<'_>, port: u16, plan: Plan<'_>) -> Vec<FilterChain> {
                             App::Http {
                                 route_config,
                                 virtual_hosts,
+                                index: Default::default(),
                             },
                         )
                     }

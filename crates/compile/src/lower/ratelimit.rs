@@ -98,6 +98,7 @@ pub fn build(cx: &mut Ctx<'_>, listeners: &[Listener]) -> BTreeMap<String, HttpR
                             let App::Http {
                                 route_config,
                                 virtual_hosts,
+                                ..
                             } = &chain.app
                             else {
                                 continue;

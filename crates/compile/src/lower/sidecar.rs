@@ -418,6 +418,7 @@ fn http_chain(
         app: App::Http {
             route_config: format!("{port}"),
             virtual_hosts,
+            index: Default::default(),
         },
     })
 }
