@@ -460,13 +460,7 @@ impl Flow {
             mut rec,
         } = self;
         rec.disarm();
-        Arc::new(ConnCtx {
-            info,
-            runtime,
-            shared,
-            log,
-            routes,
-        })
+        Arc::new(ConnCtx::new(info, runtime, shared, log, routes))
     }
 
     /// A TLS or TCP stream: authorized once, then routed and forwarded by [`tcp`].
@@ -479,13 +473,7 @@ impl Flow {
             mut rec,
         } = self;
         rec.kind = Kind::Tcp;
-        let ctx = ConnCtx {
-            info,
-            runtime,
-            shared,
-            log,
-            routes,
-        };
+        let ctx = ConnCtx::new(info, runtime, shared, log, routes);
         let req = authz::connection_request(&ctx.info);
         if let Err(e) = authz::authorize(
             &ctx.runtime.snapshot,

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use sluice_snapshot::listener::{App, FilterChain};
 use sluice_snapshot::route::{TcpRoute, VirtualHost, select_virtual_host};
 use tokio::time::Instant;
@@ -75,9 +76,30 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub log: Option<Arc<LogTarget>>,
     pub routes: Routes,
+    /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection.
+    pub peer_ip: HeaderValue,
 }
 
 impl ConnCtx {
+    pub fn new(
+        info: ConnInfo,
+        runtime: Arc<Runtime>,
+        shared: Arc<Shared>,
+        log: Option<Arc<LogTarget>>,
+        routes: Routes,
+    ) -> ConnCtx {
+        let peer_ip = HeaderValue::try_from(info.peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnCtx {
+            info,
+            runtime,
+            shared,
+            log,
+            routes,
+            peer_ip,
+        }
+    }
+
     pub fn chain(&self) -> Option<&FilterChain> {
         match self.routes {
             Routes::Chain(index) => self

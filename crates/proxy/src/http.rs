@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -33,7 +33,10 @@ use crate::upstream::pool::{Body, BoxError};
 use crate::{Error, authz};
 
 /// Envoy's client-certificate header, removed from every request.
-const XFCC: &str = "x-forwarded-client-cert";
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Largest request head accepted (Envoy's default `max_request_headers_kb` is 60).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -124,37 +127,47 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         ctx.info.peer_identity.is_some(),
     );
     let authority = authority_of(&parts);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
+    let logged = ctx.log.is_some();
 
     // A client could write any identity here; sluice never reads it, and nothing behind the
     // proxy should either (Envoy's `forward_client_cert_details: SANITIZE`).
     parts.headers.remove(XFCC);
     // What the gateway adds to every request (Envoy with use_remote_address).
-    if !parts.headers.contains_key("x-request-id") {
-        parts.headers.insert("x-request-id", headers::request_id());
+    if !parts.headers.contains_key(X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID, headers::request_id());
     }
-    let peer_ip = ctx.info.peer.ip().to_string();
     let xff = match parts
         .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
+        .get(X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
     {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ctx.peer_ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ctx.peer_ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => Some(ctx.peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        parts.headers.insert(X_FORWARDED_FOR, v);
     }
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static(ctx.scheme()));
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme()));
+    // Method, path and headers only for an access log that may print them.
     rec.http = Some(Box::new(HttpFields {
-        method: parts.method.as_str().to_owned(),
-        path,
+        method: if logged {
+            parts.method.as_str().to_owned()
+        } else {
+            String::new()
+        },
+        path: match parts.uri.path_and_query() {
+            Some(p) if logged => p.as_str().to_owned(),
+            _ if logged => "/".to_owned(),
+            _ => String::new(),
+        },
         protocol: protocol(parts.version),
         authority: authority.clone(),
         request_headers: if ctx.log.is_some() {
@@ -192,8 +205,9 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         (Ok(()), Some(found)) => {
             // Boxed: the future borrows `parts` across awaits, and hyper needs it provably
             // `Send`.
-            let dispatched: Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                Box::pin(dispatch(&ctx, &parts, &authority, body, found, &mut rec));
+            let dispatched: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(dispatch(
+                &ctx, &mut parts, &authority, body, found, &mut rec,
+            ));
             dispatched.await
         }
         (Ok(()), None) => Err(Error::NoRoute),
@@ -278,7 +292,7 @@ pub type Guards = Box<dyn std::any::Any + Send + Sync>;
 
 async fn dispatch(
     ctx: &Arc<ConnCtx>,
-    parts: &Parts,
+    parts: &mut Parts,
     authority: &str,
     body: Body,
     found: Found<'_>,
@@ -290,8 +304,9 @@ async fn dispatch(
         RouteAction::DirectResponse { status, body } => {
             rec.details = Some("direct_response".into());
             if let Some(cluster) = &r.direct_cluster {
+                let cluster: Arc<str> = Arc::from(cluster.as_str());
                 rec.cluster = Some(cluster.clone());
-                rec.service = Some(cluster.clone());
+                rec.service = Some(cluster);
             }
             let mut resp = text_response(*status, body.clone().unwrap_or_default());
             headers::apply(&r.response_headers, resp.headers_mut());

@@ -223,13 +223,13 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     let mut info = ConnInfo::new(conn.local, conn.peer, target.port);
     info.original_dst = target_ip(&target.host).map(|ip| SocketAddr::new(ip, target.port));
     info.requested = Some((target.host.clone(), target.port));
-    let ctx = Arc::new(ConnCtx {
+    let ctx = Arc::new(ConnCtx::new(
         info,
-        runtime: conn.runtime.clone(),
-        shared: conn.shared.clone(),
-        log: conn.log.clone(),
+        conn.runtime.clone(),
+        conn.shared.clone(),
+        conn.log.clone(),
         routes,
-    });
+    ));
     crate::http::handle(req, ctx)
         .await
         .map(|b| b.boxed_unsync())

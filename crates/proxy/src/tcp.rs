@@ -54,22 +54,15 @@ where
         .cluster(&wc.cluster)
         .ok_or_else(|| Error::UnknownCluster(wc.cluster.clone()))?;
     let (cluster, state) = (&c.cluster, &c.state);
-    rec.cluster = Some(cluster.name.clone());
-    rec.service = Some(match &ctx.info.requested {
-        // The fallback clusters stand for whatever the app asked for: Istio's metrics name
-        // the destination there.
-        Some((host, _)) if cluster.discovery == sluice_snapshot::Discovery::OriginalDestination => {
-            host.clone()
-        }
-        _ => cluster.service.clone(),
-    });
+    rec.cluster = Some(c.name.clone());
+    rec.service = Some(c.service_for(ctx.info.requested.as_ref()));
     rec.tcp_opened();
 
     let upstreams = &ctx.shared.upstreams;
     let host = sni.or(ctx.info.requested.as_ref().map(|(h, _)| h.as_str()));
     let requested = ctx.info.requested.as_ref().map(|(h, p)| (h.as_str(), *p));
     let candidates = upstreams
-        .endpoints(cluster, host, ctx.info.original_dst, requested)
+        .endpoints(c, host, ctx.info.original_dst, requested)
         .await?;
     let (candidate, _inflight) = state
         .pick(cluster.lb, &candidates)

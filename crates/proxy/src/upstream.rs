@@ -33,6 +33,12 @@ pub struct Upstreams {
 /// and the TLS configuration it originates with, loaded when the snapshot is applied.
 pub struct ClusterRt {
     pub cluster: Cluster,
+    /// The endpoints, when they never change: STATIC addresses (no name to resolve) of a
+    /// cluster that is not the mesh hop (whose endpoints carry each flow's host).
+    fixed: Option<Arc<[Candidate]>>,
+    /// The cluster's name and service host, shared by every record that names them.
+    pub name: Arc<str>,
+    pub service: Arc<str>,
     pub state: Arc<ClusterState>,
     tls: RwLock<Option<Arc<ClientConfig>>>,
 }
@@ -49,6 +55,9 @@ impl ClusterRt {
         };
         let rt = ClusterRt {
             cluster: cluster.clone(),
+            fixed: fixed_endpoints(cluster),
+            name: Arc::from(cluster.name.as_str()),
+            service: Arc::from(cluster.service.as_str()),
             state,
             tls: RwLock::new(None),
         };
@@ -133,12 +142,50 @@ impl ClusterRt {
         }
     }
 
+    /// The destination service a flow to this cluster is counted against: the cluster's
+    /// service, except for the original-destination clusters (`PassthroughCluster`), which
+    /// stand for whatever host the app asked for.
+    pub fn service_for(&self, requested: Option<&(String, u16)>) -> Arc<str> {
+        match requested {
+            Some((host, _)) if self.cluster.discovery == Discovery::OriginalDestination => {
+                Arc::from(host.as_str())
+            }
+            _ => self.service.clone(),
+        }
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         self.cluster
             .limits
             .idle_timeout
             .unwrap_or(DEFAULT_IDLE_TIMEOUT)
     }
+}
+
+/// The candidates of a STATIC cluster whose endpoints are all IP addresses.
+fn fixed_endpoints(cluster: &Cluster) -> Option<Arc<[Candidate]>> {
+    let Discovery::Static { endpoints } = &cluster.discovery else {
+        return None;
+    };
+    if cluster.tls.as_ref().is_some_and(is_mesh) || endpoints.is_empty() {
+        return None;
+    }
+    endpoints
+        .iter()
+        .map(|ep| {
+            let ip = ep
+                .address
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .ok()?;
+            Some(Candidate {
+                addr: SocketAddr::new(ip, ep.port),
+                weight: ep.weight,
+                host: Arc::from(ep.address.as_str()),
+            })
+        })
+        .collect()
 }
 
 impl Upstreams {
@@ -166,11 +213,15 @@ impl Upstreams {
     /// connections to different destinations are pooled apart), not the gateway's address.
     pub async fn endpoints(
         &self,
-        cluster: &Cluster,
+        c: &ClusterRt,
         host: Option<&str>,
         original_dst: Option<SocketAddr>,
         requested: Option<(&str, u16)>,
-    ) -> Result<Vec<Candidate>, Error> {
+    ) -> Result<Arc<[Candidate]>, Error> {
+        if let Some(fixed) = &c.fixed {
+            return Ok(fixed.clone());
+        }
+        let cluster = &c.cluster;
         let mut out = self
             .discover(cluster, host, original_dst, requested)
             .await?;
@@ -183,7 +234,7 @@ impl Upstreams {
                 c.host = name.clone();
             }
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     async fn discover(

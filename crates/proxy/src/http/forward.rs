@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::header::HeaderName;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
@@ -25,6 +27,10 @@ use crate::upstream::ClusterRt;
 use crate::upstream::lb::{Slot, pick_weighted};
 use crate::upstream::pool::{Body, BoxError, PooledBody, SendError};
 
+const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+
 /// Request bodies up to this size are buffered so they can be retried and mirrored; larger
 /// or unsized bodies are streamed once (no retries, no mirrors), as Envoy does past its
 /// buffer limit.
@@ -35,8 +41,11 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The request as it will go upstream, rebuilt for each attempt.
 struct Outgoing {
     method: Method,
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     authority: String,
+    /// The `Host` header of an HTTP/1.1 request: the client's own when the authority is
+    /// not rewritten (no copy, no parse), else built from `authority`.
+    host: Option<HeaderValue>,
     headers: HeaderMap,
     body: BodySource,
 }
@@ -57,17 +66,21 @@ impl Outgoing {
             BodySource::Buffered(b) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
             BodySource::Stream(s) => s.take()?,
         };
+        // A copy per attempt: a request on a pooled connection may have to go again.
         let mut headers = self.headers.clone();
         let (uri, version) = if h2 {
             let uri = format!("{scheme}://{}{}", self.authority, self.path_and_query);
-            (uri, Version::HTTP_2)
+            (uri.parse::<Uri>().ok()?, Version::HTTP_2)
         } else {
-            if let Ok(v) = HeaderValue::from_str(&self.authority) {
-                headers.insert(header::HOST, v);
+            let host = match &self.host {
+                Some(h) => Some(h.clone()),
+                None => HeaderValue::from_str(&self.authority).ok(),
+            };
+            if let Some(h) = host {
+                headers.insert(header::HOST, h);
             }
-            (self.path_and_query.clone(), Version::HTTP_11)
+            (Uri::from(self.path_and_query.clone()), Version::HTTP_11)
         };
-        let uri: Uri = uri.parse().ok()?;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -86,6 +99,7 @@ impl Outgoing {
             method: self.method.clone(),
             path_and_query: self.path_and_query.clone(),
             authority,
+            host: None,
             headers: self.headers.clone(),
             body: BodySource::Buffered(b.clone()),
         })
@@ -106,7 +120,7 @@ fn roll(percent: f64) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     ctx: &Arc<ConnCtx>,
-    parts: &Parts,
+    parts: &mut Parts,
     authority: &str,
     body: Body,
     route: &Route,
@@ -133,19 +147,12 @@ pub async fn forward(
         .runtime
         .cluster(&wc.cluster)
         .ok_or_else(|| Error::UnknownCluster(wc.cluster.clone()))?;
-    let cluster = &c.cluster;
-    rec.cluster = Some(cluster.name.clone());
-    rec.service = Some(match &ctx.info.requested {
-        // The fallback clusters stand for whatever the app asked for: Istio's metrics name
-        // the destination there.
-        Some((host, _)) if cluster.discovery == sluice_snapshot::Discovery::OriginalDestination => {
-            host.clone()
-        }
-        _ => cluster.service.clone(),
-    });
+    rec.cluster = Some(c.name.clone());
+    rec.service = Some(c.service_for(ctx.info.requested.as_ref()));
 
     // The upstream request head.
-    let mut hdrs = parts.headers.clone();
+    // The client's headers are not used again: moved, not copied.
+    let mut hdrs = std::mem::take(&mut parts.headers);
     let te_trailers = hdrs
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
@@ -153,24 +160,35 @@ pub async fn forward(
     if te_trailers {
         hdrs.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    hdrs.remove(header::HOST);
+    let mut host = hdrs.remove(header::HOST);
     let original = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let mut path_and_query = original.to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut path_and_query = original.clone();
     let mut new_authority = authority.to_owned();
     if let Some(rw) = &fwd.rewrite {
-        if let Some(p) = rewrite_path(rw, matched, parts.uri.path(), parts.uri.query()) {
+        if let Some(p) = rewrite_path(rw, matched, parts.uri.path(), parts.uri.query())
+            .and_then(|p| PathAndQuery::try_from(p).ok())
+        {
             path_and_query = p;
-            if let Ok(v) = HeaderValue::from_str(original) {
-                hdrs.insert("x-envoy-original-path", v);
+            if let Ok(v) = HeaderValue::from_str(original.as_str()) {
+                hdrs.insert(X_ENVOY_ORIGINAL_PATH, v);
             }
         }
         if let Some(a) = &rw.authority {
             new_authority = a.clone();
+            host = None;
         }
+    }
+    // The client's Host names what is routed; an absolute-form or h2 request carries its
+    // authority in the URI instead.
+    if host
+        .as_ref()
+        .is_some_and(|h| h.as_bytes() != new_authority.as_bytes())
+    {
+        host = None;
     }
     headers::apply(&route.request_headers, &mut hdrs);
     headers::apply(&wc.request_headers, &mut hdrs);
@@ -180,6 +198,7 @@ pub async fn forward(
         method: parts.method.clone(),
         path_and_query,
         authority: new_authority,
+        host,
         headers: hdrs,
         body,
     };
@@ -233,9 +252,10 @@ pub async fn forward(
     headers::strip_hop_by_hop(&mut head.headers);
     headers::apply(&wc.response_headers, &mut head.headers);
     headers::apply(&route.response_headers, &mut head.headers);
-    if let Ok(v) = HeaderValue::from_str(&service_time.to_string()) {
-        head.headers.insert("x-envoy-upstream-service-time", v);
-    }
+    head.headers.insert(
+        X_ENVOY_UPSTREAM_SERVICE_TIME,
+        HeaderValue::from(service_time as u64),
+    );
     head.version = Version::HTTP_11;
     let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
     Ok((Response::from_parts(head, body), guards))
@@ -450,7 +470,7 @@ async fn attempt(
     let ups = &ctx.shared.upstreams;
     let requested = ctx.info.requested.as_ref().map(|(h, p)| (h.as_str(), *p));
     let candidates = ups
-        .endpoints(cluster, Some(dns_host), ctx.info.original_dst, requested)
+        .endpoints(c, Some(dns_host), ctx.info.original_dst, requested)
         .await?;
     let (candidate, inflight) = state
         .pick(cluster.lb, &candidates)

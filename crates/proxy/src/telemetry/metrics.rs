@@ -1,6 +1,9 @@
 //! Istio's standard metrics (`istio_requests_total`…) and a few of Envoy's cluster stats, on
 //! an injected prometheus-client registry.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -19,34 +22,35 @@ const SIZE_BUCKETS: [f64; 8] = [
     1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0,
 ];
 
-/// Istio's label set for request metrics (the subset a gateway knows).
+/// Istio's label set for request metrics (the subset a gateway knows). Built per request, so
+/// its values are shared (`Arc<str>`) or static, never copied.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_principal: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_cluster: String,
-    pub request_protocol: String,
-    pub response_code: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
+    pub reporter: &'static str,
+    pub source_workload: &'static str,
+    pub source_principal: Arc<str>,
+    pub destination_service: Arc<str>,
+    pub destination_service_name: Arc<str>,
+    pub destination_service_namespace: &'static str,
+    pub destination_cluster: &'static str,
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    pub response_flags: Cow<'static, str>,
+    pub connection_security_policy: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_principal: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_cluster: String,
-    pub request_protocol: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
+    pub reporter: &'static str,
+    pub source_workload: &'static str,
+    pub source_principal: Arc<str>,
+    pub destination_service: Arc<str>,
+    pub destination_service_name: Arc<str>,
+    pub destination_service_namespace: &'static str,
+    pub destination_cluster: &'static str,
+    pub request_protocol: &'static str,
+    pub response_flags: Cow<'static, str>,
+    pub connection_security_policy: &'static str,
 }
 
 /// One authorization decision (Envoy counts `rbac.allowed` / `rbac.denied` per filter; sluice
@@ -366,17 +370,17 @@ mod tests {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
         let labels = RequestLabels {
-            reporter: "source".into(),
-            source_workload: "unknown".into(),
+            reporter: "source",
+            source_workload: "unknown",
             source_principal: "unknown".into(),
             destination_service: "api.github.com".into(),
             destination_service_name: "api.github.com".into(),
-            destination_service_namespace: "unknown".into(),
-            destination_cluster: "unknown".into(),
-            request_protocol: "http".into(),
-            response_code: "200".into(),
+            destination_service_namespace: "unknown",
+            destination_cluster: "unknown",
+            request_protocol: "http",
+            response_code: 200,
             response_flags: "-".into(),
-            connection_security_policy: "unknown".into(),
+            connection_security_policy: "unknown",
         };
         m.request(&labels, 3.0, 0, 10);
         m.cluster("outbound|443||api.github.com")

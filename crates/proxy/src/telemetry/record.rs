@@ -5,8 +5,11 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use http::HeaderMap;
 
@@ -56,9 +59,9 @@ pub struct Record {
     pub downstream_remote: SocketAddr,
     pub sni: Option<String>,
     pub route_name: Option<String>,
-    pub cluster: Option<String>,
+    pub cluster: Option<Arc<str>>,
     /// The destination service host, for metrics.
-    pub service: Option<String>,
+    pub service: Option<Arc<str>>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     flags: Vec<&'static str>,
@@ -70,7 +73,7 @@ pub struct Record {
     pub downstream_failure: Option<String>,
     /// The peer's SPIFFE ID (`spiffe://…`), from a certificate the mesh mTLS handshake
     /// verified; never from a header.
-    pub peer_principal: Option<String>,
+    pub peer_principal: Option<Arc<str>>,
     /// The flow arrived over mesh mTLS (Istio's `connection_security_policy="mutual_tls"`).
     pub mesh_mtls: bool,
     pub counts: Arc<ByteCounts>,
@@ -132,7 +135,7 @@ impl Record {
 
     /// Envoy's `%RESPONSE_FLAGS%`: the flags in Envoy's own order (`UF,URX`, not in the order
     /// they were raised), so log parsers built for Envoy read them unchanged.
-    pub fn flags(&self) -> String {
+    pub fn flags(&self) -> Cow<'static, str> {
         envoy_order(&self.flags)
     }
 
@@ -153,20 +156,18 @@ impl Record {
 
     /// Who the peer is, when the flow arrived over mesh mTLS.
     pub fn set_peer(&mut self, identity: Option<&sluice_identity::Identity>, mesh_mtls: bool) {
-        self.peer_principal = identity.map(ToString::to_string);
+        self.peer_principal = identity.map(|id| Arc::from(id.to_string()));
         self.mesh_mtls = mesh_mtls;
     }
 
     /// Istio's `source_principal` label: the SPIFFE ID, or `unknown`.
-    fn principal_label(&self) -> String {
-        self.peer_principal
-            .clone()
-            .unwrap_or_else(|| "unknown".to_owned())
+    fn principal_label(&self) -> Arc<str> {
+        self.peer_principal.clone().unwrap_or_else(unknown)
     }
 
     /// Istio's `connection_security_policy` label.
-    fn security_label(&self) -> String {
-        if self.mesh_mtls { "mutual_tls" } else { "none" }.to_owned()
+    fn security_label(&self) -> &'static str {
+        if self.mesh_mtls { "mutual_tls" } else { "none" }
     }
 
     /// Counts the TCP connection as opened (its destination is known now).
@@ -177,21 +178,21 @@ impl Record {
         }
     }
 
-    fn service_label(&self) -> String {
-        self.service.clone().unwrap_or_else(|| "unknown".to_owned())
+    fn service_label(&self) -> Arc<str> {
+        self.service.clone().unwrap_or_else(unknown)
     }
 
     fn tcp_labels(&self) -> TcpLabels {
         let service = self.service_label();
         TcpLabels {
-            reporter: "source".into(),
-            source_workload: "unknown".into(),
+            reporter: "source",
+            source_workload: "unknown",
             source_principal: self.principal_label(),
             destination_service: service.clone(),
             destination_service_name: service,
-            destination_service_namespace: "unknown".into(),
-            destination_cluster: "unknown".into(),
-            request_protocol: "tcp".into(),
+            destination_service_namespace: "unknown",
+            destination_cluster: "unknown",
+            request_protocol: "tcp",
             response_flags: self.flags(),
             connection_security_policy: self.security_label(),
         }
@@ -218,15 +219,15 @@ impl Record {
             Kind::Http => {
                 let service = self.service_label();
                 let labels = RequestLabels {
-                    reporter: "source".into(),
-                    source_workload: "unknown".into(),
+                    reporter: "source",
+                    source_workload: "unknown",
                     source_principal: self.principal_label(),
                     destination_service: service.clone(),
                     destination_service_name: service,
-                    destination_service_namespace: "unknown".into(),
-                    destination_cluster: "unknown".into(),
-                    request_protocol: "http".into(),
-                    response_code: self.response_code.to_string(),
+                    destination_service_namespace: "unknown",
+                    destination_cluster: "unknown",
+                    request_protocol: "http",
+                    response_code: self.response_code,
                     response_flags: self.flags(),
                     connection_security_policy: self.security_label(),
                 };
@@ -326,7 +327,7 @@ impl Source for Record {
                 None => Value::Missing,
             },
             Operator::ResponseCode => Value::Num(u64::from(self.response_code)),
-            Operator::ResponseFlags => Value::Str(Cow::Owned(self.flags())),
+            Operator::ResponseFlags => Value::Str(self.flags()),
             Operator::ResponseCodeDetails => opt(self.details.as_deref().map(Cow::Borrowed)),
             Operator::ConnectionTerminationDetails => {
                 opt(self.termination.as_deref().map(Cow::Borrowed))
@@ -361,9 +362,17 @@ impl Source for Record {
     }
 }
 
-fn envoy_order(flags: &[&str]) -> String {
-    if flags.is_empty() {
-        return "-".to_owned();
+/// Istio's value of a label nothing filled in.
+fn unknown() -> Arc<str> {
+    static UNKNOWN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unknown"));
+    UNKNOWN.clone()
+}
+
+fn envoy_order(flags: &[&'static str]) -> Cow<'static, str> {
+    match flags {
+        [] => return Cow::Borrowed("-"),
+        [one] => return Cow::Borrowed(one),
+        _ => {}
     }
     let mut flags = flags.to_vec();
     flags.sort_by_key(|f| {
@@ -372,7 +381,7 @@ fn envoy_order(flags: &[&str]) -> String {
             .position(|o| o == f)
             .unwrap_or(ENVOY_FLAG_ORDER.len())
     });
-    flags.join(",")
+    Cow::Owned(flags.join(","))
 }
 
 /// The order in which Envoy prints response flags (`StreamInfo::ResponseFlagUtils`).

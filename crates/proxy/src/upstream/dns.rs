@@ -1,15 +1,16 @@
 //! Name resolution for clusters: hickory's resolver, with `--dns-server` as the only
 //! nameserver when given (UDP and TCP), else the system configuration. Answers are cached
-//! until their TTL runs out.
+//! until their TTL runs out, on tokio's clock.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use tokio::time::Instant;
 
 const MAX_CACHED: usize = 10_000;
 
@@ -101,7 +102,12 @@ impl Resolver {
                 reason: "no addresses".into(),
             });
         }
-        let until = lookup.valid_until();
+        // hickory's deadline is on std's clock: carry the time left over to tokio's, so that
+        // TTLs follow tokio's clock (paused time in tests) like every other timer here.
+        let until = Instant::now()
+            + lookup
+                .valid_until()
+                .saturating_duration_since(std::time::Instant::now());
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, (_, u)| *u > now);
