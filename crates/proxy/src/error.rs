@@ -77,6 +77,10 @@ pub enum Error {
     /// The upstream connection ended before the response started (`UC`).
     #[error("upstream reset: {0}")]
     UpstreamReset(String),
+    /// The upstream answered something HTTP does not allow: both `Content-Length` and
+    /// `Transfer-Encoding`, a status outside 100–599 (`UPE`, 502, as Envoy refuses them).
+    #[error("upstream protocol error: {0}")]
+    UpstreamProtocol(String),
     /// The downstream sent something unusable, or too slowly (`DPE`).
     #[error("downstream: {0}")]
     Downstream(String),
@@ -106,6 +110,7 @@ impl Error {
             Error::FaultAbort(_) => "FI",
             Error::RateLimited(_) => "RL",
             Error::Downstream(_) => "DPE",
+            Error::UpstreamProtocol(_) => "UPE",
             // Envoy's RBAC filters set no response flag: a denial shows as `403 -` (HTTP) or
             // a closed connection, named by its details.
             Error::Denied(_) => "-",
@@ -124,6 +129,7 @@ impl Error {
             Error::FaultAbort(status) => *status,
             Error::RateLimited(l) => l.status,
             Error::Downstream(_) => 400,
+            Error::UpstreamProtocol(_) => 502,
             Error::Denied(_) => sluice_snapshot::authz::DENIED_STATUS,
             _ => 503,
         }
@@ -167,6 +173,7 @@ impl Error {
             Error::FaultAbort(_) => "fault_filter_abort",
             Error::RateLimited(_) => crate::ratelimit::LOCAL_RATE_LIMITED,
             Error::Downstream(_) => "downstream_protocol_error",
+            Error::UpstreamProtocol(_) => "upstream_reset_before_response_started{protocol_error}",
             Error::DownstreamTls(_) => "tls_handshake_failed",
             Error::NoIdentity => "mesh_mtls_without_identity",
             Error::MeshTls(_) => "mesh_mtls_handshake_failed",
@@ -224,6 +231,7 @@ impl Error {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: TLS_error: {reason}"
             ),
             Error::UpstreamReset(_) => "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into(),
+            Error::UpstreamProtocol(_) => "upstream connect error or disconnect/reset before headers. reset reason: protocol error".into(),
             other => other.to_string(),
         }
     }

@@ -70,7 +70,7 @@ where
         let ctx = svc_ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, ctx).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.shared.drain.clone();
     tokio::select! {

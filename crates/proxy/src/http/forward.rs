@@ -151,6 +151,9 @@ pub async fn forward(
     rec.service = Some(c.service_for(ctx.info.requested.as_ref()));
 
     // The upstream request head.
+    // An HTTP/1.1 upgrade (WebSocket and the like) keeps its Upgrade header end to end, as
+    // Istio's routes allow websocket upgrades; the connection then becomes a byte tunnel.
+    let upgrade = upgrade_requested(&parts.headers);
     // The client's headers are not used again: moved, not copied.
     let mut hdrs = std::mem::take(&mut parts.headers);
     let te_trailers = hdrs
@@ -159,6 +162,10 @@ pub async fn forward(
     headers::strip_hop_by_hop(&mut hdrs);
     if te_trailers {
         hdrs.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(protocol) = &upgrade {
+        hdrs.insert(header::UPGRADE, protocol.clone());
+        hdrs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let mut host = hdrs.remove(header::HOST);
     let original = parts
@@ -242,14 +249,36 @@ pub async fn forward(
     };
     rec.upstream_host = upstream.host;
     rec.upstream_local = upstream.local;
-    let (resp, guards) = result?;
+    let (mut resp, guards) = result?;
     let service_time = started.elapsed().as_millis();
+    check_response(&resp)?;
+    let switched = upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switched {
+        let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let upstream = hyper::upgrade::on(&mut resp);
+        match downstream {
+            Some(downstream) => spawn_tunnel(downstream, upstream, rec.counts.clone()),
+            None => {
+                return Err(Error::Downstream(
+                    "an upgrade over a connection that cannot switch".into(),
+                ));
+            }
+        }
+    }
 
     if rec.details.is_none() {
         rec.details = Some("via_upstream".into());
     }
     let (mut head, body) = resp.into_parts();
+    let switched_to = switched
+        .then(|| head.headers.get(header::UPGRADE).cloned())
+        .flatten();
     headers::strip_hop_by_hop(&mut head.headers);
+    if let Some(protocol) = switched_to {
+        head.headers.insert(header::UPGRADE, protocol);
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     headers::apply(&wc.response_headers, &mut head.headers);
     headers::apply(&route.response_headers, &mut head.headers);
     head.headers.insert(
@@ -516,9 +545,68 @@ async fn attempt(
     ))
 }
 
+/// The `Upgrade` protocol of an HTTP/1.1 request that asks to switch (`Connection: upgrade`).
+fn upgrade_requested(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| h.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Envoy refuses responses HTTP forbids rather than relaying them truncated or ambiguous.
+fn check_response<B>(resp: &Response<B>) -> Result<(), Error> {
+    let status = resp.status().as_u16();
+    if !(100..=599).contains(&status) {
+        return Err(Error::UpstreamProtocol(format!("status {status}")));
+    }
+    let h = resp.headers();
+    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Error::UpstreamProtocol(
+            "both content-length and transfer-encoding".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Copies bytes both ways between the switched downstream and upstream connections.
+fn spawn_tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    counts: Arc<crate::telemetry::ByteCounts>,
+) {
+    tokio::spawn(async move {
+        let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+            tracing::debug!("upgrade: a side went away before switching");
+            return;
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            Ok((from_client, to_client)) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                counts.received.fetch_add(from_client, Relaxed);
+                counts.sent.fetch_add(to_client, Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
+        }
+    });
+}
+
 /// A failed exchange: a TLS alert from the upstream (TLS 1.3 reports a refused client
 /// certificate only after the handshake) is a TLS failure (`UF`), anything else a reset.
 fn reset_error(e: &hyper::Error) -> Error {
+    // The request body is the client's: its framing error is the client's (`DPE`, 400), not
+    // a reset to count against the upstream.
+    if e.is_user() && std::error::Error::source(e).is_some() {
+        return Error::Downstream(format!("request body: {e}"));
+    }
+    // A response head HTTP/1.1 cannot parse (a status outside three digits, bad framing).
+    if e.is_parse() || e.is_parse_status() {
+        return Error::UpstreamProtocol(e.to_string());
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(tls) = s.downcast_ref::<rustls::Error>() {
