@@ -1,12 +1,13 @@
 //! The data plane's error: every way a connection or request can end early, and the one place
 //! that maps each to its Envoy outcome (response flag, HTTP status, details, retryability).
-//! Module errors (`sni::Error`, `tls::Error`, `upstream::dns::Error`, …) convert into it.
+//! Module errors (`sni::Error`, `tls::Error`, `dns::Error`, …) convert into it.
 
 use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::{sni, tls, upstream};
+use crate::upstream::dns;
+use crate::{sni, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,7 +59,7 @@ pub enum Error {
     BlackHole,
     /// Dynamic DNS resolution of the requested host failed (`DF`).
     #[error("dns resolution failed: {0}")]
-    DnsFailed(#[from] upstream::dns::Error),
+    DnsFailed(#[from] dns::Error),
     /// TCP connect failed or timed out (`UF`).
     #[error("upstream connect {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },

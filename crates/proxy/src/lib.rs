@@ -77,7 +77,8 @@ impl Proxy {
         registry: &mut Registry,
     ) -> Result<Proxy, Error> {
         let telemetry = Arc::new(Telemetry::new(registry));
-        let resolver = upstream::dns::Resolver::new(config.dns_server)?;
+        let resolver = upstream::dns::Resolver::new(config.dns_server)
+            .map_err(|e| Error::Resolver(e.to_string()))?;
         let (drain, drain_rx) = watch::channel(false);
         let upstreams =
             Upstreams::new(resolver, telemetry.clone()).with_identity(config.identity.clone());

@@ -382,9 +382,10 @@ impl Upstreams {
                 let dialed = self
                     .dial(cluster, state, candidate.addr, origination.take())
                     .await?;
+                let guard = lb::ConnGuard::new(state.stats.upstream_cx_active.clone(), slot);
                 return state
                     .pool
-                    .handshake(&key, cluster.http2, dialed, state, slot)
+                    .handshake(&key, cluster.http2, dialed, guard)
                     .await
                     .map_err(|e| Error::UpstreamReset(e.to_string()));
             }
@@ -406,7 +407,7 @@ impl Upstreams {
                 return Err(Error::Overflow("max_connections"));
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
-            let _ = tokio::time::timeout(wait, state.freed.notified()).await;
+            let _ = tokio::time::timeout(wait, state.pool.freed.notified()).await;
         }
     }
 }

@@ -319,11 +319,22 @@ mod tests {
         // A stand-in for sluice: /bin/sh writes the logs, a thread here answers /ready.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let admin = listener.local_addr().expect("addr");
+        // Answers every probe until the process is up (a probe that timed out under load is
+        // retried on a new connection), then stops when told.
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
         let server = std::thread::spawn(move || {
-            if let Ok((mut s, _)) = listener.accept() {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let mut buf = [0u8; 1024];
+                        let _ = s.read(&mut buf);
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
             }
         });
         let args = vec![
@@ -331,6 +342,7 @@ mod tests {
             "echo started; echo oops >&2; sleep 60".to_string(),
         ];
         let p = SluiceProcess::spawn(Path::new("/bin/sh"), &args, admin).expect("spawn");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
         p.wait_for_log("started", Duration::from_secs(5))
             .expect("stdout");
         p.wait_for_stderr("oops", Duration::from_secs(5))

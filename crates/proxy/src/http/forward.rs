@@ -529,7 +529,7 @@ async fn attempt(
                 .ok_or_else(|| Error::UpstreamReset("request body already sent".into()))?,
         };
         let sent = conn
-            .send(state, req, cluster.limits.max_requests_per_connection)
+            .send(&state.pool, req, cluster.limits.max_requests_per_connection)
             .await;
         match sent {
             Ok(resp) => return Ok((resp, Box::new((inflight, requests)))),

@@ -16,6 +16,9 @@ const MAX_CACHED: usize = 10_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
+    /// The resolver could not be built from the system configuration.
+    #[error("dns resolver: {0}")]
+    Build(String),
     #[error("resolving {host}: {reason}")]
     Lookup { host: String, reason: String },
     #[error("{0}: not a valid host name")]
@@ -30,7 +33,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(dns_server: Option<SocketAddr>) -> Result<Resolver, crate::Error> {
+    pub fn new(dns_server: Option<SocketAddr>) -> Result<Resolver, Error> {
         let builder = match dns_server {
             Some(server) => {
                 let mut ns = NameServerConfig::udp_and_tcp(server.ip());
@@ -59,9 +62,7 @@ impl Resolver {
                 }
             },
         };
-        let inner = builder
-            .build()
-            .map_err(|e| crate::Error::Resolver(e.to_string()))?;
+        let inner = builder.build().map_err(|e| Error::Build(e.to_string()))?;
         Ok(Resolver {
             inner,
             cache: Mutex::new(HashMap::new()),

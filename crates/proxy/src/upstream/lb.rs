@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use sluice_snapshot::cluster::LbPolicy;
 use sluice_snapshot::route::WeightedCluster;
-use tokio::sync::Notify;
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::pool::Pool;
 use crate::telemetry::metrics::ClusterStats;
@@ -60,11 +61,10 @@ pub struct ClusterState {
     pub requests: AtomicU32,
     /// Retries in flight (max_retries).
     pub retries: AtomicU32,
-    /// Signalled when a connection closes or returns to the pool.
-    pub freed: Notify,
     pub stats: ClusterStats,
-    /// Idle HTTP connections of this cluster.
-    pub pool: Pool,
+    /// Idle HTTP connections of this cluster; its `freed` is signalled when a connection
+    /// closes or returns.
+    pub pool: Arc<Pool>,
 }
 
 impl ClusterState {
@@ -76,9 +76,8 @@ impl ClusterState {
             pending: AtomicU32::new(0),
             requests: AtomicU32::new(0),
             retries: AtomicU32::new(0),
-            freed: Notify::new(),
             stats,
-            pool: Pool::default(),
+            pool: Arc::new(Pool::default()),
         }
     }
 
@@ -148,6 +147,29 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Held by an upstream connection's driver: its slot of the cluster's connections and the
+/// active-connections gauge.
+pub struct ConnGuard {
+    active: Gauge,
+    _slot: Slot,
+}
+
+impl ConnGuard {
+    pub fn new(active: Gauge, slot: Slot) -> ConnGuard {
+        active.inc();
+        ConnGuard {
+            active,
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
 /// A slot of a circuit-breaker counter, released on drop.
 pub struct Slot {
     state: Arc<ClusterState>,
@@ -181,7 +203,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         (self.which)(&self.state).fetch_sub(1, Ordering::AcqRel);
         if self.notify {
-            self.state.freed.notify_waiters();
+            self.state.pool.freed.notify_waiters();
         }
     }
 }

@@ -20,11 +20,10 @@ use http::{Request, Response};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::connect::Dialed;
-use super::lb::{ClusterState, Slot};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -79,6 +78,8 @@ pub enum SendError {
 pub struct Pool {
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
     h2: Mutex<HashMap<PoolKey, Shared2>>,
+    /// Signalled when a connection returns to the pool or its slot frees up.
+    pub freed: Notify,
 }
 
 impl Pool {
@@ -138,20 +139,18 @@ impl Pool {
         map.entry(key).or_default().push(idle);
     }
 
-    /// Starts HTTP on a freshly dialed connection. `slot` is the cluster's connection count,
-    /// held while the connection lives.
+    /// Starts HTTP on a freshly dialed connection. `guard` (the cluster's connection slot and
+    /// gauge) is held while the connection lives.
     pub async fn handshake(
         &self,
         key: &PoolKey,
         http2: bool,
         dialed: Dialed,
-        state: &ClusterState,
-        slot: Slot,
+        guard: impl Send + 'static,
     ) -> Result<Pooled, hyper::Error> {
         let is_tls = key.server_name.is_some();
         let local = dialed.local;
         let io = TokioIo::new(dialed.io);
-        let guard = ConnGuard::new(state.stats.upstream_cx_active.clone(), slot);
         if http2 && (dialed.h2 || !is_tls) {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -210,38 +209,16 @@ impl Pool {
     }
 }
 
-/// Held by a connection's driver task: the cluster's connection slot and active gauge.
-struct ConnGuard {
-    active: Gauge,
-    _slot: Slot,
-}
-
-impl ConnGuard {
-    fn new(active: Gauge, slot: Slot) -> ConnGuard {
-        active.inc();
-        ConnGuard {
-            active,
-            _slot: slot,
-        }
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.active.dec();
-    }
-}
-
 impl Pooled {
     pub fn is_h2(&self) -> bool {
         matches!(self.sender, Sender::H2(_))
     }
 
-    /// Sends `req`. An HTTP/1.1 connection goes back to `state`'s pool when the returned
-    /// body has been read to its end, unless it served `max_requests` already.
+    /// Sends `req`. An HTTP/1.1 connection goes back to `pool` when the returned body has
+    /// been read to its end, unless it served `max_requests` already.
     pub async fn send(
         self,
-        state: &Arc<ClusterState>,
+        pool: &Arc<Pool>,
         req: Request<Body>,
         max_requests: Option<u32>,
     ) -> Result<Response<PooledBody>, SendError> {
@@ -259,7 +236,7 @@ impl Pooled {
                     && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
                     && max_requests.is_none_or(|m| served < m);
                 let back = keep.then(|| Back {
-                    state: state.clone(),
+                    pool: pool.clone(),
                     key: self.key,
                     idle: Idle {
                         tx,
@@ -279,7 +256,7 @@ impl Pooled {
 
 /// A connection to return to its pool.
 struct Back {
-    state: Arc<ClusterState>,
+    pool: Arc<Pool>,
     key: PoolKey,
     idle: Idle,
 }
@@ -294,13 +271,13 @@ impl PooledBody {
     fn give_back(&mut self) {
         if let Some(back) = self.back.take() {
             let Back {
-                state,
+                pool,
                 key,
                 mut idle,
             } = *back;
             idle.since = Instant::now();
-            state.pool.put_back(key, idle);
-            state.freed.notify_waiters();
+            pool.put_back(key, idle);
+            pool.freed.notify_waiters();
         }
     }
 }
