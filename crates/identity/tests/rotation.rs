@@ -14,6 +14,7 @@ use sluice_identity::{
     ExpectedPeer, IdentityFiles, IdentitySource, IdentityWatcher, WatchError, client_config,
     server_config,
 };
+use tokio::sync::watch;
 
 const POLL: Duration = Duration::from_millis(50);
 
@@ -27,9 +28,78 @@ async fn wait_for_serial(rx: &mut IdentitySource, serial: &str) {
     .unwrap_or_else(|_| panic!("serial {serial} was not published within {SOON:?}"));
 }
 
-/// Several poll intervals: long enough that a watcher would have published by now.
-async fn settle() {
-    tokio::time::sleep(POLL * 6).await;
+/// Every warning logged on the thread it is the default subscriber of, in order. A
+/// `#[tokio::test]` runs the watcher's task on the test's own thread, so these are the watcher's.
+struct Warnings(watch::Sender<Vec<String>>);
+
+impl Warnings {
+    /// Makes a capture this thread's subscriber until the guard is dropped.
+    fn capture() -> (
+        watch::Receiver<Vec<String>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        let (tx, rx) = watch::channel(Vec::new());
+        (rx, tracing::subscriber::set_default(Warnings(tx)))
+    }
+}
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={value:?}", field.name());
+            }
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        self.0.send_modify(|w| w.push(text.0));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Waits (up to [`SOON`]) until the watcher has looked at the set now in `dir` and refused it:
+/// its warning naming exactly the problem [`IdentityFiles::load`] finds, logged after the
+/// first `seen` warnings (the watcher logs a problem once, until it changes). Returns the
+/// number of warnings so far.
+async fn wait_for_refusal(
+    warnings: &mut watch::Receiver<Vec<String>>,
+    seen: usize,
+    dir: &Path,
+) -> usize {
+    let problem = match IdentityFiles::load(dir) {
+        Ok(files) => panic!(
+            "test bug: the set in {} is valid: {}",
+            dir.display(),
+            files.serial()
+        ),
+        Err(e) => e.to_string(),
+    };
+    let refused = |w: &Vec<String>| {
+        w[seen..]
+            .iter()
+            .any(|m| m.contains("keeping the current workload identity") && m.contains(&problem))
+    };
+    if tokio::time::timeout(SOON, warnings.wait_for(refused))
+        .await
+        .is_err()
+    {
+        panic!(
+            "the watcher did not refuse the set ({problem}) within {SOON:?}; warnings: {:#?}",
+            &warnings.borrow()[seen..]
+        );
+    }
+    warnings.borrow().len()
 }
 
 #[tokio::test]
@@ -108,19 +178,23 @@ async fn new_svids_are_used_by_new_handshakes_and_old_connections_carry_on() {
     assert_eq!(server_cert_serial(&before), Some(old_server_serial));
 }
 
+/// Each bad set is checked once the watcher has refused it (its warning), not after a guessed
+/// number of poll intervals: the check cannot pass without the watcher having seen the set.
 #[tokio::test]
 async fn half_written_or_mismatched_sets_are_not_published() {
+    let (mut warnings, _capture) = Warnings::capture();
     let mesh = Mesh::new("rotate-bad");
     let dir = &mesh.sidecar_dir;
     let mut rx = IdentityWatcher::start(dir, POLL).expect("watcher");
     let original = rx.borrow_and_update().serial().to_string();
     let next = mesh.ca.issue("default", "sleep", day()).expect("issue");
     let unrelated = mesh.ca.issue("default", "sleep", day()).expect("issue");
+    let seen = warnings.borrow().len();
 
     // A writer that is not atomic, caught halfway through tls.crt.
     let half = &next.cert_pem[..next.cert_pem.len() / 2];
     std::fs::write(dir.join(TLS_CERT), half).expect("write half");
-    settle().await;
+    let seen = wait_for_refusal(&mut warnings, seen, dir).await;
     assert!(
         !rx.has_changed().expect("alive"),
         "half a certificate was published"
@@ -129,15 +203,24 @@ async fn half_written_or_mismatched_sets_are_not_published() {
 
     // Whole certificate, but the key still belongs to the old one.
     std::fs::write(dir.join(TLS_CERT), &next.cert_pem).expect("write cert");
-    settle().await;
+    let seen = wait_for_refusal(&mut warnings, seen, dir).await;
     assert!(
         !rx.has_changed().expect("alive"),
         "a mismatched set was published"
     );
 
-    // A key of another certificate.
+    // A key of another certificate, by a writer that is not atomic either: caught halfway
+    // through tls.key (which also makes the next mismatch a new problem, logged again)...
+    let half = &unrelated.key_pem[..unrelated.key_pem.len() / 2];
+    std::fs::write(dir.join(TLS_KEY), half).expect("write half key");
+    let seen = wait_for_refusal(&mut warnings, seen, dir).await;
+    assert!(
+        !rx.has_changed().expect("alive"),
+        "half a key was published"
+    );
+    // ...then whole.
     std::fs::write(dir.join(TLS_KEY), &unrelated.key_pem).expect("write key");
-    settle().await;
+    let seen = wait_for_refusal(&mut warnings, seen, dir).await;
     assert!(
         !rx.has_changed().expect("alive"),
         "a mismatched set was published"
@@ -150,7 +233,7 @@ async fn half_written_or_mismatched_sets_are_not_published() {
     // A bundle that does not sign the certificate is refused too.
     let other = sluice_identity::Ca::generate("cluster.local").expect("other");
     std::fs::write(dir.join(CA_CERT), other.cert_pem()).expect("write bundle");
-    settle().await;
+    wait_for_refusal(&mut warnings, seen, dir).await;
     assert!(
         !rx.has_changed().expect("alive"),
         "an untrusted set was published"

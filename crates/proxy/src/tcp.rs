@@ -7,6 +7,8 @@
 //! exception is the mesh hop (`ISTIO_MUTUAL`), which wraps whatever the app sent in mTLS
 //! ([`crate::upstream::Upstreams::stream_origination`]).
 
+pub mod pipe;
+
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -126,14 +128,14 @@ where
         epoch,
         last: last.clone(),
     };
-    let copy = tokio::io::copy_bidirectional(&mut down, &mut upstream);
+    let copy = pipe::bidirectional(&mut down, &mut upstream);
     tokio::pin!(copy);
     let tick = idle
         .min(Duration::from_secs(5))
         .max(Duration::from_millis(10));
     loop {
         tokio::select! {
-            r = &mut copy => return r.map(|_| ()).map_err(CopyEnd::Io),
+            r = &mut copy => return r.map_err(CopyEnd::Io),
             _ = tokio::time::sleep(tick) => {
                 let since = (epoch.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
                 if Duration::from_millis(since) >= idle {

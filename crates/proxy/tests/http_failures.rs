@@ -33,6 +33,14 @@ fn to(cluster: &str, extra: Value) -> Value {
     json!({"forward": f})
 }
 
+/// Polls `done` every 10 ms until it holds or 5 s have passed; the caller asserts afterwards.
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn faults_mirrors_limits_and_refusals() {
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -134,17 +142,21 @@ async fn faults_mirrors_limits_and_refusals() {
 
     let (status, _, _) = http_get(addr, "mirror.test", "/m").await.expect("mirror");
     assert_eq!(status, 200);
-    for _ in 0..100 {
-        if shadow.requests() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The copy is sent in the background: the reply does not wait for it.
+    wait_until(|| shadow.requests() >= 1).await;
     assert_eq!(shadow.requests(), 1, "the mirror got its copy");
 
     // One connection, no pending requests: a second concurrent request overflows.
+    let before = main.requests();
     let slow = tokio::spawn(async move { http_get(addr, "limited.test", "/delay/400").await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Once the slow request is at the upstream, it holds the cluster's only connection (for
+    // the 400 ms of its delay, the scenario's window for the second request).
+    wait_until(|| main.requests() > before).await;
+    assert_eq!(
+        main.requests(),
+        before + 1,
+        "the slow request reached the upstream"
+    );
     let (status, _, _) = http_get(addr, "limited.test", "/").await.expect("overflow");
     assert_eq!(status, 503);
     proxy.log_line(&["limited.test", " 503 UO "]).await;

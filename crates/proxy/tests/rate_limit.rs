@@ -160,14 +160,44 @@ async fn tokens_return_after_the_fill_interval() {
         .replace("tokens_per_fill: 10", "tokens_per_fill: 2")
         .replace("fill_interval: 1s", "fill_interval: 0.2s");
     let (gw, _upstream) = gateway_with(&filter).await;
-    let mut codes = Vec::new();
-    for _ in 0..4 {
+    let interval = Duration::from_millis(200);
+    // The bucket is created (full) while the first request is handled: after `started`, and
+    // before its reply is in (`first_reply`). Fills come at whole intervals from then.
+    let started = Instant::now();
+    let mut codes = vec![get(&gw).await.0];
+    let first_reply = Instant::now();
+    for _ in 0..3 {
         codes.push(get(&gw).await.0);
     }
     assert_eq!(codes, [200, 200, 200, 429]);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+
+    // Real sockets, so real time (paused time would skip ahead whenever the runtime waits on
+    // the kernel). Ask until the fill shows instead of sleeping for a guessed interval: a
+    // refused request takes no token, so asking does not disturb the bucket.
     let mut codes = Vec::new();
-    for _ in 0..3 {
+    loop {
+        let sent = Instant::now();
+        let status = get(&gw).await.0;
+        if status == 200 {
+            assert!(
+                started.elapsed() >= interval,
+                "a token came back {:?} after the first request, before the fill interval",
+                started.elapsed()
+            );
+            codes.push(status);
+            break;
+        }
+        assert_eq!(status, 429);
+        // The first fill is due by `first_reply + interval` at the latest: a request sent
+        // after that must find it (this also bounds the loop).
+        assert!(
+            sent < first_reply + interval,
+            "refused although sent {:?} after the first reply: no fill after the interval",
+            sent - first_reply
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..2 {
         codes.push(get(&gw).await.0);
     }
     assert_eq!(&codes[..2], [200, 200], "tokens_per_fill came back");

@@ -203,10 +203,15 @@ async fn new_snapshots_rebind_listeners_and_old_connections_keep_theirs() {
 
 #[tokio::test]
 async fn shutdown_drains_requests_in_flight() {
-    let (proxy, _up) = proxy_and_upstream().await;
+    let (proxy, up) = proxy_and_upstream().await;
     let addr = proxy.addr(HTTP);
     let slow = tokio::spawn(async move { http_get(addr, "app.example.com", "/delay/400").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stop only once the request is in flight, i.e. the upstream has it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while up.requests() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.requests(), 1, "the request reached the upstream");
     proxy.stop().await;
     let (status, _, _) = slow
         .await

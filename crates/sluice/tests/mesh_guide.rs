@@ -437,7 +437,15 @@ async fn registry_only_and_allow_any_through_a_sidecar() {
     std::fs::copy(guide("mesh-config.yaml"), cfg.join("mesh-config.yaml")).expect("copy");
     sc.wait_for_stderr("configuration reloaded", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}: {}", sc.stderr()));
-    assert_eq!(http(proxy).await, "502");
+    // That line is logged just before the new snapshot goes to the data plane, which applies it
+    // a moment later: ask until the mode changes (bounded), then check the answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut status = http(proxy).await;
+    while status == "200" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = http(proxy).await;
+    }
+    assert_eq!(status, "502");
     assert_eq!(connect_via(proxy, "tunnel.example.org:443").await, None);
     let logged = sc
         .wait_for_log("BlackHoleCluster", Duration::from_secs(5))
