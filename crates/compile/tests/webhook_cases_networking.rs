@@ -37,6 +37,14 @@ const KNOWN_DIFFERENCES: &[(&str, &str, Miss, &str)] = &[
         "`servers: [{}]`: sluice's model requires `port` at load, so the rejection names the \
          missing port (Istio: \"port is required\") and not the missing hosts",
     ),
+    (
+        "serviceentry-serviceentries",
+        "unix-socket",
+        Miss::Rejected,
+        "a `unix://` endpoint: Istio's sidecar can reach a local socket, sluice's data plane \
+         dials network addresses only, so validation refuses it instead of every request \
+         failing at run time",
+    ),
 ];
 
 #[test]

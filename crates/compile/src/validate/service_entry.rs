@@ -158,6 +158,15 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
                     Some(&port_names),
                     false,
                 );
+                // Istio accepts them (a sidecar's local socket); sluice's data plane dials
+                // network addresses only, so it refuses them rather than fail every request.
+                if ep.address.as_deref().is_some_and(|a| a.starts_with(rules::UNIX_ADDRESS_PREFIX)) {
+                    r.error(
+                        &format!("spec.endpoints[{i}].address"),
+                        "unix domain socket endpoints are not supported by sluice: it sends \
+                         egress traffic to network addresses only",
+                    );
+                }
             }
         }
         Resolution::Dns | Resolution::DnsRoundRobin => {
