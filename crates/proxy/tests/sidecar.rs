@@ -905,3 +905,77 @@ spec:
     assert!(line.contains(&format!("{ip}:7000")), "{line}");
     assert_eq!(echo.connections(), 1);
 }
+
+/// A WebSocket upgrade through the explicit proxy (absolute-form, as an app with `HTTP_PROXY`
+/// sends it) reaches the destination with its Upgrade header, and the connection becomes a
+/// byte tunnel both ways after the 101 — the same forward path as at the gateway.
+#[tokio::test]
+async fn websocket_upgrades_pass_through_the_sidecar() {
+    let ip = free_loopback_addr();
+    let listener = TcpListener::bind(SocketAddr::new(ip, 80))
+        .await
+        .expect("bind");
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        tcp.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+            .await
+            .expect("101");
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => tcp.write_all(&buf[..n]).await.expect("echo"),
+            }
+        }
+    });
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let snapshot = allow_any_snapshot(&[]);
+    let sidecar = start_sidecar(&snapshot, None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    let mut tcp = TcpStream::connect(proxy).await.expect("connect");
+    tcp.write_all(
+        format!(
+            "GET http://{ip}/chat HTTP/1.1\r\nhost: {ip}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, tcp.read(&mut byte))
+            .await
+            .expect("101 in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the response: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(b"hello tunnel").await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 12 {
+        let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert!(n > 0, "tunnel closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"hello tunnel");
+    drop(tcp);
+    let _ = tokio::time::timeout(STEP, server).await;
+}
