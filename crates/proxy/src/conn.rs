@@ -109,7 +109,9 @@ where
             .iter()
             .any(|a| MESH_ALPN.contains(&a.as_str()))
     {
-        flow.mesh_hop(io).await;
+        // Boxed, like every phase that only some connections take: a connection's task is as
+        // large as its largest state, and an idle tunnel should carry no room for the others.
+        Box::pin(flow.mesh_hop(io)).await;
         return;
     }
     let Some(chain) = chain else {
@@ -337,9 +339,20 @@ impl Flow {
             return;
         };
         if server_tls.mode == ServerTlsMode::IstioMutual {
-            self.run_istio_mutual(io, chain, index, server_tls).await;
+            Box::pin(self.run_istio_mutual(io, chain, index, server_tls)).await;
             return;
         }
+        Box::pin(self.run_terminated(io, chain, index, server_tls)).await;
+    }
+
+    /// Terminates the chain's own TLS (SIMPLE / MUTUAL), then runs its application.
+    async fn run_terminated<T: Io + 'static>(
+        mut self,
+        io: Rewind<T>,
+        chain: &FilterChain,
+        index: usize,
+        server_tls: &ServerTls,
+    ) {
         let default_alpn: &[&str] = match chain.app {
             App::Http { .. } => &["h2", "http/1.1"],
             App::Tcp { .. } => &[],
@@ -443,7 +456,7 @@ impl Flow {
         match &chain.app {
             App::Http { .. } => {
                 let ctx = self.into_ctx(Routes::Chain(index));
-                http::serve(io, ctx, h2).await;
+                Box::pin(http::serve(io, ctx, h2)).await;
             }
             App::Tcp { .. } => self.run_tcp(io, Routes::Chain(index), passthrough).await,
         }
@@ -484,7 +497,7 @@ impl Flow {
             rec.fail(&e);
             return;
         }
-        tcp::proxy(io, &ctx, &mut rec, passthrough).await;
+        Box::pin(tcp::proxy(io, &ctx, &mut rec, passthrough)).await;
     }
 }
 
