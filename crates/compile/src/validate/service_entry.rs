@@ -160,7 +160,11 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
                 );
                 // Istio accepts them (a sidecar's local socket); sluice's data plane dials
                 // network addresses only, so it refuses them rather than fail every request.
-                if ep.address.as_deref().is_some_and(|a| a.starts_with(rules::UNIX_ADDRESS_PREFIX)) {
+                if ep
+                    .address
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(rules::UNIX_ADDRESS_PREFIX))
+                {
                     r.error(
                         &format!("spec.endpoints[{i}].address"),
                         "unix domain socket endpoints are not supported by sluice: it sends \
