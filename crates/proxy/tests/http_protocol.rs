@@ -30,14 +30,10 @@ async fn raw_upstream(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHan
                 return;
             };
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_request_head(&mut tcp).await.is_none() {
+                    return;
                 }
+                let mut buf = [0u8; 4096];
                 if tcp.write_all(reply).await.is_err() {
                     return;
                 }
@@ -65,17 +61,7 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, TcpStream) {
         .expect("connect in time")
         .expect("connect");
     tcp.write_all(request).await.expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(STEP, tcp.read(&mut byte))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert_eq!(n, 1, "closed before a response head: {head:?}");
-        head.push(byte[0]);
-    }
-    (String::from_utf8_lossy(&head).into_owned(), tcp)
+    (read_head(&mut tcp).await, tcp)
 }
 
 fn proxied(host: &str, upstream: SocketAddr) -> (serde_json::Value, serde_json::Value) {

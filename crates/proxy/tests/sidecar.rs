@@ -277,17 +277,8 @@ async fn open_tunnel(proxy: SocketAddr, target: &str) -> (TcpStream, String) {
     tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
         .await
         .expect("write CONNECT");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(STEP, tcp.read(&mut byte))
-            .await
-            .expect("CONNECT answer in time")
-            .expect("read CONNECT answer");
-        assert!(n == 1, "proxy closed during the CONNECT answer: {head:?}");
-        head.push(byte[0]);
-    }
-    (tcp, String::from_utf8_lossy(&head).into_owned())
+    let head = common::read_head(&mut tcp).await;
+    (tcp, head)
 }
 
 /// `GET path` over TLS (SNI `host`, verified against `roots`) inside `tcp`.
@@ -749,14 +740,10 @@ async fn one_request_per_connection(
             };
             seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if common::read_request_head(&mut tcp).await.is_none() {
+                    return;
                 }
+                let mut buf = [0u8; 4096];
                 let body = "fresh";
                 let reply = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
@@ -917,14 +904,11 @@ async fn websocket_upgrades_pass_through_the_sidecar() {
         .expect("bind");
     let server = tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.expect("accept");
-        let mut head = Vec::new();
+        let head = common::read_request_head(&mut tcp)
+            .await
+            .expect("a request head")
+            .to_ascii_lowercase();
         let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tcp.read(&mut buf).await.expect("read");
-            assert!(n > 0, "closed before the head");
-            head.extend_from_slice(&buf[..n]);
-        }
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
         assert!(head.contains("upgrade: websocket"), "{head}");
         tcp.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
             .await
@@ -952,17 +936,7 @@ async fn websocket_upgrades_pass_through_the_sidecar() {
     )
     .await
     .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(STEP, tcp.read(&mut byte))
-            .await
-            .expect("101 in time")
-            .expect("read");
-        assert_eq!(n, 1, "closed before the response: {head:?}");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    let head = common::read_head(&mut tcp).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     tcp.write_all(b"hello tunnel").await.expect("write");
     let mut got = Vec::new();

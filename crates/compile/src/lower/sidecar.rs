@@ -71,37 +71,25 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// other virtual host names takes it; the proxy takes the same routes for ports no listener
 /// declares.
 pub fn fallback(policy: OutboundPolicy, listeners: &mut [Listener]) -> (Fallback, Cluster) {
-    let (vhost_name, cluster) = match policy {
+    let (vhost_name, name, discovery) = match policy {
         OutboundPolicy::AllowAny => (
             "allow_any",
-            Cluster {
-                name: PASSTHROUGH_CLUSTER.to_owned(),
-                service: PASSTHROUGH_CLUSTER.to_owned(),
-                port: 0,
-                discovery: Discovery::OriginalDestination,
-                tls: None,
-                connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
-                lb: LbPolicy::Passthrough,
-                limits: Limits::default(),
-                outlier: None,
-                http2: false,
-            },
+            PASSTHROUGH_CLUSTER,
+            Discovery::OriginalDestination,
         ),
-        OutboundPolicy::RegistryOnly => (
-            "block_all",
-            Cluster {
-                name: BLACK_HOLE_CLUSTER.to_owned(),
-                service: BLACK_HOLE_CLUSTER.to_owned(),
-                port: 0,
-                discovery: Discovery::BlackHole,
-                tls: None,
-                connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
-                lb: LbPolicy::Passthrough,
-                limits: Limits::default(),
-                outlier: None,
-                http2: false,
-            },
-        ),
+        OutboundPolicy::RegistryOnly => ("block_all", BLACK_HOLE_CLUSTER, Discovery::BlackHole),
+    };
+    let cluster = Cluster {
+        name: name.to_owned(),
+        service: name.to_owned(),
+        port: 0,
+        discovery,
+        tls: None,
+        connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
+        lb: LbPolicy::Passthrough,
+        limits: Limits::default(),
+        outlier: None,
+        http2: false,
     };
     let to = || {
         vec![WeightedCluster {

@@ -248,3 +248,34 @@ pub fn dns_discovery(host: &str) -> Value {
 pub fn echo(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("upstream JSON ({e}): {body}"))
 }
+
+/// Reads an HTTP head (up to and including the blank line) byte by byte, so nothing after it
+/// is consumed; panics when the peer closes first or is silent for 20 s.
+pub async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut byte))
+            .await
+            .expect("an HTTP head in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the end of the head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A stand-in server's side of [`read_head`]: `None` when the peer closes before a whole head.
+pub async fn read_request_head(tcp: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
