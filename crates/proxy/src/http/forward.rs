@@ -153,7 +153,8 @@ pub async fn forward(
     // The upstream request head.
     // An HTTP/1.1 upgrade (WebSocket and the like) keeps its Upgrade header end to end, as
     // Istio's routes allow websocket upgrades; the connection then becomes a byte tunnel.
-    let upgrade = upgrade_requested(&parts.headers);
+    // HTTP/2 has no Upgrade: toward an h2 cluster the request goes as a plain one.
+    let upgrade = upgrade_requested(&parts.headers).filter(|_| !c.cluster.http2);
     // The client's headers are not used again: moved, not copied.
     let mut hdrs = std::mem::take(&mut parts.headers);
     let te_trailers = hdrs
