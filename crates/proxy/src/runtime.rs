@@ -62,7 +62,7 @@ impl Runtime {
     pub fn maintain(&self, shared: &Shared) {
         for c in self.clusters.values() {
             c.state.pool.sweep(c.idle_timeout());
-            c.reload_tls(&shared.upstreams);
+            c.reload_tls(&shared.upstreams, false);
         }
     }
 }

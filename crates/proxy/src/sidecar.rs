@@ -58,7 +58,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sluice_snapshot::listener::{App, Transport};
 use sluice_snapshot::route::TcpRoute;
-use sluice_snapshot::{Discovery, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Error;
@@ -68,6 +67,7 @@ use crate::runtime::Runtime;
 use crate::shared::{Shared, wait_true};
 use crate::sni::{self, Peek};
 use crate::telemetry::{Kind, LogTarget, Record};
+use crate::upstream::dns::ip_literal;
 use crate::upstream::pool::BoxError;
 
 /// Where the explicit proxy listens unless `--listen` says otherwise.
@@ -209,7 +209,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
             App::Tcp { routes } => {
                 if routes
                     .iter()
-                    .any(|r| r.matches(None, target_ip(&target.host)))
+                    .any(|r| r.matches(None, ip_literal(&target.host)))
                 {
                     return bad_request(
                         "this port carries TCP for the sidecar: open a tunnel with CONNECT",
@@ -221,7 +221,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         None => Routes::Fallback,
     };
     let mut info = ConnInfo::new(conn.local, conn.peer, target.port);
-    info.original_dst = target_ip(&target.host).map(|ip| SocketAddr::new(ip, target.port));
+    info.original_dst = ip_literal(&target.host).map(|ip| SocketAddr::new(ip, target.port));
     info.requested = Some((target.host.clone(), target.port));
     let ctx = Arc::new(ConnCtx::new(
         info,
@@ -322,7 +322,7 @@ async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
     let shared = &conn.shared;
     let mut info = ConnInfo::new(conn.local, conn.peer, port);
     info.requested = Some((host.clone(), port));
-    info.original_dst = target_ip(&host).map(|ip| SocketAddr::new(ip, port));
+    info.original_dst = ip_literal(&host).map(|ip| SocketAddr::new(ip, port));
     let Some(listener) = snapshot.listener(port) else {
         return serve_fallback_stream(io, info, runtime.clone(), shared.clone(), false).await;
     };
@@ -369,7 +369,7 @@ async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
             Box::pin(serve_http(Box::new(io), inner)).await;
         }
         (_, App::Tcp { routes }) => {
-            if info.original_dst.is_none() && routes_need_destination(snapshot, routes) {
+            if info.original_dst.is_none() && routes_need_destination(routes) {
                 info.original_dst = destination(shared, &host, port).await;
             }
             let dest = info.original_dst.map_or(conn.local.ip(), |a| a.ip());
@@ -407,20 +407,9 @@ fn refuse_connection(info: &ConnInfo, conn: &Conn, e: &Error) {
     rec.fail(e);
 }
 
-/// An IP literal host (`10.0.0.1`, `[::1]`).
-fn target_ip(host: &str) -> Option<IpAddr> {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
-}
-
 /// The destination address of a flow to `host:port`, for routes that select by it
 /// (`destinationSubnets`): an IP literal as is, a name resolved. `None` when unknown.
 async fn destination(shared: &Shared, host: &str, port: u16) -> Option<SocketAddr> {
-    if let Some(ip) = target_ip(host) {
-        return Some(SocketAddr::new(ip, port));
-    }
     match shared.upstreams.resolver.resolve(host).await {
         Ok(ips) => ips.first().map(|ip| SocketAddr::new(*ip, port)),
         Err(e) => {
@@ -430,20 +419,10 @@ async fn destination(shared: &Shared, host: &str, port: u16) -> Option<SocketAdd
     }
 }
 
-fn uses_original_dst(snapshot: &Snapshot, cluster: &str) -> bool {
-    snapshot
-        .cluster(cluster)
-        .is_some_and(|c| c.discovery == Discovery::OriginalDestination)
-}
-
-/// Some TCP route selects by destination subnet, or sends to a cluster of resolution NONE.
-fn routes_need_destination(snapshot: &Snapshot, routes: &[TcpRoute]) -> bool {
-    routes.iter().any(|r| {
-        !r.destination_subnets.is_empty()
-            || r.clusters
-                .iter()
-                .any(|c| uses_original_dst(snapshot, &c.cluster))
-    })
+/// Some TCP route selects by destination subnet: the address must be known before routing.
+/// (A cluster of resolution NONE resolves the requested host itself, when it dials.)
+fn routes_need_destination(routes: &[TcpRoute]) -> bool {
+    routes.iter().any(|r| !r.destination_subnets.is_empty())
 }
 
 fn empty() -> ProxyBody {
@@ -497,15 +476,5 @@ mod tests {
         assert!(Target::of(&parts("/p", None), None).is_err());
         assert!(Target::of(&parts("https://example.com/", None), None).is_err());
         assert!(Target::of(&parts("/p", Some("a b")), None).is_err());
-    }
-
-    #[test]
-    fn ip_literals_are_destinations() {
-        assert_eq!(
-            target_ip("[::1]"),
-            Some(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]))
-        );
-        assert_eq!(target_ip("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
-        assert_eq!(target_ip("example.com"), None);
     }
 }

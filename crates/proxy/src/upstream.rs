@@ -61,12 +61,13 @@ impl ClusterRt {
             state,
             tls: RwLock::new(None),
         };
-        rt.reload_tls(ups);
+        rt.reload_tls(ups, true);
         rt
     }
 
     /// Re-reads the TLS files when they changed (the builder compares modification times).
-    pub fn reload_tls(&self, ups: &Upstreams) {
+    /// `first`: the cluster's first load, whose failure is reported.
+    pub fn reload_tls(&self, ups: &Upstreams, first: bool) {
         let Some(tls) = &self.cluster.tls else {
             return;
         };
@@ -74,9 +75,12 @@ impl ClusterRt {
         let mut slot = self.tls.write().unwrap_or_else(|p| p.into_inner());
         match built {
             Ok(config) => *slot = Some(config),
+            // Said once when the settings stop loading, not at every upkeep tick after; each
+            // connection then fails with the reason (`UF`, in the access log).
             Err(e) => {
-                tracing::warn!(cluster = self.cluster.name, error = %e, "upstream tls settings");
-                *slot = None;
+                if slot.take().is_some() || first {
+                    tracing::warn!(cluster = self.cluster.name, error = %e, "upstream tls settings");
+                }
             }
         }
     }
@@ -100,10 +104,7 @@ impl ClusterRt {
         };
         let server_name = match self.cluster.tls.as_ref().and_then(|t| t.sni.as_deref()) {
             Some(sni) => sni.to_owned(),
-            None => host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            None => dns::unbracket(host).to_owned(),
         };
         Ok(Some(Origination {
             config,
@@ -128,12 +129,7 @@ impl ClusterRt {
         match &self.cluster.tls {
             Some(tls) if is_mesh(tls) => {
                 // An IP literal is no SNI: the inner ClientHello's name says more then.
-                let named = requested.filter(|h| {
-                    h.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<std::net::IpAddr>()
-                        .is_err()
-                });
+                let named = requested.filter(|h| dns::ip_literal(h).is_none());
                 let host = named.or(sni).or(requested).unwrap_or(&candidate.host);
                 self.origination(ups, host)
             }
@@ -173,12 +169,7 @@ fn fixed_endpoints(cluster: &Cluster) -> Option<Arc<[Candidate]>> {
     endpoints
         .iter()
         .map(|ep| {
-            let ip = ep
-                .address
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .ok()?;
+            let ip = dns::ip_literal(&ep.address)?;
             Some(Candidate {
                 addr: SocketAddr::new(ip, ep.port),
                 weight: ep.weight,

@@ -939,17 +939,12 @@ async fn websocket_upgrades_pass_through_the_sidecar() {
     let head = common::read_head(&mut tcp).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     tcp.write_all(b"hello tunnel").await.expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 64];
-    while got.len() < 12 {
-        let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
-            .await
-            .expect("echo in time")
-            .expect("read");
-        assert!(n > 0, "tunnel closed early");
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(got, b"hello tunnel");
+    let mut got = [0u8; 12];
+    tokio::time::timeout(STEP, tcp.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .expect("the echo, before the tunnel closes");
+    assert_eq!(&got, b"hello tunnel");
     drop(tcp);
     let _ = tokio::time::timeout(STEP, server).await;
 }

@@ -27,6 +27,16 @@ pub enum Error {
 
 type Answer = (Arc<[IpAddr]>, Instant);
 
+/// `host` without the brackets an IPv6 literal is written in (`[::1]` → `::1`).
+pub fn unbracket(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The address a host written as an IP literal names (`10.0.0.1`, `[::1]`), else `None`.
+pub fn ip_literal(host: &str) -> Option<IpAddr> {
+    unbracket(host).parse().ok()
+}
+
 pub struct Resolver {
     inner: TokioResolver,
     cache: Mutex<HashMap<String, Answer>>,
@@ -71,8 +81,7 @@ impl Resolver {
 
     /// The addresses of `host` (an IP literal resolves to itself).
     pub async fn resolve(&self, host: &str) -> Result<Arc<[IpAddr]>, Error> {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        if let Some(ip) = ip_literal(host) {
             return Ok(Arc::from([ip]));
         }
         if host.is_empty() || host.len() > 253 || host.contains(['/', ' ', '@', ':']) {
@@ -118,5 +127,21 @@ impl Resolver {
         }
         cache.insert(key, (ips.clone(), until));
         Ok(ips)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_literals_with_and_without_brackets() {
+        assert_eq!(
+            ip_literal("[::1]"),
+            Some(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]))
+        );
+        assert_eq!(ip_literal("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(ip_literal("example.com"), None);
+        assert_eq!(unbracket("[::1]"), "::1");
     }
 }
