@@ -8,6 +8,7 @@ mod authorization_policy;
 mod deprecation;
 mod destination_rule;
 mod gateway;
+mod host_patterns;
 pub mod hosts;
 mod kube;
 mod registry;
@@ -42,6 +43,12 @@ pub mod codes {
     pub const DIFFERS_FROM_ISTIO: &str = "SLC0107";
     /// A route sends mesh traffic to the egress gateway on a port no Gateway server listens on.
     pub const NO_GATEWAY_SERVER_FOR_PORT: &str = "SLC0108";
+    /// A Squid-style `.example.com` host, which Istio never matches.
+    pub const HOST_LEADING_DOT: &str = "SLC0109";
+    /// `*.example.com` without `example.com`, while another resource names `example.com`.
+    pub const WILDCARD_MISSES_APEX: &str = "SLC0110";
+    /// An egress gateway server host `*` while the mesh is REGISTRY_ONLY.
+    pub const MATCH_ALL_EGRESS_HOST: &str = "SLC0111";
 }
 
 /// Istio's codes used here (`pkg/config/analysis/msg/messages.yaml`).
@@ -80,6 +87,7 @@ pub fn analyze(resources: &Resources) -> Vec<Diagnostic> {
     sidecar::analyze(&registry, &mut out);
     telemetry::analyze(&registry, &mut out);
     authorization_policy::analyze(&registry, &mut out);
+    host_patterns::analyze(&registry, &mut out);
     out
 }
 

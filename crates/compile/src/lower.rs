@@ -138,12 +138,15 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
     let fallback = match options.role {
         Role::Gateway => None,
         Role::Sidecar => {
-            let (fallback, cluster) = sidecar::fallback(outbound_policy, &mut listeners);
+            let registered = sidecar::registered(&cx);
+            let (fallback, cluster) =
+                sidecar::fallback(outbound_policy, &mut listeners, registered);
             clusters.insert(cluster.name.clone(), cluster);
             Some(fallback)
         }
     };
     let access_log = mesh::access_log(&cx);
+    let path_normalization = mesh::path_normalization(&cx);
     mesh::report_unlowered(&mut cx);
     let (authz, authz_diags) = crate::authz::compile_policies(
         resources,
@@ -162,6 +165,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
         authz,
         rate_limits,
         fallback,
+        path_normalization,
     };
     let mut diags = cx.diags;
     crate::sort(&mut diags);

@@ -1,6 +1,6 @@
 //! Diagnostics: what the loader, validation and analysis tell the user, in istioctl's shape.
 
-use std::fmt;
+use std::fmt::{self, Write};
 
 use serde::{Serialize, Serializer};
 
@@ -97,23 +97,42 @@ impl Diagnostic {
 }
 
 /// istioctl's text form: `Error [IST0101] (VirtualService default/x file.yaml:15) message`,
-/// with the column and field path added after the message when known.
+/// with the column and field path added after the message when known. Names, paths and
+/// messages come from config files, so their control characters are escaped.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} [{}]", self.level, self.code)?;
         match (&self.origin, &self.location) {
-            (Some(o), Some(l)) => write!(f, " ({o} {})", l.reference())?,
-            (Some(o), None) => write!(f, " ({o})")?,
-            (None, Some(l)) => write!(f, " ({l})")?,
+            (Some(o), Some(l)) => write!(f, " ({} {})", Escaped(o), Escaped(&l.reference()))?,
+            (Some(o), None) => write!(f, " ({})", Escaped(o))?,
+            (None, Some(l)) => write!(f, " ({})", Escaped(&l.to_string()))?,
             (None, None) => {}
         }
-        write!(f, " {}", self.message)?;
+        write!(f, " {}", Escaped(&self.message))?;
         if let Some(path) = &self.path {
-            write!(f, " [at {path}")?;
+            write!(f, " [at {}", Escaped(path))?;
             if let Some(l) = &self.location {
                 write!(f, ", column {}", l.column)?;
             }
             f.write_str("]")?;
+        }
+        Ok(())
+    }
+}
+
+/// Text with its control characters (a newline that would start a forged line, an ANSI
+/// escape that would rewrite the terminal) and bidirectional overrides written as `\n`,
+/// `\u{1b}`…
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
         }
         Ok(())
     }
@@ -137,6 +156,8 @@ pub mod codes {
     pub const DUPLICATE_RESOURCE: &str = "SLC0005";
     /// A field sluice reads but does not act on (yet); it is reported, never silently dropped.
     pub const NOT_SUPPORTED: &str = "SLC0006";
+    /// The given paths hold no resource at all.
+    pub const EMPTY_INPUT: &str = "SLC0007";
 }
 
 #[cfg(test)]
@@ -163,5 +184,33 @@ mod tests {
         assert_eq!(json["reference"], "virtualservice-github.yaml:17");
         assert_eq!(json["level"], "Error");
         assert_eq!(json["code"], "IST0101");
+    }
+
+    #[test]
+    fn text_from_config_cannot_forge_lines_or_colours() {
+        let d = Diagnostic::warning("SLC0005", "bad\r\nError [IST0101] \u{1b}[2Jx\u{202e}")
+            .origin("Gateway ns/g\n")
+            .at(Location {
+                file: "a\nb.yaml".into(),
+                line: 1,
+                column: 2,
+            })
+            .path("spec.\tx");
+        let text = d.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(
+            text,
+            "Warning [SLC0005] (Gateway ns/g\\n a\\nb.yaml:1) bad\\r\\nError [IST0101] \
+             \\u{1b}[2Jx\\u{202e} [at spec.\\tx, column 2]"
+        );
+        let located = Diagnostic::error("SLC0004", "m").at(Location {
+            file: "\u{1b}]0;x\u{7}".into(),
+            line: 1,
+            column: 1,
+        });
+        assert_eq!(
+            located.to_string(),
+            "Error [SLC0004] (\\u{1b}]0;x\\u{7}:1:1) m"
+        );
     }
 }

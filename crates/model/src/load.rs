@@ -5,7 +5,6 @@
 //! never silently ignored.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,10 +16,9 @@ use crate::resource::{IstioKind, Kind, ObjectMeta, OtherObject, Resource, Resour
 use crate::source::Source;
 use crate::yaml;
 
-/// Files larger than this are refused rather than read into memory.
-const MAX_FILE_BYTES: u64 = 64 << 20;
-/// Directory nesting followed at most (symlink loops end here).
-const MAX_DIR_DEPTH: usize = 16;
+mod walk;
+
+pub use walk::{MAX_FILE_BYTES, MAX_TOTAL_BYTES, walk};
 
 /// The result of loading: what could be read, and what was wrong.
 #[derive(Debug, Default)]
@@ -35,21 +33,34 @@ impl Loaded {
     }
 }
 
-/// Loads files and directories (recursively, `*.yaml`, `*.yml`, `*.json`, in name order);
-/// `-` reads standard input.
+/// Loads files and directories (recursively, `*.yaml`, `*.yml`, `*.json`, in name order, as
+/// [`walk`] lists them); `-` reads standard input. Finding no resource at all is a warning:
+/// a wrong path or an empty mount should not pass for a clean configuration.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
+    let (files, diagnostics) = walk(paths);
     let mut loader = Loader::default();
-    for p in paths {
-        let p = p.as_ref();
-        if p == Path::new("-") {
-            let mut text = String::new();
-            match std::io::stdin().read_to_string(&mut text) {
-                Ok(_) => loader.text("<stdin>".into(), &text),
-                Err(e) => loader.io_error("<stdin>", &e.to_string()),
-            }
+    loader.loaded.diagnostics = diagnostics;
+    let mut reader = walk::Reader::default();
+    for file in files {
+        let (shown, read) = if file == Path::new("-") {
+            ("<stdin>".to_owned(), reader.read(std::io::stdin().lock()))
         } else {
-            loader.path(p, 0, true);
+            (file.display().to_string(), reader.file(&file))
+        };
+        match read {
+            Ok(text) => loader.text(shown.into(), &text),
+            Err(e) => {
+                let d = walk::cannot_read(&shown, &e.to_string());
+                loader.loaded.diagnostics.push(d);
+            }
         }
+    }
+    let resources = &loader.loaded.resources;
+    if resources.is_empty() && resources.others.is_empty() && !loader.loaded.has_errors() {
+        loader.loaded.diagnostics.push(Diagnostic::warning(
+            codes::EMPTY_INPUT,
+            "no resources found in the given paths",
+        ));
     }
     loader.finish()
 }
@@ -98,58 +109,6 @@ impl Loader {
         keep_last_definition(&mut r.peer_authentications, d);
         keep_last_definition(&mut r.telemetries, d);
         self.loaded
-    }
-
-    fn io_error(&mut self, file: &str, why: &str) {
-        self.loaded.diagnostics.push(Diagnostic::error(
-            codes::IO,
-            format!("cannot read {file}: {why}"),
-        ));
-    }
-
-    fn path(&mut self, path: &Path, depth: usize, named: bool) {
-        let shown = path.display().to_string();
-        let meta = match std::fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) => return self.io_error(&shown, &e.to_string()),
-        };
-        if meta.is_dir() {
-            if depth >= MAX_DIR_DEPTH {
-                return self.io_error(&shown, "directories nested too deeply (a symlink loop?)");
-            }
-            let mut entries: Vec<_> = match std::fs::read_dir(path) {
-                Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect(),
-                Err(e) => return self.io_error(&shown, &e.to_string()),
-            };
-            entries.sort();
-            for entry in entries {
-                let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                // Kubernetes mounts ConfigMaps with `..data` / `..2024_…` symlinked twins of
-                // every file; reading those too would load each resource twice.
-                if name.starts_with("..") {
-                    continue;
-                }
-                self.path(&entry, depth + 1, false);
-            }
-            return;
-        }
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        );
-        if !named && !is_yaml {
-            return;
-        }
-        if meta.len() > MAX_FILE_BYTES {
-            return self.io_error(&shown, "larger than 64 MiB");
-        }
-        match std::fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => self.text(shown.into(), &text),
-                Err(_) => self.io_error(&shown, "not UTF-8 text"),
-            },
-            Err(e) => self.io_error(&shown, &e.to_string()),
-        }
     }
 
     fn text(&mut self, file: Arc<str>, text: &str) {
@@ -234,11 +193,26 @@ impl Loader {
                 return self.loaded.diagnostics.push(d);
             }
         };
+        let istio = group.ends_with(".istio.io");
+        if let Some((field, message)) = invalid_name(&meta, istio) {
+            self.loaded.diagnostics.push(
+                Diagnostic::error(codes::SCHEMA, message)
+                    .origin(kind.clone())
+                    .at(source.location_of(field))
+                    .path(field),
+            );
+            // The API server would reject the object, but it is still analyzed, as istioctl
+            // analyzes files, unless its name is too long to repeat in every message about it.
+            let long = |s: &str| s.len() > MAX_NAME_LEN;
+            if long(&meta.name) || meta.namespace.as_deref().is_some_and(long) {
+                return;
+            }
+        }
         let origin = match &meta.namespace {
             Some(ns) => format!("{kind} {ns}/{}", meta.name),
             None => format!("{kind} {}", meta.name),
         };
-        if !group.ends_with(".istio.io") {
+        if !istio {
             return self.other(av.clone(), kind, meta, map, source, &origin);
         }
         let Some(k) = Kind::from_name(&kind).filter(|k| k.group() == group) else {
@@ -421,6 +395,52 @@ impl Loader {
             }
         }
     }
+}
+
+/// Longest Kubernetes object name (a DNS-1123 subdomain).
+const MAX_NAME_LEN: usize = 253;
+/// Longest namespace (a DNS-1123 label).
+const MAX_LABEL_LEN: usize = 63;
+
+/// Kubernetes' checks of `metadata.namespace` (a DNS-1123 label) and, for Istio's kinds,
+/// `metadata.name` (a DNS-1123 subdomain): the field and the API server's message. Other kinds
+/// have other name rules (RBAC's `system:` names), left to their own tools.
+fn invalid_name(meta: &ObjectMeta, istio: bool) -> Option<(&'static str, String)> {
+    const LABEL: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric \
+                         characters or '-', and must start and end with an alphanumeric character";
+    const SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case \
+                             alphanumeric characters, '-' or '.', and must start and end with an \
+                             alphanumeric character";
+    let name = meta.name.as_str();
+    let (field, value, max, rule) = match meta.namespace.as_deref() {
+        Some(ns) if ns.len() > MAX_LABEL_LEN || !is_dns1123_label(ns) => {
+            ("metadata.namespace", ns, MAX_LABEL_LEN, LABEL)
+        }
+        _ if istio
+            && !name.is_empty()
+            && (name.len() > MAX_NAME_LEN || !name.split('.').all(is_dns1123_label)) =>
+        {
+            ("metadata.name", name, MAX_NAME_LEN, SUBDOMAIN)
+        }
+        _ => return None,
+    };
+    let message = if value.len() > max {
+        // A value too long to be a name is not worth repeating.
+        let len = value.len();
+        format!("{field}: Invalid value: {len} characters: must be no more than {max} characters")
+    } else {
+        format!("{field}: Invalid value: {value:?}: {rule}")
+    };
+    Some((field, message))
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, any length.
+fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    b.first().is_some_and(inner)
+        && b.last().is_some_and(inner)
+        && b.iter().all(|c| inner(c) || *c == b'-')
 }
 
 /// Deserializes `value` as `T`; on failure, a diagnostic at the offending field's position.

@@ -18,8 +18,22 @@ use crate::source::FieldIndex;
 /// Deeper nesting than this is refused: Istio resources nest about ten levels, and the limit
 /// keeps recursive code (serde, drop) far from the stack's end on hostile input.
 const MAX_DEPTH: usize = 64;
-/// Nodes that alias expansion may produce per file ("billion laughs").
-const MAX_ALIAS_NODES: usize = 100_000;
+/// What anchors and aliases may copy per file, in bytes as [`weight`] counts them: this much
+/// plus [`COPY_FACTOR`] times the file's size. Past it the file is refused ("billion laughs",
+/// nested aliases or one long string aliased many times).
+const COPY_BUDGET: usize = 4 << 20;
+const COPY_FACTOR: usize = 4;
+const COPY_MESSAGE: &str =
+    "aliases expand to far more than the file's own size; such a file is refused";
+/// Bytes the field-position index may take per file: this much plus [`INDEX_FACTOR`] times the
+/// file's size (Istio's own test files, dense flow-style YAML included, need at most half of
+/// that). Every path repeats its ancestors' keys, so a long key above many fields would grow
+/// the index quadratically; past the budget, later fields are placed at their nearest recorded
+/// ancestor.
+const INDEX_BUDGET: usize = 1 << 20;
+const INDEX_FACTOR: usize = 16;
+/// What an index entry or a node costs beside its text.
+const ENTRY_BYTES: usize = 48;
 
 /// One YAML document with a non-null root.
 #[derive(Debug)]
@@ -56,7 +70,10 @@ struct Builder<'a> {
     text: &'a str,
     frames: Vec<Frame>,
     anchors: HashMap<usize, (Value, usize)>,
-    alias_nodes: usize,
+    /// What anchors and aliases may still copy.
+    copy_left: usize,
+    /// What the field index may still take.
+    index_left: usize,
     docs: Vec<Document>,
     fields: FieldIndex,
     root: Option<(Value, u32, u32)>,
@@ -67,7 +84,8 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
         text,
         frames: Vec::new(),
         anchors: HashMap::new(),
-        alias_nodes: 0,
+        copy_left: COPY_BUDGET.saturating_add(COPY_FACTOR.saturating_mul(text.len())),
+        index_left: INDEX_BUDGET.saturating_add(INDEX_FACTOR.saturating_mul(text.len())),
         docs: Vec::new(),
         fields: FieldIndex::default(),
         root: None,
@@ -86,12 +104,22 @@ fn position(span: &Span) -> (u32, u32) {
     )
 }
 
-fn nodes(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(nodes).sum::<usize>(),
-        Value::Object(m) => 1 + m.values().map(nodes).sum::<usize>(),
-        _ => 1,
-    }
+/// Roughly what a value takes in memory.
+fn weight(v: &Value) -> usize {
+    ENTRY_BYTES
+        + match v {
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(weight).sum(),
+            Value::Object(m) => m.iter().map(|(k, v)| k.len() + weight(v)).sum(),
+            _ => 0,
+        }
+}
+
+/// Takes `cost` from `left`; false, and nothing left, when it does not fit.
+fn spend(left: &mut usize, cost: usize) -> bool {
+    let fits = cost <= *left;
+    *left = if fits { *left - cost } else { 0 };
+    fits
 }
 
 impl Builder<'_> {
@@ -160,7 +188,12 @@ impl Builder<'_> {
         let (line, column) = position(span);
         match self.frames.last() {
             None => String::new(),
+            // Out of budget: nothing more is recorded.
+            Some(_) if self.index_left == 0 => String::new(),
             Some(Frame::Seq { path, items, .. }) => {
+                if !spend(&mut self.index_left, ENTRY_BYTES + path.len()) {
+                    return String::new();
+                }
                 let p = format!("{path}[{}]", items.len());
                 self.fields.insert(&p, line, column);
                 p
@@ -176,8 +209,8 @@ impl Builder<'_> {
                     format!("{path}.{key}")
                 }
             }
-            // A container used as a mapping key; `complete` rejects it.
-            Some(Frame::Map { path, .. }) => path.clone(),
+            // A container used as a mapping key (`complete` rejects it), or out of budget.
+            Some(Frame::Map { .. }) => String::new(),
         }
     }
 
@@ -234,7 +267,7 @@ impl Builder<'_> {
                     Some(Frame::Map { map, anchor, .. }) => (Value::Object(map), anchor),
                     None => return Err(self.error(&span, "unbalanced collection end")),
                 };
-                self.remember(anchor, &value);
+                self.remember(anchor, &value, &span)?;
                 self.complete(value, &span, true)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -247,19 +280,15 @@ impl Builder<'_> {
                 if matches!(self.frames.last(), Some(Frame::Seq { .. })) {
                     self.child_path(&span);
                 }
-                self.remember(anchor, &value);
+                self.remember(anchor, &value, &span)?;
                 self.complete(value, &span, false)?;
             }
             Event::Alias(id) => {
                 let Some((value, size)) = self.anchors.get(&id) else {
                     return Err(self.error(&span, "alias to an unknown anchor"));
                 };
-                self.alias_nodes += size;
-                if self.alias_nodes > MAX_ALIAS_NODES {
-                    return Err(self.error(
-                        &span,
-                        format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"),
-                    ));
+                if !spend(&mut self.copy_left, *size) {
+                    return Err(self.error(&span, COPY_MESSAGE));
                 }
                 let value = value.clone();
                 if matches!(self.frames.last(), Some(Frame::Seq { .. })) {
@@ -272,10 +301,17 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn remember(&mut self, anchor: usize, value: &Value) {
+    /// Keeps a copy of an anchored value for its aliases; nested anchors copy their contents
+    /// again, so the copy counts against the same budget as the aliases.
+    fn remember(&mut self, anchor: usize, value: &Value, span: &Span) -> Result<(), SyntaxError> {
         if anchor > 0 {
-            self.anchors.insert(anchor, (value.clone(), nodes(value)));
+            let size = weight(value);
+            if !spend(&mut self.copy_left, size) {
+                return Err(self.error(span, COPY_MESSAGE));
+            }
+            self.anchors.insert(anchor, (value.clone(), size));
         }
+        Ok(())
     }
 
     /// Hands a finished node to its parent: a sequence item, a mapping key or a mapping value.
@@ -304,13 +340,15 @@ impl Builder<'_> {
                     if map.contains_key(&k) {
                         return Err(self.error(span, format!("duplicate key `{k}`")));
                     }
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
+                    if spend(&mut self.index_left, ENTRY_BYTES + path.len() + k.len()) {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        self.fields.insert(&p, line, column);
+                    }
                     *key = Some(k);
-                    self.fields.insert(&p, line, column);
                 }
             },
         }
@@ -364,6 +402,51 @@ mod tests {
         }
         let err = parse(&bomb).expect_err("a billion laughs must be refused");
         assert!(err.message.contains("aliases expand"), "{err:?}");
+    }
+
+    #[test]
+    fn a_long_string_aliased_many_times_is_refused() {
+        let long = "x".repeat(64 << 10);
+        let aliases = ["*a"; 200].join(", ");
+        let text = format!("a: &a \"{long}\"\nb: [{aliases}]\n");
+        let err = parse(&text).expect_err("13 MiB of copies from 64 KiB of text");
+        assert!(err.message.contains("aliases expand"), "{err:?}");
+        assert_eq!(err.line, 2, "{err:?}");
+        // A few copies are what anchors are for.
+        let few = ["*a"; 4].join(", ");
+        let docs = parse(&format!("a: &a \"{long}\"\nb: [{few}]\n")).expect("within budget");
+        assert_eq!(docs[0].value["b"][3].as_str().map(str::len), Some(64 << 10));
+    }
+
+    #[test]
+    fn nested_anchors_count_their_copies() {
+        let mut text = String::new();
+        for depth in 0..60 {
+            text.push_str(&format!("{}k{depth}: &a{depth}\n", "  ".repeat(depth)));
+        }
+        text.push_str(&format!(
+            "{}leaf: {}\n",
+            "  ".repeat(60),
+            "x".repeat(256 << 10)
+        ));
+        let err = parse(&text).expect_err("each anchor copies the 256 KiB leaf again");
+        assert!(err.message.contains("aliases expand"), "{err:?}");
+    }
+
+    #[test]
+    fn a_long_key_above_many_fields_does_not_grow_the_index_quadratically() {
+        let key = "k".repeat(64 << 10);
+        // An explicit key (`? `) may be longer than a plain key's 1024 characters.
+        let mut text = format!("? {key}\n:\n");
+        for i in 0..2000 {
+            text.push_str(&format!("  f{i}: 1\n"));
+        }
+        let docs = parse(&text).expect("valid");
+        assert_eq!(docs[0].value[&key]["f1999"], 1, "every value is still read");
+        let fields = &docs[0].fields;
+        assert_eq!(fields.find_exact(&format!("{key}.f0")), Some((3, 3)));
+        // 2000 paths of 64 KiB would be 128 MiB of index for 80 KiB of text.
+        assert_eq!(fields.find_exact(&format!("{key}.f1999")), None);
     }
 
     #[test]

@@ -8,6 +8,17 @@ use std::time::Duration;
 use sluice_identity::IdentityFiles;
 use tokio::sync::watch;
 
+use crate::upstream::guard::Range;
+
+/// A stream lives at most a day by default: long enough for any honest transfer, short enough
+/// that a tunnel is decided again at least daily.
+pub const DEFAULT_TUNNEL_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A client that has sent nothing for this long is not going to.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's own default for a request head.
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct ProxyConfig {
     /// Gateway listeners bind the Gateway servers' ports on this address.
@@ -26,6 +37,23 @@ pub struct ProxyConfig {
     pub identity: Option<watch::Receiver<Arc<IdentityFiles>>>,
     /// Sidecar role: the explicit-proxy address apps use (`HTTP_PROXY`/`HTTPS_PROXY`).
     pub listen: Option<SocketAddr>,
+    /// The destination IP guard's exceptions (`--allow-range`) and extra refusals
+    /// (`--deny-range`); see [`crate::upstream::guard`].
+    pub allow_ranges: Vec<Range>,
+    pub deny_ranges: Vec<Range>,
+    /// Other sockets of this process (the admin API): never dialed, like the listeners.
+    pub also_listening: Vec<SocketAddr>,
+    /// TCP and TLS streams are closed this long after they opened, busy or not (Envoy's
+    /// `max_downstream_connection_duration`); `None`: no limit.
+    pub tunnel_max_lifetime: Option<Duration>,
+    /// Connections each listener holds open; more are closed at accept.
+    pub max_connections: usize,
+    /// An HTTP client must send its first byte within this time, else the connection is
+    /// closed (a TLS client its ClientHello: `tls_inspect_timeout`).
+    pub first_byte_timeout: Duration,
+    /// An HTTP/1 request head must arrive whole within this time once the connection waits for
+    /// one (also the keep-alive idle time between requests).
+    pub request_head_timeout: Duration,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -44,6 +72,13 @@ impl std::fmt::Debug for ProxyConfig {
                     .map(|i| i.borrow().identity().to_string()),
             )
             .field("listen", &self.listen)
+            .field("allow_ranges", &self.allow_ranges)
+            .field("deny_ranges", &self.deny_ranges)
+            .field("also_listening", &self.also_listening)
+            .field("tunnel_max_lifetime", &self.tunnel_max_lifetime)
+            .field("max_connections", &self.max_connections)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("request_head_timeout", &self.request_head_timeout)
             .finish()
     }
 }
@@ -58,6 +93,13 @@ impl Default for ProxyConfig {
             credentials_dir: None,
             identity: None,
             listen: None,
+            allow_ranges: Vec::new(),
+            deny_ranges: Vec::new(),
+            also_listening: Vec::new(),
+            tunnel_max_lifetime: Some(DEFAULT_TUNNEL_MAX_LIFETIME),
+            max_connections: crate::accept::DEFAULT_MAX_CONNECTIONS,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            request_head_timeout: DEFAULT_REQUEST_HEAD_TIMEOUT,
         }
     }
 }

@@ -214,6 +214,10 @@ impl Flow {
                 self.rec.fail(&Error::Inspect(sni::Error::Eof));
                 None
             }
+            Ok(Peek::Malformed(why)) => {
+                self.rec.fail(&Error::Inspect(sni::Error::Malformed(why)));
+                None
+            }
             Err(e) => {
                 tracing::debug!(error = %e, peer = %self.info.peer, "tls inspection");
                 self.rec.fail(&Error::Inspect(e));

@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use crate::upstream::dns;
+use crate::upstream::guard;
 use crate::{sni, tls};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,22 @@ pub enum Error {
     /// The request is refused by design (REGISTRY_ONLY's BlackHoleCluster).
     #[error("black hole")]
     BlackHole,
+    /// Every address the destination resolved to is one the IP guard refuses
+    /// ([`crate::upstream::guard`]): nothing was dialed.
+    #[error(transparent)]
+    DestinationDenied(Box<guard::Denied>),
+    /// Domain fronting: a request or ClientHello for another host than the tunnel or TLS
+    /// session it arrived in was opened to (HTTP `421 Misdirected Request`; a stream is
+    /// closed).
+    #[error("domain fronting: {0}")]
+    Fronting(String),
+    /// A new configuration no longer allows this open stream: its route is gone (a denial by
+    /// the new AuthorizationPolicies is [`Error::Denied`]).
+    #[error("closed: the new configuration no longer routes this stream ({0})")]
+    Revoked(&'static str),
+    /// The host is registered, but none of its ServiceEntries declares this port (`403`).
+    #[error("{0}: the ServiceEntries registering this host do not declare the port")]
+    PortNotDeclared(String),
     /// Dynamic DNS resolution of the requested host failed (`DF`).
     #[error("dns resolution failed: {0}")]
     DnsFailed(#[from] dns::Error),
@@ -85,6 +102,10 @@ pub enum Error {
     /// The downstream sent something unusable, or too slowly (`DPE`).
     #[error("downstream: {0}")]
     Downstream(String),
+    /// The request path cannot be normalised (an escaped NUL): Envoy's 400 with an empty body,
+    /// no response flag and details `path_normalization_failed`.
+    #[error("request path cannot be normalised")]
+    PathNormalization,
     /// The local rate limit refused the request (`RL`).
     #[error("local rate limited")]
     RateLimited(Box<crate::ratelimit::Limited>),
@@ -99,7 +120,7 @@ impl Error {
     /// Envoy's `%RESPONSE_FLAGS%` for this outcome; `-` when it has none.
     pub fn response_flag(&self) -> &'static str {
         match self {
-            Error::NoFilterChain | Error::NoRoute => "NR",
+            Error::NoFilterChain | Error::NoRoute | Error::PortNotDeclared(_) => "NR",
             Error::UnknownCluster(_) => "NC",
             Error::NoHealthyUpstream(_) | Error::BlackHole => "UH",
             Error::DnsFailed(_) => "DF",
@@ -111,10 +132,14 @@ impl Error {
             Error::FaultAbort(_) => "FI",
             Error::RateLimited(_) => "RL",
             Error::Downstream(_) => "DPE",
+            Error::PathNormalization => "-",
             Error::UpstreamProtocol(_) => "UPE",
             // Envoy's RBAC filters set no response flag: a denial shows as `403 -` (HTTP) or
             // a closed connection, named by its details.
             Error::Denied(_) => "-",
+            // No Envoy flag says "refused by address"; like an RBAC denial, a policy refusal
+            // shows as `403 -`, named by its details.
+            Error::DestinationDenied(_) | Error::Fronting(_) | Error::Revoked(_) => "-",
             Error::DownstreamTls(_) | Error::Inspect(_) => "-",
             Error::NoIdentity | Error::MeshTls(_) => "-",
             Error::Bind { .. } | Error::Resolver(_) | Error::Io(_) => "-",
@@ -129,9 +154,11 @@ impl Error {
             Error::Timeout => 504,
             Error::FaultAbort(status) => *status,
             Error::RateLimited(l) => l.status,
-            Error::Downstream(_) => 400,
+            Error::Downstream(_) | Error::PathNormalization => 400,
+            Error::Fronting(_) => 421,
+            Error::PortNotDeclared(_) => 403,
             Error::UpstreamProtocol(_) => 502,
-            Error::Denied(_) => sluice_snapshot::authz::DENIED_STATUS,
+            Error::Denied(_) | Error::DestinationDenied(_) => sluice_snapshot::authz::DENIED_STATUS,
             _ => 503,
         }
     }
@@ -174,11 +201,16 @@ impl Error {
             Error::FaultAbort(_) => "fault_filter_abort",
             Error::RateLimited(_) => crate::ratelimit::LOCAL_RATE_LIMITED,
             Error::Downstream(_) => "downstream_protocol_error",
+            Error::PathNormalization => "path_normalization_failed",
             Error::UpstreamProtocol(_) => "upstream_reset_before_response_started{protocol_error}",
             Error::DownstreamTls(_) => "tls_handshake_failed",
             Error::NoIdentity => "mesh_mtls_without_identity",
             Error::MeshTls(_) => "mesh_mtls_handshake_failed",
             Error::Denied(_) => "rbac_access_denied",
+            Error::DestinationDenied(_) => "destination_ip_denied",
+            Error::Fronting(_) => "misdirected_request",
+            Error::Revoked(_) => "route_revoked",
+            Error::PortNotDeclared(_) => "port_not_declared",
             Error::Inspect(sni::Error::Timeout) => "tls_inspector_timeout",
             Error::Inspect(_) => "tls_inspector_error",
             Error::Bind { .. } | Error::Resolver(_) | Error::Io(_) => "io_error",
@@ -190,6 +222,9 @@ impl Error {
     pub fn full_details(&self) -> Cow<'static, str> {
         match self {
             Error::Denied(details) => Cow::Owned(details.clone()),
+            Error::DestinationDenied(d) => {
+                Cow::Owned(format!("destination_ip_denied{{{}}}", d.reason_name()))
+            }
             other => Cow::Borrowed(other.details()),
         }
     }
@@ -217,7 +252,7 @@ impl Error {
     /// The body of the local reply, as Envoy words them.
     pub fn body(&self) -> String {
         match self {
-            Error::NoRoute | Error::NoFilterChain => String::new(),
+            Error::NoRoute | Error::NoFilterChain | Error::PathNormalization => String::new(),
             Error::BlackHole => String::new(),
             Error::Timeout => "upstream request timeout".into(),
             Error::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow".into(),
@@ -225,6 +260,8 @@ impl Error {
             Error::FaultAbort(_) => "fault filter abort".into(),
             Error::RateLimited(_) => crate::ratelimit::LOCAL_RATE_LIMITED.into(),
             Error::Denied(_) => sluice_snapshot::authz::DENIED_BODY.into(),
+            Error::DestinationDenied(d) => d.to_string(),
+            Error::Fronting(why) => format!("misdirected request: {why}"),
             Error::Connect { reason, .. } => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
             ),

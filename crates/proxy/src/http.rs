@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod headers;
+pub mod path;
 pub mod route;
 
 use std::convert::Infallible;
@@ -27,6 +28,7 @@ use sluice_snapshot::route::{Redirect, RequestMatch, Route, RouteAction, Virtual
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::flow::ConnCtx;
+use crate::rewind::Rewind;
 use crate::shared::wait_true;
 use crate::telemetry::{ByteCounts, HttpFields, Kind, Record};
 use crate::upstream::pool::{Body, BoxError};
@@ -40,12 +42,63 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Largest request head accepted (Envoy's default `max_request_headers_kb` is 60).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// A client must send its request head within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most header fields in one request (Envoy's default `max_headers_count`).
+const MAX_HEADERS: usize = 100;
 
 /// Serves HTTP on `io` until the client closes or the proxy drains. `h2`: what ALPN chose
-/// (`None` on plain chains: HTTP/1.1 or the h2c preface, detected).
+/// (`None` on plain chains: HTTP/1.1 or the h2c preface, told apart by the first bytes, which
+/// must come within `first_byte_timeout`).
 pub async fn serve<S>(io: S, ctx: Arc<ConnCtx>, h2: Option<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match h2 {
+        Some(h2) => serve_as(io, ctx, h2).await,
+        None => match sniff_h2c(io, ctx.shared.config.first_byte_timeout).await {
+            Ok((io, h2)) => serve_as(io, ctx, h2).await,
+            Err(why) => {
+                tracing::debug!(peer = %ctx.info.peer, why, "http connection closed");
+                if why == FIRST_BYTE_TIMEOUT {
+                    ctx.shared.telemetry.metrics.refused("limit", why);
+                }
+            }
+        },
+    }
+}
+
+const FIRST_BYTE_TIMEOUT: &str = "first_byte_timeout";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the bytes are, or cannot be, HTTP/2's connection preface. A client silent for
+/// `timeout` (or one that closes first) is let go: HTTP clients speak first.
+async fn sniff_h2c<S: AsyncRead + Unpin>(
+    mut io: S,
+    timeout: Duration,
+) -> Result<(Rewind<S>, bool), &'static str> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(H2_PREFACE.len());
+    let read = tokio::time::timeout(timeout, async {
+        while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+            let mut limited = (&mut io).take((H2_PREFACE.len() - buf.len()) as u64);
+            if limited.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    match read {
+        Err(_) if buf.is_empty() => Err(FIRST_BYTE_TIMEOUT),
+        Err(_) => Err("request_head_timeout"),
+        Ok(Err(_)) | Ok(Ok(())) if buf.is_empty() => Err("closed"),
+        Ok(_) => {
+            let h2 = buf.as_ref() == H2_PREFACE;
+            Ok((Rewind::new(buf.freeze(), io), h2))
+        }
+    }
+}
+
+async fn serve_as<S>(io: S, ctx: Arc<ConnCtx>, h2: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -53,17 +106,18 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(ctx.shared.config.request_head_timeout)
+        .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(1024);
-    let builder = match h2 {
-        Some(true) => builder.http2_only(),
-        Some(false) => builder.http1_only(),
-        None => builder,
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
     };
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
@@ -88,17 +142,94 @@ where
     }
 }
 
-/// The authority of a request: the URI's (HTTP/2, absolute form) or the Host header.
-fn authority_of(parts: &Parts) -> String {
-    if let Some(a) = parts.uri.authority() {
-        return a.as_str().to_owned();
+/// Requests no route may take, whatever the routes say.
+fn request_shape(parts: &Parts) -> Result<(), Error> {
+    // Envoy without a `connect_matcher` route answers CONNECT 404 (`NR`): never forwarded.
+    if parts.method == http::Method::CONNECT {
+        return Err(Error::NoRoute);
     }
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
+    // Content-Length with Transfer-Encoding never gets here: hyper frames such a body by its
+    // chunks alone, drops the length and closes the connection after the response (RFC 9112
+    // §6.3), so nothing can be smuggled behind it; the upstream sees one framing.
+    Ok(())
+}
+
+/// The one Host header of a request. Two different ones are refused (request smuggling: a
+/// proxy and the server behind it could each pick a different one); repeats of one value are
+/// one.
+pub(crate) fn single_host(headers: &http::HeaderMap) -> Result<Option<&str>, String> {
+    let mut values = headers.get_all(header::HOST).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.any(|v| v != first) {
+        return Err("two different Host headers".into());
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| "the Host header is not text".into())
+}
+
+/// The request's authority, canonical ([`crate::authority`]): the URI's (HTTP/2, absolute
+/// form) or the Host header. A respelled authority is written back, so the routes, the
+/// policies and the upstream all see the name that was decided on. Refused: a malformed
+/// authority, a Host header that disagrees with the URI's authority or with another Host
+/// header (400), and a name other than the TLS server name the request arrived under (421,
+/// domain fronting). The error comes with the authority as received, for the log.
+fn request_authority(ctx: &ConnCtx, parts: &mut Parts) -> Result<String, (String, Error)> {
+    let host = single_host(&parts.headers).map_err(|e| (String::new(), Error::Downstream(e)))?;
+    let raw = match (parts.uri.authority(), host) {
+        (Some(a), Some(h)) if !crate::authority::same_authority(a.as_str(), h) => {
+            return Err((
+                a.as_str().to_owned(),
+                Error::Downstream("the Host header differs from the request's authority".into()),
+            ));
+        }
+        (Some(a), _) => a.as_str(),
+        (None, Some(h)) => h,
+        (None, None) => "",
+    };
+    let parsed = crate::authority::Authority::parse(raw).map_err(|e| {
+        ctx.shared
+            .telemetry
+            .metrics
+            .refused("authority", "malformed");
+        (
+            raw.to_owned(),
+            Error::Downstream(format!("bad authority {e}")),
+        )
+    })?;
+    if let (crate::authority::Host::Name(name), Some(sni)) = (&parsed.host, &ctx.info.sni)
+        && name != sni
+    {
+        ctx.shared
+            .telemetry
+            .metrics
+            .refused("fronting", "host_differs_from_sni");
+        return Err((
+            raw.to_owned(),
+            Error::Fronting(format!("{name} requested on a TLS session for {sni}")),
+        ));
+    }
+    let canonical = parsed.to_string();
+    if canonical != raw {
+        let value = HeaderValue::from_str(&canonical).map_err(|_| {
+            (
+                raw.to_owned(),
+                Error::Downstream("unusable authority".into()),
+            )
+        })?;
+        if parts.uri.authority().is_some() {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.authority = canonical.parse().ok();
+            parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+        }
+        if parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    Ok(canonical)
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -126,7 +257,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         ctx.info.peer_identity.as_ref(),
         ctx.info.peer_identity.is_some(),
     );
-    let authority = authority_of(&parts);
+    let (authority, authority_ok) = match request_authority(&ctx, &mut parts) {
+        Ok(a) => (a, request_shape(&parts)),
+        Err((raw, e)) => (raw, Err(e)),
+    };
     let logged = ctx.log.is_some();
 
     // A client could write any identity here; sluice never reads it, and nothing behind the
@@ -156,6 +290,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
     parts
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme()));
+    // Before anything reads the path, as Envoy's connection manager does: authorization,
+    // routing, the access log (Envoy's `%REQ(:PATH)%` is the normalised path) and the upstream
+    // then see one path. A refused path is answered 400 in place of the authorization step.
+    let normalized = path::apply(ctx.runtime.snapshot.path_normalization, &mut parts);
     // Method, path and headers only for an access log that may print them.
     rec.http = Some(Box::new(HttpFields {
         method: if logged {
@@ -187,7 +325,9 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
 
     // Authorization before routing, as Envoy's RBAC filter runs before its router: a denied
     // request reaches no upstream. The attributes are gathered only when policies apply.
-    let authorized = if authz::enforced(&ctx.runtime.snapshot) {
+    let authorized = if let Err(e) = authority_ok.and(normalized) {
+        Err(e)
+    } else if authz::enforced(&ctx.runtime.snapshot) {
         authz::authorize(
             &ctx.runtime.snapshot,
             &ctx.shared.telemetry,

@@ -24,6 +24,8 @@
 //! holds the per-snapshot state (clusters with pools and TLS); `shared` what lives as long as
 //! the proxy; `error` maps every failure to its Envoy outcome.
 
+pub mod accept;
+pub mod authority;
 pub mod authz;
 pub mod config;
 pub mod conn;
@@ -79,9 +81,10 @@ impl Proxy {
         let telemetry = Arc::new(Telemetry::new(registry));
         let resolver = upstream::dns::Resolver::new(config.dns_server)
             .map_err(|e| Error::Resolver(e.to_string()))?;
+        let guard = upstream::guard::Guard::new(&config.allow_ranges, &config.deny_ranges);
         let (drain, drain_rx) = watch::channel(false);
-        let upstreams =
-            Upstreams::new(resolver, telemetry.clone()).with_identity(config.identity.clone());
+        let upstreams = Upstreams::new(resolver, guard, telemetry.clone())
+            .with_identity(config.identity.clone());
         let shared = Arc::new(Shared {
             config,
             upstreams,
@@ -89,6 +92,7 @@ impl Proxy {
             server_tls: ServerConfigs::default(),
             rate_limits: ratelimit::Buckets::default(),
             drain: drain_rx,
+            snapshots: snapshots.clone(),
         });
         let (ready, _) = watch::channel(false);
         Ok(Proxy {

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sluice_snapshot::{Role, Snapshot};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::Error;
+use crate::accept::{self, ConnLimit};
 use crate::conn::serve_connection;
 use crate::flow::ConnInfo;
 use crate::runtime::Runtime;
@@ -48,6 +48,8 @@ pub struct Manager {
     bound: BTreeMap<u16, oneshot::Sender<()>>,
     /// The sidecar's explicit proxy, while the snapshot's role is Sidecar.
     explicit_proxy: Option<oneshot::Sender<()>>,
+    /// Where the explicit proxy is bound (its port may have been chosen by the system).
+    explicit_addr: Option<SocketAddr>,
 }
 
 impl Manager {
@@ -64,6 +66,7 @@ impl Manager {
             hard_stop,
             bound: BTreeMap::new(),
             explicit_proxy: None,
+            explicit_addr: None,
         }
     }
 
@@ -74,6 +77,7 @@ impl Manager {
         let want: Vec<u16> = match snapshot.role {
             Role::Gateway => {
                 self.explicit_proxy = None;
+                self.explicit_addr = None;
                 snapshot.listeners.iter().map(|l| l.port).collect()
             }
             Role::Sidecar => {
@@ -119,10 +123,23 @@ impl Manager {
                 }
             }
         }
+        self.tell_guard();
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// The IP guard never dials what this process listens on (a loop).
+    fn tell_guard(&self) {
+        let config = &self.shared.config;
+        let listening = self
+            .bound
+            .keys()
+            .map(|port| SocketAddr::new(config.bind, *port))
+            .chain(self.explicit_addr)
+            .chain(config.also_listening.iter().copied());
+        self.shared.upstreams.guard.set_listening(listening);
     }
 
     /// Binds the sidecar's explicit proxy on `config.listen`, once.
@@ -140,6 +157,7 @@ impl Manager {
             Error::Bind { addr, source }
         })?;
         tracing::info!(%addr, "explicit proxy listening (HTTP_PROXY / HTTPS_PROXY)");
+        self.explicit_addr = Some(listener.local_addr().unwrap_or(addr));
         let Some(tracker) = self.tracker.clone() else {
             return Ok(());
         };
@@ -183,19 +201,20 @@ async fn accept_loop(
     tracker: mpsc::Sender<()>,
     hard_stop: watch::Receiver<bool>,
 ) {
+    let what = match entry {
+        Entry::Port(_) => "gateway",
+        Entry::ExplicitProxy => "explicit proxy",
+    };
+    let limit = ConnLimit::new(shared.config.max_connections);
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
-            r = listener.accept() => r,
+            accepted = accept::next(&listener, what) => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off, keep the listener.
-                tracing::warn!(?entry, error = %e, "accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some(permit) = limit.admit() else {
+            tracing::debug!(?entry, %peer, max = limit.max(), "connection limit reached: closed");
+            shared.telemetry.metrics.refused("limit", "max_connections");
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let Ok(local) = stream.local_addr() else {
@@ -207,6 +226,7 @@ async fn accept_loop(
         let mut hard_stop = hard_stop.clone();
         tokio::spawn(async move {
             let _tracker = tracker;
+            let _permit = permit;
             let serve = async move {
                 match entry {
                     Entry::Port(port) => {

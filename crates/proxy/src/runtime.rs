@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_snapshot::Snapshot;
+use sluice_snapshot::{HostMatch, Snapshot};
 
 use crate::shared::Shared;
 use crate::upstream::ClusterRt;
@@ -17,6 +17,32 @@ use crate::upstream::ClusterRt;
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     clusters: HashMap<String, Arc<ClusterRt>>,
+    /// The ports each registered host declares (the sidecar snapshot's
+    /// `fallback.registered`): a sidecar refuses the others.
+    registry: Registry,
+}
+
+/// Registered hosts and their ports.
+#[derive(Default)]
+struct Registry {
+    exact: HashMap<String, Vec<u16>>,
+    patterns: Vec<(HostMatch, Vec<u16>)>,
+}
+
+impl Registry {
+    fn of(snapshot: &Snapshot) -> Registry {
+        let mut r = Registry::default();
+        let registered = snapshot.fallback.iter().flat_map(|f| &f.registered);
+        for (host, ports) in registered {
+            match HostMatch::parse(host) {
+                HostMatch::Exact(host) => {
+                    r.exact.insert(host, ports.clone());
+                }
+                pattern => r.patterns.push((pattern, ports.clone())),
+            }
+        }
+        r
+    }
 }
 
 impl Runtime {
@@ -32,7 +58,33 @@ impl Runtime {
                 (name.clone(), Arc::new(rt))
             })
             .collect();
-        Runtime { snapshot, clusters }
+        let registry = Registry::of(&snapshot);
+        Runtime {
+            snapshot,
+            clusters,
+            registry,
+        }
+    }
+
+    /// `false` when `host` is registered but none of its ServiceEntries declares `port`
+    /// (a registered host on another port is not an unregistered host: it is refused even
+    /// under ALLOW_ANY). Unregistered hosts are the outbound policy's to decide.
+    pub fn port_declared(&self, host: &str, port: u16) -> bool {
+        let mut registered = false;
+        let exact = self.registry.exact.get(host).into_iter();
+        let patterns = self
+            .registry
+            .patterns
+            .iter()
+            .filter(|(p, _)| *p != HostMatch::Any && p.matches(host))
+            .map(|(_, ports)| ports);
+        for ports in exact.chain(patterns) {
+            registered = true;
+            if ports.contains(&port) {
+                return true;
+            }
+        }
+        !registered
     }
 
     /// [`Runtime::build`] on tokio's blocking pool.
@@ -58,8 +110,10 @@ impl Runtime {
     }
 
     /// Periodic upkeep, off the async runtime: idle connections past their timeout are
-    /// closed, and TLS files that changed are read again.
+    /// closed, TLS files that changed are read again, and the IP guard learns this host's
+    /// addresses anew.
     pub fn maintain(&self, shared: &Shared) {
+        shared.upstreams.guard.refresh_local();
         for c in self.clusters.values() {
             c.state.pool.sweep(c.idle_timeout());
             c.reload_tls(&shared.upstreams, false);

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use sluice_snapshot::Snapshot;
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
@@ -21,6 +22,8 @@ pub struct Shared {
     pub rate_limits: ratelimit::Buckets,
     /// Becomes true when the proxy drains: HTTP connections finish their requests and close.
     pub drain: watch::Receiver<bool>,
+    /// Every snapshot as it is published: open streams re-check themselves against each.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
 /// Resolves once `rx` holds `true` (or its sender is gone).

@@ -3,10 +3,12 @@
 //! `Host`. The sidecar's listeners are virtual, one per destination port; this module picks
 //! one for each flow and hands the flow to it.
 //!
-//! - `CONNECT host:port` is answered `200 Connection Established`; the tunnel then belongs to
-//!   the virtual listener of `port`, with `requested = (host, port)`: its ClientHello's SNI
-//!   picks a TLS chain, a TCP chain takes plain bytes ([`crate::serve_connection`]), and plain
-//!   HTTP inside the tunnel is routed per request like below.
+//! - `CONNECT host:port` is answered `200 Connection Established` once the destination passes
+//!   what can be decided before any byte of the tunnel ([`preflight`]; else `403`/`503`); the
+//!   tunnel then belongs to the virtual listener of `port`, with `requested = (host, port)`:
+//!   its ClientHello's SNI (which must name `host`) picks a TLS chain, a TCP chain takes plain
+//!   bytes ([`crate::serve_connection`]), and plain HTTP inside the tunnel (for `host` only)
+//!   is routed per request like below.
 //! - Any other request (absolute-form `GET http://host[:port]/p`, or origin-form with `Host`)
 //!   goes to the HTTP chain of the virtual listener of its port (default 80), by its own host:
 //!   one keep-alive connection may carry requests for different hosts **and ports**, each is
@@ -26,9 +28,8 @@
 //! the snapshot's fallback routes, which the compiler made from the mesh's
 //! `outboundTrafficPolicy`, as Istio's sidecar has them:
 //! - `REGISTRY_ONLY`: route `block_all` / cluster `BlackHoleCluster`: HTTP gets `502` (flag
-//!   `UH`), a tunnel is closed (`UH`). The tunnel was already answered `200` (its SNI is only
-//!   known afterwards), so the app sees its connection closed, as it would under Istio's
-//!   iptables capture.
+//!   `UH`); a CONNECT that only the fallback would take is answered `403` (`UH`), as Squid
+//!   refuses a CONNECT.
 //! - `ALLOW_ANY`: route `allow_any` / `PassthroughCluster`: the host the app asked for is
 //!   resolved with the proxy's resolver and the request (in the clear) or the tunnel's bytes
 //!   (as they are) go to the port asked for.
@@ -48,7 +49,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
@@ -56,18 +57,19 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sluice_snapshot::OutboundPolicy;
 use sluice_snapshot::listener::{App, Transport};
 use sluice_snapshot::route::TcpRoute;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Error;
+use crate::authority::Host;
 use crate::conn::{serve_connection, serve_fallback_stream};
 use crate::flow::{ConnCtx, ConnInfo, Routes};
 use crate::runtime::Runtime;
 use crate::shared::{Shared, wait_true};
 use crate::sni::{self, Peek};
 use crate::telemetry::{Kind, LogTarget, Record};
-use crate::upstream::dns::ip_literal;
 use crate::upstream::pool::BoxError;
 
 /// Where the explicit proxy listens unless `--listen` says otherwise.
@@ -93,15 +95,16 @@ struct Conn {
     runtime: Arc<Runtime>,
     shared: Arc<Shared>,
     log: Option<Arc<LogTarget>>,
-    /// Inside a CONNECT tunnel: its port (every request goes to that virtual listener).
-    tunnel_port: Option<u16>,
+    /// Inside a CONNECT tunnel: its host and port (every request goes to that virtual
+    /// listener, and must name that host).
+    tunnel: Option<(Host, u16)>,
     /// The CONNECT answered on this connection, run once hyper hands the socket over.
     pending: Mutex<Option<PendingTunnel>>,
 }
 
 struct PendingTunnel {
     upgrade: OnUpgrade,
-    host: String,
+    host: Host,
     port: u16,
 }
 
@@ -122,7 +125,7 @@ pub async fn serve<S>(
         runtime,
         shared,
         log,
-        tunnel_port: None,
+        tunnel: None,
         pending: Mutex::new(None),
     });
     serve_http(Box::new(io), conn).await;
@@ -167,23 +170,51 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
     if let Some(t) = pending {
         match t.upgrade.await {
             Ok(upgraded) => tunnel(Box::new(TokioIo::new(upgraded)), t.host, t.port, &conn).await,
-            Err(e) => tracing::debug!(error = %e, host = t.host, "CONNECT tunnel not established"),
+            Err(e) => tracing::debug!(error = %e, host = %t.host, "CONNECT tunnel not established"),
         }
     }
 }
 
 async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
-        return connect(req, &conn);
+        return connect(req, &conn).await;
     }
     let (mut parts, body) = req.into_parts();
-    let target = match Target::of(&parts, conn.tunnel_port) {
+    let target = match Target::of(&parts, conn.tunnel.as_ref().map(|t| t.1)) {
         Ok(t) => t,
         Err(why) => {
             tracing::debug!(peer = %conn.peer, why, "bad explicit-proxy request");
-            return bad_request(why);
+            conn.shared
+                .telemetry
+                .metrics
+                .refused("authority", "malformed");
+            return bad_request(&why);
         }
     };
+    // Domain fronting: a tunnel opened to one host carries requests for that host only.
+    if let Some((host, port)) = &conn.tunnel
+        && *host != target.host
+    {
+        tracing::info!(
+            target: "sluice::refused",
+            peer = %conn.peer,
+            tunnel = %host,
+            port,
+            host = %target.host,
+            "request for another host inside a CONNECT tunnel (421)"
+        );
+        conn.shared
+            .telemetry
+            .metrics
+            .refused("fronting", "host_differs_from_connect");
+        let mut resp = text(
+            421,
+            format!("this tunnel was opened to {host}, not {}\n", target.host),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     if target.absolute {
         // Origin-form for routing and upstream, the URI's authority as Host (RFC 9112 §3.2.2).
         let pq = parts
@@ -195,6 +226,19 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         if let Ok(v) = HeaderValue::from_str(&target.authority) {
             parts.headers.insert(header::HOST, v);
         }
+    } else if let Ok(v) = HeaderValue::from_str(&target.authority) {
+        // The canonical spelling, so routes and upstream see the name that was decided on.
+        parts.headers.insert(header::HOST, v);
+    }
+    // Under REGISTRY_ONLY the catch-all route refuses such a request as Istio does (502); under
+    // ALLOW_ANY it would pass through to a port the registry leaves out.
+    if let Host::Name(name) = &target.host
+        && conn.runtime.snapshot.outbound_policy == OutboundPolicy::AllowAny
+        && !conn.runtime.port_declared(name, target.port)
+    {
+        let e = Error::PortNotDeclared(format!("{name}:{}", target.port));
+        tracing::info!(target: "sluice::refused", peer = %conn.peer, error = %e, "request refused");
+        return text(403, format!("{e}\n"));
     }
     let req = Request::from_parts(parts, body);
     let snapshot = &conn.runtime.snapshot;
@@ -207,10 +251,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         Some((index, chain)) => match &chain.app {
             App::Http { .. } => Routes::Chain(index),
             App::Tcp { routes } => {
-                if routes
-                    .iter()
-                    .any(|r| r.matches(None, ip_literal(&target.host)))
-                {
+                if routes.iter().any(|r| r.matches(None, target.host.ip())) {
                     return bad_request(
                         "this port carries TCP for the sidecar: open a tunnel with CONNECT",
                     );
@@ -221,8 +262,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         None => Routes::Fallback,
     };
     let mut info = ConnInfo::new(conn.local, conn.peer, target.port);
-    info.original_dst = ip_literal(&target.host).map(|ip| SocketAddr::new(ip, target.port));
-    info.requested = Some((target.host.clone(), target.port));
+    info.original_dst = target.host.ip().map(|ip| SocketAddr::new(ip, target.port));
+    info.requested = Some((target.host.to_string(), target.port));
     let ctx = Arc::new(ConnCtx::new(
         info,
         conn.runtime.clone(),
@@ -238,8 +279,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
 /// Where a plain request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
-    /// Lower-cased, IPv6 literals in brackets.
-    host: String,
+    host: Host,
     port: u16,
     /// `host[:port]` as the app wrote it (the Host header to send).
     authority: String,
@@ -248,58 +288,85 @@ struct Target {
 }
 
 impl Target {
-    fn of(parts: &http::request::Parts, tunnel_port: Option<u16>) -> Result<Target, &'static str> {
+    fn of(parts: &http::request::Parts, tunnel_port: Option<u16>) -> Result<Target, String> {
         let (authority, absolute) = if let Some(a) = parts.uri.authority() {
             match parts.uri.scheme_str() {
                 Some(s) if s.eq_ignore_ascii_case("http") => {}
                 Some(_) => {
-                    return Err("only http:// URIs can be proxied: use CONNECT for https");
+                    return Err("only http:// URIs can be proxied: use CONNECT for https".into());
                 }
-                None => return Err("a request target with an authority needs a scheme"),
+                None => return Err("a request target with an authority needs a scheme".into()),
             }
-            (a.clone(), true)
+            (a.as_str(), true)
         } else {
-            let host = parts
-                .headers
-                .get(header::HOST)
+            let host = crate::http::single_host(&parts.headers)?
                 .ok_or("the request names no host (no absolute URI, no Host header)")?;
-            let host = host.to_str().map_err(|_| "the Host header is not text")?;
-            let a = host
-                .parse::<Authority>()
-                .map_err(|_| "the Host header is not a host[:port]")?;
-            (a, false)
+            (host, false)
         };
-        let host = authority.host().to_ascii_lowercase();
-        if host.is_empty() || authority.as_str().contains('@') {
-            return Err("the request's authority names no usable host");
-        }
+        let parsed = crate::authority::Authority::parse(authority)
+            .map_err(|e| format!("bad authority {e}"))?;
         let port = match tunnel_port {
             Some(p) => p,
-            None => authority.port_u16().unwrap_or(80),
+            None => parsed.port.unwrap_or(80),
         };
         Ok(Target {
-            host,
+            authority: parsed.to_string(),
+            host: parsed.host,
             port,
-            authority: authority.as_str().to_owned(),
             absolute,
         })
     }
 }
 
 /// `CONNECT host:port`: answered 200 now; the tunnel runs once hyper releases the socket.
-fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
-    if conn.tunnel_port.is_some() {
+async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+    if conn.tunnel.is_some() {
         return bad_request("CONNECT inside a CONNECT tunnel");
     }
-    let Some(authority) = req.uri().authority().cloned() else {
+    let Some(authority) = req.uri().authority() else {
         return bad_request("CONNECT needs host:port");
     };
-    let Some(port) = authority.port_u16().filter(|p| *p != 0) else {
-        return bad_request("CONNECT needs host:port");
+    let (host, port) = match crate::authority::Authority::parse_with_port(authority.as_str()) {
+        Ok(hp) => hp,
+        Err(e) => {
+            conn.shared
+                .telemetry
+                .metrics
+                .refused("authority", "malformed");
+            return bad_request(&format!("CONNECT needs host:port: {e}"));
+        }
     };
-    let host = authority.host().to_ascii_lowercase();
-    if host.is_empty() || authority.as_str().contains('@') {
-        return bad_request("CONNECT needs host:port");
+    if let Err((e, cluster)) = preflight(conn, &host, port).await {
+        let status = match &e {
+            Error::BlackHole | Error::DestinationDenied(_) | Error::PortNotDeclared(_) => 403,
+            Error::DnsFailed(_) | Error::NoHealthyUpstream(_) => 503,
+            _ => 502,
+        };
+        tracing::info!(
+            target: "sluice::refused",
+            peer = %conn.peer,
+            host = %host,
+            port,
+            status,
+            error = %e,
+            "CONNECT refused"
+        );
+        // Logged as the tunnel would have been: the host asked for as its server name, the
+        // cluster that refused it.
+        let mut rec = Record::new(
+            conn.shared.telemetry.clone(),
+            conn.log.clone(),
+            Kind::Connection,
+            conn.local,
+            conn.peer,
+            Some(host.to_string()),
+        );
+        rec.cluster = cluster;
+        rec.fail(&e);
+        let mut resp = text(status, format!("CONNECT {host}:{port} refused: {e}\n"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
     }
     let upgrade = hyper::upgrade::on(&mut req);
     *conn.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingTunnel {
@@ -315,14 +382,57 @@ fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
     resp
 }
 
+/// What a tunnel to `host:port` would be refused for, decided before the CONNECT is answered
+/// from what is known then: the host (the only server name the tunnel may carry, see the
+/// fronting check in [`tunnel`]) and the port. A destination that only the snapshot's fallback
+/// takes is refused now under REGISTRY_ONLY (`BlackHoleCluster`), and under ALLOW_ANY when
+/// the host does not resolve or resolves only to addresses the IP guard refuses — the same
+/// check the dial makes later, so nothing is decided twice differently. A destination some
+/// chain of the port may take is decided inside the tunnel, by what the app sends.
+async fn preflight(conn: &Conn, host: &Host, port: u16) -> Result<(), (Error, Option<Arc<str>>)> {
+    let runtime = &conn.runtime;
+    let snapshot = &runtime.snapshot;
+    if let Host::Name(name) = host
+        && !runtime.port_declared(name, port)
+    {
+        return Err((Error::PortNotDeclared(format!("{name}:{port}")), None));
+    }
+    if let Some(listener) = snapshot.listener(port) {
+        let sni = match host {
+            Host::Name(name) => Some(name.as_str()),
+            Host::Ip(_) => None,
+        };
+        let tls = listener.inspects_tls() && listener.select(Transport::Tls, sni).is_some();
+        if tls || listener.select(Transport::Plain, None).is_some() {
+            return Ok(());
+        }
+    }
+    let Some(cluster) = snapshot
+        .fallback
+        .as_ref()
+        .and_then(|f| f.tcp.clusters.first())
+        .and_then(|wc| runtime.cluster(&wc.cluster))
+    else {
+        return Err((Error::NoRoute, None));
+    };
+    let named = host.to_string();
+    let original_dst = host.ip().map(|ip| SocketAddr::new(ip, port));
+    conn.shared
+        .upstreams
+        .endpoints(cluster, Some(&named), original_dst, Some((&named, port)))
+        .await
+        .map(drop)
+        .map_err(|e| (e, Some(cluster.name.clone())))
+}
+
 /// A CONNECT tunnel to `host:port`, on the virtual listener of `port`.
-async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
+async fn tunnel(io: BoxStream, host: Host, port: u16, conn: &Arc<Conn>) {
     let runtime = &conn.runtime;
     let snapshot = &runtime.snapshot;
     let shared = &conn.shared;
     let mut info = ConnInfo::new(conn.local, conn.peer, port);
-    info.requested = Some((host.clone(), port));
-    info.original_dst = ip_literal(&host).map(|ip| SocketAddr::new(ip, port));
+    info.requested = Some((host.to_string(), port));
+    info.original_dst = host.ip().map(|ip| SocketAddr::new(ip, port));
     let Some(listener) = snapshot.listener(port) else {
         return serve_fallback_stream(io, info, runtime.clone(), shared.clone(), false).await;
     };
@@ -330,6 +440,20 @@ async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
         let (io, peek) = sni::inspect(io, shared.config.tls_inspect_timeout).await;
         match peek {
             Ok(Peek::Found(hello)) => {
+                // Domain fronting: a tunnel opened to one name may not carry a TLS session
+                // for another (the SNI would pick the route and the upstream).
+                if let (Host::Name(name), Some(sni)) = (&host, &hello.sni)
+                    && name != sni
+                {
+                    shared
+                        .telemetry
+                        .metrics
+                        .refused("fronting", "sni_differs_from_connect");
+                    let why = format!("the ClientHello names {sni} inside a tunnel to {name}");
+                    info.sni = hello.sni;
+                    refuse_connection(&info, conn, &Error::Fronting(why));
+                    return;
+                }
                 info.sni = hello.sni;
                 info.alpn = hello.alpn;
                 (io, Transport::Tls)
@@ -337,6 +461,10 @@ async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
             Ok(Peek::NotTls) => (io, Transport::Plain),
             Ok(Peek::NeedMore) => {
                 refuse_connection(&info, conn, &Error::Inspect(sni::Error::Eof));
+                return;
+            }
+            Ok(Peek::Malformed(why)) => {
+                refuse_connection(&info, conn, &Error::Inspect(sni::Error::Malformed(why)));
                 return;
             }
             Err(e) => {
@@ -363,14 +491,14 @@ async fn tunnel(io: BoxStream, host: String, port: u16, conn: &Arc<Conn>) {
                 runtime: runtime.clone(),
                 shared: shared.clone(),
                 log: conn.log.clone(),
-                tunnel_port: Some(port),
+                tunnel: Some((host.clone(), port)),
                 pending: Mutex::new(None),
             });
             Box::pin(serve_http(Box::new(io), inner)).await;
         }
         (_, App::Tcp { routes }) => {
             if info.original_dst.is_none() && routes_need_destination(routes) {
-                info.original_dst = destination(shared, &host, port).await;
+                info.original_dst = destination(shared, &host.to_string(), port).await;
             }
             let dest = info.original_dst.map_or(conn.local.ip(), |a| a.ip());
             if !routes
@@ -458,23 +586,34 @@ mod tests {
         let t = Target::of(&parts("http://API.github.com/x?y=1", Some("other")), None)
             .expect("absolute");
         assert_eq!(
-            (t.host.as_str(), t.port, t.authority.as_str(), t.absolute),
-            ("api.github.com", 80, "API.github.com", true)
+            (
+                t.host.to_string().as_str(),
+                t.port,
+                t.authority.as_str(),
+                t.absolute
+            ),
+            ("api.github.com", 80, "api.github.com", true)
         );
         let t = Target::of(&parts("http://example.com:8080/", None), None).expect("port");
-        assert_eq!((t.host.as_str(), t.port), ("example.com", 8080));
-        let t = Target::of(&parts("/p", Some("example.com:81")), None).expect("origin");
+        assert_eq!((t.host.to_string().as_str(), t.port), ("example.com", 8080));
+        let t = Target::of(&parts("/p", Some("example.com.:81")), None).expect("origin");
         assert_eq!(
-            (t.host.as_str(), t.port, t.absolute),
+            (t.host.to_string().as_str(), t.port, t.absolute),
             ("example.com", 81, false)
         );
         let t = Target::of(&parts("/p", Some("[::1]")), None).expect("v6");
-        assert_eq!((t.host.as_str(), t.port), ("[::1]", 80));
+        assert_eq!((t.host.to_string().as_str(), t.port), ("[::1]", 80));
         // Inside a tunnel the port is the tunnel's.
         let t = Target::of(&parts("/p", Some("example.com")), Some(8443)).expect("tunnel");
         assert_eq!(t.port, 8443);
         assert!(Target::of(&parts("/p", None), None).is_err());
         assert!(Target::of(&parts("https://example.com/", None), None).is_err());
         assert!(Target::of(&parts("/p", Some("a b")), None).is_err());
+        assert!(Target::of(&parts("/p", Some("a..example.com")), None).is_err());
+        assert!(Target::of(&parts("http://.example.com/", None), None).is_err());
+        let mut two = parts("/p", Some("a.example.com"));
+        two.headers
+            .append(header::HOST, HeaderValue::from_static("b.example.com"));
+        assert!(Target::of(&two, None).is_err());
     }
 }

@@ -33,6 +33,9 @@ pub enum Peek {
     NotTls,
     /// A prefix of a ClientHello: read more.
     NeedMore,
+    /// A ClientHello that no honest client sends (the same extension twice, an unusable
+    /// server name): refused, never routed by one of its readings.
+    Malformed(&'static str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,8 @@ pub enum Error {
     Eof,
     #[error("reading the ClientHello: {0}")]
     Io(#[from] std::io::Error),
+    #[error("malformed ClientHello: {0}")]
+    Malformed(&'static str),
 }
 
 /// Reads from `io` until the ClientHello is complete (or the bytes are not TLS), at most
@@ -105,6 +110,10 @@ pub async fn inspect_with<S: AsyncRead + Unpin>(
         Err(_elapsed) if buf.is_empty() => Ok(Peek::NotTls),
         Err(_elapsed) => Err(Error::Timeout),
     };
+    let result = match result {
+        Ok(Peek::Malformed(why)) => Err(Error::Malformed(why)),
+        other => other,
+    };
     (Rewind::new(buf.freeze(), io), result)
 }
 
@@ -154,7 +163,8 @@ pub fn parse(buf: &[u8]) -> Peek {
             }
             if let Some(body) = handshake.get(4..4 + body_len) {
                 return match parse_client_hello(body) {
-                    Some(hello) => Peek::Found(hello),
+                    Some(Ok(hello)) => Peek::Found(hello),
+                    Some(Err(why)) => Peek::Malformed(why),
                     None => Peek::NotTls,
                 };
             }
@@ -189,7 +199,8 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn parse_client_hello(body: &[u8]) -> Option<ClientHello> {
+/// `None`: not a ClientHello; `Some(Err)`: one to refuse.
+fn parse_client_hello(body: &[u8]) -> Option<Result<ClientHello, &'static str>> {
     let mut c = Cursor(body);
     let version = c.take(2)?;
     if version[0] != 3 {
@@ -201,41 +212,59 @@ fn parse_client_hello(body: &[u8]) -> Option<ClientHello> {
     c.vec8()?; // compression methods
     let mut hello = ClientHello::default();
     if c.0.is_empty() {
-        return Some(hello); // no extensions at all
+        return Some(Ok(hello)); // no extensions at all
     }
     let mut exts = Cursor(c.vec16()?);
+    // RFC 8446 §4.2: at most one extension of each type. Two server names would let the proxy
+    // route by one while the server answers the other.
+    let mut seen: Vec<u16> = Vec::with_capacity(16);
     while !exts.0.is_empty() {
         let ty = exts.u16()?;
         let data = exts.vec16()?;
+        if seen.contains(&ty) {
+            return Some(Err("the same extension twice"));
+        }
+        seen.push(ty);
         match ty {
-            EXT_SERVER_NAME => hello.sni = parse_sni(data)?,
+            EXT_SERVER_NAME => match parse_sni(data) {
+                Some(Ok(sni)) => hello.sni = sni,
+                Some(Err(why)) => return Some(Err(why)),
+                None => return None,
+            },
             EXT_ALPN => hello.alpn = parse_alpn(data)?,
             _ => {}
         }
     }
-    Some(hello)
+    Some(Ok(hello))
 }
 
-/// `None`: malformed. `Some(None)`: no host name in the list.
-fn parse_sni(data: &[u8]) -> Option<Option<String>> {
+/// `None`: not parseable. `Some(Ok(None))`: no host name in the list. The name is canonical
+/// ([`crate::authority::name`]); an IP address, an empty label or a second host name is
+/// refused (RFC 6066 §3: one name of each type, and never a literal address).
+fn parse_sni(data: &[u8]) -> Option<Result<Option<String>, &'static str>> {
     let mut list = Cursor(Cursor(data).vec16()?);
+    let mut found = None;
     while !list.0.is_empty() {
         let name_type = list.u8()?;
         let name = list.vec16()?;
-        if name_type == 0 {
-            let valid = !name.is_empty()
-                && name.len() <= 253
-                && name
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-            if !valid {
-                return None;
-            }
-            let host = String::from_utf8_lossy(name).to_ascii_lowercase();
-            return Some(Some(host.trim_end_matches('.').to_owned()));
+        if name_type != 0 {
+            continue;
+        }
+        if found.is_some() {
+            return Some(Err("two host names in the server name extension"));
+        }
+        let Ok(text) = std::str::from_utf8(name) else {
+            return Some(Err("the server name is not text"));
+        };
+        if text.parse::<std::net::IpAddr>().is_ok() {
+            return Some(Err("the server name is an IP address"));
+        }
+        match crate::authority::name(text) {
+            Ok(n) if text.is_ascii() => found = Some(n),
+            _ => return Some(Err("the server name is not a valid host name")),
         }
     }
-    Some(None)
+    Some(Ok(found))
 }
 
 fn parse_alpn(data: &[u8]) -> Option<Vec<String>> {
@@ -292,6 +321,82 @@ mod tests {
             sni: sni.map(str::to_owned),
             alpn: alpn.iter().map(|s| s.to_string()).collect(),
         })
+    }
+
+    /// A ClientHello record with these extensions (type, data), framed by hand.
+    fn hello_with(exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut ext_bytes = Vec::new();
+        for (ty, data) in exts {
+            ext_bytes.extend_from_slice(&ty.to_be_bytes());
+            ext_bytes.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            ext_bytes.extend_from_slice(data);
+        }
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]);
+        body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+        body.extend_from_slice(&(ext_bytes.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext_bytes);
+        let mut hs = vec![HANDSHAKE_CLIENT_HELLO, 0];
+        hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        hs.extend_from_slice(&body);
+        let mut rec = vec![CONTENT_HANDSHAKE, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    /// A server_name extension with these (type, name) entries.
+    fn sni_ext(names: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for (ty, name) in names {
+            list.push(*ty);
+            list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            list.extend_from_slice(name);
+        }
+        let mut out = (list.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&list);
+        out
+    }
+
+    #[test]
+    fn ambiguous_server_names_are_refused() {
+        let one = hello_with(&[(EXT_SERVER_NAME, sni_ext(&[(0, b"Allowed.example.")]))]);
+        assert_eq!(parse(&one), found(Some("allowed.example"), &[]));
+        let twice = hello_with(&[
+            (EXT_SERVER_NAME, sni_ext(&[(0, b"allowed.example")])),
+            (EXT_SERVER_NAME, sni_ext(&[(0, b"other.example")])),
+        ]);
+        assert_eq!(parse(&twice), Peek::Malformed("the same extension twice"));
+        let two_names = hello_with(&[(
+            EXT_SERVER_NAME,
+            sni_ext(&[(0, b"allowed.example"), (0, b"other.example")]),
+        )]);
+        assert!(matches!(parse(&two_names), Peek::Malformed(_)));
+        for bad in [
+            &b"a..example"[..],
+            b".example",
+            b"10.0.0.1",
+            b"ex ample",
+            b"\xff",
+        ] {
+            let h = hello_with(&[(EXT_SERVER_NAME, sni_ext(&[(0, bad)]))]);
+            assert!(matches!(parse(&h), Peek::Malformed(_)), "{bad:?}");
+        }
+        let alpn_twice = hello_with(&[
+            (EXT_ALPN, vec![0, 3, 2, b'h', b'2']),
+            (EXT_ALPN, vec![0, 3, 2, b'h', b'2']),
+        ]);
+        assert!(matches!(parse(&alpn_twice), Peek::Malformed(_)));
+    }
+
+    #[tokio::test]
+    async fn inspect_refuses_a_malformed_client_hello() {
+        let twice = hello_with(&[
+            (EXT_SERVER_NAME, sni_ext(&[(0, b"allowed.example")])),
+            (EXT_SERVER_NAME, sni_ext(&[(0, b"other.example")])),
+        ]);
+        let (_io, peek) = inspect(&twice[..], Duration::from_secs(1)).await;
+        assert!(matches!(peek, Err(Error::Malformed(_))), "{peek:?}");
     }
 
     #[test]

@@ -19,10 +19,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::Error;
-use crate::flow::ConnCtx;
+use sluice_snapshot::listener::App;
+use sluice_snapshot::route::TcpRoute;
+use sluice_snapshot::{Discovery, Snapshot};
+use tokio::sync::watch;
+
+use crate::flow::{ConnCtx, Routes};
 use crate::telemetry::{ByteCounts, Record};
 use crate::upstream::lb::{Slot, pick_weighted};
+use crate::{Error, authz};
 
 /// Envoy's default TCP proxy idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -89,14 +94,48 @@ where
         .await?;
     rec.upstream_local = dialed.local;
     state.stats.upstream_cx_active.inc();
-    let idle = cluster.limits.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
-    let result = copy(io, dialed.io, rec.counts.clone(), idle).await;
+    let limits = Limits {
+        idle: cluster.limits.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        until: ctx
+            .shared
+            .config
+            .tunnel_max_lifetime
+            .map(|d| ctx.info.start + d),
+    };
+    let cluster_name = c.name.clone();
+    let recheck = |snapshot: &Snapshot| revoked(ctx, snapshot, &cluster_name);
+    let snapshots = ctx.shared.snapshots.clone();
+    let result = copy(
+        io,
+        dialed.io,
+        rec.counts.clone(),
+        limits,
+        snapshots,
+        recheck,
+    )
+    .await;
     state.stats.upstream_cx_active.dec();
     match result {
         Ok(()) => Ok(()),
         Err(CopyEnd::Idle) => {
             rec.termination = Some("idle_timeout".into());
             Ok(())
+        }
+        Err(CopyEnd::Lifetime) => {
+            rec.termination = Some("max_duration_timeout".into());
+            Ok(())
+        }
+        Err(CopyEnd::Revoked(e)) => {
+            tracing::info!(
+                target: "sluice::refused",
+                peer = %ctx.info.peer,
+                sni = ctx.info.sni.as_deref().unwrap_or("-"),
+                cluster = %c.name,
+                error = %e,
+                "open stream closed: the new configuration no longer allows it"
+            );
+            ctx.shared.telemetry.metrics.refused("revoked", e.details());
+            Err(e)
         }
         Err(CopyEnd::Io(e)) => {
             tracing::debug!(error = %e, "tcp copy ended");
@@ -105,21 +144,93 @@ where
     }
 }
 
+/// Why the open stream of `ctx` to `cluster` is not allowed by `snapshot`, if it is not:
+/// its AuthorizationPolicies deny the connection, or its routes no longer take it to that
+/// cluster (the ServiceEntry, Gateway or rule that admitted it is gone). A stream the new
+/// configuration still allows is left alone.
+fn revoked(ctx: &ConnCtx, snapshot: &Snapshot, cluster: &str) -> Option<Error> {
+    if authz::enforced(snapshot) {
+        let decision = snapshot
+            .authz
+            .evaluate(&authz::connection_request(&ctx.info));
+        if !decision.allowed {
+            return Some(Error::Denied(decision.details));
+        }
+    }
+    let routes: &[TcpRoute] = match ctx.routes {
+        Routes::Chain(_) => {
+            let Some(transport) = ctx.chain().map(|c| c.match_.transport) else {
+                return Some(Error::Revoked("route"));
+            };
+            match snapshot
+                .listener(ctx.info.listener_port)
+                .and_then(|l| l.select(transport, ctx.info.sni.as_deref()))
+                .map(|c| &c.app)
+            {
+                Some(App::Tcp { routes }) => routes,
+                _ => &[],
+            }
+        }
+        Routes::Fallback => snapshot
+            .fallback
+            .as_ref()
+            .map(|f| std::slice::from_ref(&f.tcp))
+            .unwrap_or(&[]),
+    };
+    let dest = ctx.info.original_dst.unwrap_or(ctx.info.local).ip();
+    let routed = routes
+        .iter()
+        .find(|r| r.matches(ctx.info.sni.as_deref(), Some(dest)))
+        .is_some_and(|r| r.clusters.iter().any(|wc| wc.cluster == cluster));
+    let open = snapshot
+        .clusters
+        .get(cluster)
+        .is_some_and(|c| c.discovery != Discovery::BlackHole);
+    if routed && open {
+        None
+    } else {
+        Some(Error::Revoked("route"))
+    }
+}
+
+/// When a stream is closed regardless of its traffic.
+struct Limits {
+    idle: Duration,
+    until: Option<Instant>,
+}
+
 enum CopyEnd {
     Idle,
+    Lifetime,
+    Revoked(Error),
     Io(io::Error),
 }
 
+/// Copies both ways until either side closes, the stream idles, its lifetime ends, or a new
+/// snapshot no longer allows it (`recheck`, run once per snapshot).
 async fn copy<D, U>(
     downstream: D,
     mut upstream: U,
     counts: Arc<ByteCounts>,
-    idle: Duration,
+    limits: Limits,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    recheck: impl Fn(&Snapshot) -> Option<Error>,
 ) -> Result<(), CopyEnd>
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let idle = limits.idle;
+    // Only snapshots published from now on count: the flow was decided on the current one.
+    snapshots.borrow_and_update();
+    let mut watching = true;
+    let lifetime = async {
+        match limits.until {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(lifetime);
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut down = Counted {
@@ -136,6 +247,17 @@ where
     loop {
         tokio::select! {
             r = &mut copy => return r.map_err(CopyEnd::Io),
+            _ = &mut lifetime => return Err(CopyEnd::Lifetime),
+            changed = snapshots.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                if let Some(e) = recheck(&snapshot) {
+                    return Err(CopyEnd::Revoked(e));
+                }
+            }
             _ = tokio::time::sleep(tick) => {
                 let since = (epoch.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
                 if Duration::from_millis(since) >= idle {

@@ -3,10 +3,13 @@
 
 pub mod connect;
 pub mod dns;
+pub mod guard;
 pub mod lb;
 pub mod pool;
 
 use std::net::SocketAddr;
+
+use ipnet::IpNet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,6 +27,8 @@ use pool::{DEFAULT_IDLE_TIMEOUT, PoolKey, Pooled};
 /// What the proxy uses to reach any upstream: the resolver and the TLS builders.
 pub struct Upstreams {
     pub resolver: dns::Resolver,
+    /// Which addresses may be dialed: every candidate passes it before it is used.
+    pub guard: guard::Guard,
     pub tls: ClientConfigs,
     telemetry: Arc<Telemetry>,
 }
@@ -41,6 +46,9 @@ pub struct ClusterRt {
     pub service: Arc<str>,
     pub state: Arc<ClusterState>,
     tls: RwLock<Option<Arc<ClientConfig>>>,
+    /// The addresses the cluster's ServiceEntry names explicitly (IP endpoints, `addresses`):
+    /// the IP guard's exceptions for this cluster.
+    named: Vec<IpNet>,
 }
 
 impl ClusterRt {
@@ -53,6 +61,20 @@ impl ClusterRt {
                 ups.telemetry.metrics.cluster(&cluster.name),
             )),
         };
+        let named = named_addresses(cluster);
+        if previous.is_none_or(|p| p.cluster != *cluster) {
+            for net in &named {
+                let class = guard::classify(net.network());
+                if class != guard::Class::Public {
+                    tracing::info!(
+                        cluster = cluster.name,
+                        addresses = %net,
+                        class = class.name(),
+                        "the ServiceEntry names these addresses: the IP guard lets this cluster reach them"
+                    );
+                }
+            }
+        }
         let rt = ClusterRt {
             cluster: cluster.clone(),
             fixed: fixed_endpoints(cluster),
@@ -60,6 +82,7 @@ impl ClusterRt {
             service: Arc::from(cluster.service.as_str()),
             state,
             tls: RwLock::new(None),
+            named,
         };
         rt.reload_tls(ups, true);
         rt
@@ -158,6 +181,20 @@ impl ClusterRt {
     }
 }
 
+/// The addresses a cluster's ServiceEntry names: endpoints written as IP addresses, and its
+/// `addresses`.
+fn named_addresses(cluster: &Cluster) -> Vec<IpNet> {
+    let endpoints = match &cluster.discovery {
+        Discovery::Static { endpoints } => endpoints.as_slice(),
+        _ => &[],
+    };
+    endpoints
+        .iter()
+        .filter_map(|ep| dns::ip_literal(&ep.address).map(IpNet::from))
+        .chain(cluster.addresses.iter().copied())
+        .collect()
+}
+
 /// The candidates of a STATIC cluster whose endpoints are all IP addresses.
 fn fixed_endpoints(cluster: &Cluster) -> Option<Arc<[Candidate]>> {
     let Discovery::Static { endpoints } = &cluster.discovery else {
@@ -180,9 +217,14 @@ fn fixed_endpoints(cluster: &Cluster) -> Option<Arc<[Candidate]>> {
 }
 
 impl Upstreams {
-    pub fn new(resolver: dns::Resolver, telemetry: Arc<Telemetry>) -> Upstreams {
+    pub fn new(
+        resolver: dns::Resolver,
+        guard: guard::Guard,
+        telemetry: Arc<Telemetry>,
+    ) -> Upstreams {
         Upstreams {
             resolver,
+            guard,
             tls: ClientConfigs::default(),
             telemetry,
         }
@@ -210,7 +252,7 @@ impl Upstreams {
         requested: Option<(&str, u16)>,
     ) -> Result<Arc<[Candidate]>, Error> {
         if let Some(fixed) = &c.fixed {
-            return Ok(fixed.clone());
+            return self.guarded(c, fixed.clone());
         }
         let cluster = &c.cluster;
         let mut out = self
@@ -225,7 +267,43 @@ impl Upstreams {
                 c.host = name.clone();
             }
         }
-        Ok(out.into())
+        self.guarded(c, out.into())
+    }
+
+    /// The candidates the IP guard lets `c` dial, in their order (so the first permitted
+    /// address of a DNS answer is used first); refused when none is left.
+    fn guarded(&self, c: &ClusterRt, all: Arc<[Candidate]>) -> Result<Arc<[Candidate]>, Error> {
+        let mut kept: Option<Vec<Candidate>> = None;
+        let mut first_denied = None;
+        for (i, cand) in all.iter().enumerate() {
+            match self.guard.check(cand.addr, &c.named) {
+                Ok(()) => {
+                    if let Some(k) = kept.as_mut() {
+                        k.push(cand.clone());
+                    }
+                }
+                Err(denied) => {
+                    tracing::info!(
+                        target: "sluice::refused",
+                        cluster = c.cluster.name,
+                        host = %cand.host,
+                        error = %denied,
+                        "destination address refused"
+                    );
+                    self.telemetry
+                        .metrics
+                        .refused("destination_ip", denied.reason_name());
+                    kept.get_or_insert_with(|| all[..i].to_vec());
+                    first_denied.get_or_insert(denied);
+                }
+            }
+        }
+        match (kept, first_denied) {
+            (None, _) => Ok(all),
+            (Some(k), _) if !k.is_empty() => Ok(k.into()),
+            (Some(_), Some(denied)) => Err(Error::DestinationDenied(Box::new(denied))),
+            (Some(_), None) => Ok(all),
+        }
     }
 
     async fn discover(
@@ -305,16 +383,19 @@ impl Upstreams {
                     weight: 1,
                     host: Arc::from(addr.ip().to_string()),
                 }]),
+                // Every address, in the resolver's order: the guard drops the refused ones
+                // and the first left is dialed.
                 (None, Some((name, port))) => {
                     let ips = self.resolver.resolve(name).await?;
-                    let ip = ips.first().ok_or_else(|| {
-                        Error::NoHealthyUpstream(format!("{name}: no address").into())
-                    })?;
-                    Ok(vec![Candidate {
-                        addr: SocketAddr::new(*ip, port),
-                        weight: 1,
-                        host: Arc::from(name),
-                    }])
+                    let host: Arc<str> = Arc::from(name);
+                    Ok(ips
+                        .iter()
+                        .map(|ip| Candidate {
+                            addr: SocketAddr::new(*ip, port),
+                            weight: 1,
+                            host: host.clone(),
+                        })
+                        .collect())
                 }
                 (None, None) => Err(Error::NoHealthyUpstream(
                     "no original destination on this listener".into(),

@@ -518,27 +518,21 @@ async fn registry_only_refuses_what_nothing_registers() {
     let (status, _, _) = proxied_get(proxy, "http://api.github.com/").await;
     assert_eq!(status, 502);
 
-    // A tunnel whose SNI no chain takes: the 200 is sent, then the connection is closed.
-    let test_ca = TestCa::new("unused");
-    let (tcp, head) = open_tunnel(proxy, "unknown.example:443").await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let r = https_over(tcp, "unknown.example", "/", test_ca.ca_root_store()).await;
-    assert!(r.is_err(), "the tunnel must be closed: {r:?}");
-    let line = sidecar
-        .log_line(&["BlackHoleCluster", "UH", "unknown.example"])
-        .await;
+    // A tunnel to a host no chain of the port takes (the tunnel may only carry that host's
+    // SNI): refused before the 200, as Squid and Smokescreen refuse, and logged.
+    let (_tcp, head) = open_tunnel(proxy, "unknown.example:443").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let line = sidecar.log_line(&["UH", "unknown.example"]).await;
     assert!(line.contains(" UH "), "{line}");
 
-    // A port no listener has: closed as well, without waiting for any byte.
-    let (mut tcp, head) = open_tunnel(proxy, "unknown.example:9999").await;
+    // A port no listener has: refused the same way.
+    let (_tcp, head) = open_tunnel(proxy, "unknown.example:9999").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    sidecar.wait_lines(&[" UH ", "unknown.example"], 2).await;
+
+    // A registered host is answered 200: its route is decided by what the app sends.
+    let (_tcp, head) = open_tunnel(proxy, "api.github.com:443").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
-        .await
-        .expect("closed in time")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the tunnel must be closed");
-    sidecar.wait_lines(&["BlackHoleCluster", " UH "], 2).await;
 
     // Malformed heads: 400, connection closed.
     let reply = client::raw_tcp(proxy, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5))
@@ -582,9 +576,13 @@ async fn allow_any_passes_unregistered_hosts_through() {
     )
     .await
     .expect("https stand-in");
-    let dns = DnsServer::start([("outside.example", vec![outside_ip])])
-        .await
-        .expect("dns");
+    let dns = DnsServer::start([
+        ("outside.example", vec![outside_ip]),
+        // Unspecified: the IP guard refuses it (and a dial would stay on this machine).
+        ("zero.example", vec!["0.0.0.0".parse().expect("ip")]),
+    ])
+    .await
+    .expect("dns");
     // The guide's mesh config says REGISTRY_ONLY; a Sidecar resource overrides it, and the
     // compiler turns the policy into routes (allow_any → PassthroughCluster).
     let allow_any = r#"
@@ -631,6 +629,25 @@ spec:
         .await;
     assert_eq!(https_outside.requests(), 1);
     assert_eq!(http_outside.requests(), 1);
+
+    // A CONNECT is answered only once its destination passes: a host that resolves to an
+    // address the IP guard refuses is 403, one that does not resolve 503, before any 200.
+    let (_tcp, head) = open_tunnel(proxy, "zero.example:443").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    sidecar
+        .log_line(&["zero.example", "destination_ip_denied{unspecified}"])
+        .await;
+    let (_tcp, head) = open_tunnel(proxy, "nowhere.example:443").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+
+    // httpbin.example is registered on port 80 only: ALLOW_ANY does not open its other ports.
+    let (_tcp, head) = open_tunnel(proxy, "httpbin.example:8443").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    sidecar
+        .log_line(&["port_not_declared", "httpbin.example"])
+        .await;
+    let (status, _, body) = proxied_get(proxy, "http://httpbin.example:8080/").await;
+    assert_eq!(status, 403, "{body}");
 }
 
 #[tokio::test]
@@ -947,4 +964,102 @@ async fn websocket_upgrades_pass_through_the_sidecar() {
     assert_eq!(&got, b"hello tunnel");
     drop(tcp);
     let _ = tokio::time::timeout(STEP, server).await;
+}
+
+/// Domain fronting and malformed authorities at the sidecar (security issue): a tunnel to
+/// one registered host whose ClientHello names another is closed; a plain request inside a
+/// tunnel for another host is 421; malformed CONNECT authorities and two Host headers are
+/// 400 — and none of them reaches the mesh hop.
+#[tokio::test]
+async fn fronting_and_malformed_authorities_are_refused() {
+    let mesh = Mesh::new();
+    let test_ca = TestCa::new("upstream-ca");
+    let github = HttpsUpstream::start(
+        SocketAddr::new(free_loopback_addr(), 0),
+        &test_ca.server_cert(&["api.github.com", "httpbin.example"]),
+        "github",
+        UpstreamOptions::default(),
+    )
+    .await
+    .expect("github stand-in");
+    let httpbin = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 0), "httpbin")
+        .await
+        .expect("httpbin stand-in");
+    let gateway_ip = free_loopback_addr();
+    let standin = MeshStandIn::start(
+        SocketAddr::new(gateway_ip, 443),
+        mesh.gateway(),
+        github.addr(),
+        httpbin.addr(),
+    )
+    .await;
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let sidecar = start_sidecar(
+        &sidecar_snapshot(gateway_ip),
+        Some(mesh.sleep()),
+        dns.addr(),
+    )
+    .await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    // CONNECT to api.github.com, then a ClientHello for httpbin.example: closed.
+    let (tcp, head) = open_tunnel(proxy, "api.github.com:443").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let fronted = https_over(tcp, "httpbin.example", "/", test_ca.ca_root_store()).await;
+    assert!(fronted.is_err(), "{fronted:?}");
+    let line = sidecar.log_line(&["misdirected_request"]).await;
+    assert!(line.contains("httpbin.example"), "{line}");
+
+    // The same name, spelled differently, is the same name.
+    let (tcp, head) = open_tunnel(proxy, "API.GitHub.com.:443").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (status, body) = https_over(tcp, "api.github.com", "/ok", test_ca.ca_root_store())
+        .await
+        .expect("same host, other spelling");
+    assert_eq!(status, 200, "{body}");
+
+    // Plain HTTP inside a tunnel to httpbin.example, for another host: 421.
+    let (mut tcp, head) = open_tunnel(proxy, "httpbin.example:80").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
+        .await
+        .expect("write");
+    let head = common::read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 421"), "{head}");
+
+    let hops_before = standin.seen().len();
+    for bad in [
+        "a..example.com:443",
+        ".example.com:443",
+        "api.github.com",
+        "api.github.com:0",
+        "api.github.com:65536",
+        "api.github.com:443x",
+        "2130706433:443",
+        "user@api.github.com:443",
+    ] {
+        let (_tcp, head) = open_tunnel(proxy, bad).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{bad}: {head}");
+    }
+    let mut tcp = TcpStream::connect(proxy).await.expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: httpbin.example\r\nHost: api.github.com\r\n\r\n")
+        .await
+        .expect("write");
+    let head = common::read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(
+        standin.seen().len(),
+        hops_before,
+        "a refused flow reached the gateway"
+    );
+    assert_eq!(httpbin.requests(), 0);
+    let metrics = sidecar.metrics();
+    for needle in [
+        r#"sluice_refused_total{check="fronting",reason="sni_differs_from_connect"} 1"#,
+        r#"sluice_refused_total{check="fronting",reason="host_differs_from_connect"} 1"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
 }

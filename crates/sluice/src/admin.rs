@@ -4,17 +4,23 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use sluice_proxy::accept::{self, ConnLimit};
 use sluice_snapshot::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// Connections the admin API holds open (probes and scrapers need a handful).
+pub const MAX_CONNECTIONS: usize = 128;
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// What the admin API reads; every field is shared with the running proxy.
 #[derive(Clone)]
@@ -24,24 +30,34 @@ pub struct AdminState {
     pub registry: Arc<Mutex<Registry>>,
 }
 
-/// Binds `addr` and serves the admin API until the returned task is aborted.
+/// Binds `addr` and serves the admin API until the returned task is aborted. A request head
+/// must arrive within `head_timeout` of the connection waiting for one, so a client that
+/// sends nothing is closed then too.
 pub async fn serve(
     addr: SocketAddr,
     state: AdminState,
+    head_timeout: Duration,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
+    let limit = ConnLimit::new(MAX_CONNECTIONS);
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let (stream, peer) = accept::next(&listener, "admin").await;
+            let Some(permit) = limit.admit() else {
+                tracing::debug!(%peer, "admin connection limit reached: closed");
                 continue;
             };
             let state = state.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(&state, &req)) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(head_timeout)
+                    .max_buf_size(MAX_HEAD_BYTES)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use sluice_model::diag::codes;
 use sluice_model::{Diagnostic, Level};
 
 use crate::cli::{AnalyzeArgs, Output, exit};
@@ -10,6 +11,12 @@ use crate::cli::{AnalyzeArgs, Output, exit};
 pub fn run(args: &AnalyzeArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     let loaded = sluice_model::load_paths(&args.paths);
     let mut diags = loaded.diagnostics;
+    if args.strict {
+        // Under --strict, analyzing nothing is a failure of the configuration itself.
+        for d in diags.iter_mut().filter(|d| d.code == codes::EMPTY_INPUT) {
+            d.level = Level::Error;
+        }
+    }
     diags.extend(sluice_compile::check(&loaded.resources));
     sluice_compile::sort(&mut diags);
     if args.quiet {

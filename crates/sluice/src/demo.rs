@@ -162,6 +162,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
             dns_server: Some(dns.addr()),
             identity_dir: None,
             reload_interval: Duration::from_secs(1),
+            // The demo's "external" service lives on loopback, which the destination IP
+            // guard denies by default.
+            allow_ranges: vec!["127.0.0.0/8".parse()?],
+            deny_ranges: Vec::new(),
+            max_connections: sluice_proxy::accept::DEFAULT_MAX_CONNECTIONS,
+            first_byte_timeout: sluice_proxy::config::DEFAULT_FIRST_BYTE_TIMEOUT,
+            request_head_timeout: sluice_proxy::config::DEFAULT_REQUEST_HEAD_TIMEOUT,
+            tunnel_max_lifetime: sluice_proxy::config::DEFAULT_TUNNEL_MAX_LIFETIME,
         },
         labels: gateway::parse_labels("istio=egressgateway").map_err(anyhow::Error::msg)?,
         namespace: "istio-system".into(),

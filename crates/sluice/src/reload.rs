@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,38 +47,27 @@ pub fn build(paths: &[PathBuf], options: &CompileOptions) -> Result<Built, Vec<D
     })
 }
 
-/// A cheap summary of the config files (names, sizes, modification times) that changes when
-/// any of them does. Polling it survives what event-based watchers miss: Kubernetes swaps
-/// mounted ConfigMaps by renaming a symlinked directory.
+/// A cheap summary of the config files (names, real paths, sizes, modification times) that
+/// changes when any of them does. Polling it survives what event-based watchers miss:
+/// Kubernetes swaps mounted ConfigMaps by renaming a symlinked directory, which changes the
+/// files' real paths. The files are the ones loading reads, found by the same walk, so FIFOs,
+/// devices and symlink loops are skipped here too.
 pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+    let (files, diagnostics) = sluice_model::load::walk(paths);
     let mut h = DefaultHasher::new();
-    for p in paths {
-        walk(p, 0, &mut h);
+    for file in &files {
+        file.hash(&mut h);
+        std::fs::canonicalize(file).ok().hash(&mut h);
+        let meta = std::fs::metadata(file).ok();
+        meta.as_ref()
+            .map(|m| (m.len(), m.modified().ok()))
+            .hash(&mut h);
+    }
+    // A path that cannot be read yet (missing, unreadable) changes the sum when it can.
+    for d in &diagnostics {
+        d.message.hash(&mut h);
     }
     h.finish()
-}
-
-fn walk(path: &Path, depth: usize, h: &mut DefaultHasher) {
-    if depth > 16 {
-        return;
-    }
-    path.hash(h);
-    let Ok(meta) = std::fs::metadata(path) else {
-        0u8.hash(h);
-        return;
-    };
-    if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        entries.sort();
-        for e in entries {
-            walk(&e, depth + 1, h);
-        }
-    } else {
-        meta.len().hash(h);
-        meta.modified().ok().hash(h);
-    }
 }
 
 /// Logs diagnostics the way the proxy reports config: one line each.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_compile::lower::CompileOptions;
 use sluice_identity::{IdentityFiles, IdentityWatcher};
+use sluice_proxy::upstream::guard::Range;
 use sluice_proxy::{Proxy, ProxyConfig};
 use tokio::sync::watch;
 
@@ -44,6 +45,32 @@ pub struct CommonArgs {
     /// How often the config files are checked for changes.
     #[arg(long, default_value = "1s", env = "SLUICE_RELOAD_INTERVAL", value_parser = crate::gateway::parse_duration)]
     pub reload_interval: Duration,
+    /// Let upstream connections reach CIDR[:PORT] (repeatable), though the destination IP
+    /// guard denies its class by default (private, loopback, link-local, …). The most specific
+    /// range wins; a deny wins a tie. Example: 10.20.0.0/16, [fd00::/8]:443.
+    #[arg(
+        long = "allow-range",
+        env = "SLUICE_ALLOW_RANGE",
+        value_delimiter = ','
+    )]
+    pub allow_ranges: Vec<Range>,
+    /// Never let upstream connections reach CIDR[:PORT] (repeatable), even a public range.
+    #[arg(long = "deny-range", env = "SLUICE_DENY_RANGE", value_delimiter = ',')]
+    pub deny_ranges: Vec<Range>,
+    /// Connections each listener holds open; more are closed as they are accepted.
+    #[arg(long, default_value_t = sluice_proxy::accept::DEFAULT_MAX_CONNECTIONS, env = "SLUICE_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// An HTTP client (the admin API's included) that sends nothing for this long after
+    /// connecting is closed.
+    #[arg(long, default_value = "10s", env = "SLUICE_FIRST_BYTE_TIMEOUT", value_parser = crate::gateway::parse_duration)]
+    pub first_byte_timeout: Duration,
+    /// An HTTP/1 request head must arrive whole within this time (also the keep-alive idle
+    /// time between requests).
+    #[arg(long, default_value = "30s", env = "SLUICE_REQUEST_HEAD_TIMEOUT", value_parser = crate::gateway::parse_duration)]
+    pub request_head_timeout: Duration,
+    /// TCP and TLS streams are closed this long after they opened, busy or not; 0 for never.
+    #[arg(long, default_value = "24h", env = "SLUICE_TUNNEL_MAX_LIFETIME", value_parser = crate::gateway::parse_duration)]
+    pub tunnel_max_lifetime: Duration,
 }
 
 pub struct Plan {
@@ -65,6 +92,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<u8> {
     plan.proxy.dns_server = plan.common.dns_server;
+    plan.proxy.allow_ranges = plan.common.allow_ranges.clone();
+    plan.proxy.deny_ranges = plan.common.deny_ranges.clone();
+    plan.proxy.also_listening.push(plan.common.admin);
+    plan.proxy.max_connections = plan.common.max_connections;
+    plan.proxy.first_byte_timeout = plan.common.first_byte_timeout;
+    plan.proxy.request_head_timeout = plan.common.request_head_timeout;
+    plan.proxy.tunnel_max_lifetime = Some(plan.common.tunnel_max_lifetime).filter(|d| !d.is_zero());
     if let Some(dir) = &plan.common.identity_dir {
         let rx = watch_identity(dir)?;
         tracing::info!(identity = %rx.borrow().identity(), "workload identity loaded");
@@ -95,6 +129,7 @@ pub async fn run(
             ready: proxy.ready(),
             registry: Arc::new(Mutex::new(registry)),
         },
+        plan.common.first_byte_timeout,
     )
     .await
     .with_context(|| format!("binding the admin API on {}", plan.common.admin))?;

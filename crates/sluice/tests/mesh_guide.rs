@@ -67,6 +67,7 @@ async fn sidecar(
         &admin.to_string(),
     ]);
     cmd.args(["--dns-server", &dns.to_string()]);
+    cmd.args(["--allow-range", "127.0.0.0/8"]);
     if let Some(id) = identity {
         cmd.args(["--identity-dir", id]);
     }
@@ -106,7 +107,10 @@ async fn connect_via(proxy: SocketAddr, target: &str) -> Option<String> {
         .await
         .ok()?;
     let text = String::from_utf8_lossy(&got).into_owned();
-    let (_, rest) = text.split_once("\r\n\r\n")?;
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
     rest.lines()
         .next()
         .map(str::to_owned)
@@ -447,6 +451,19 @@ async fn registry_only_and_allow_any_through_a_sidecar() {
     }
     assert_eq!(status, "502");
     assert_eq!(connect_via(proxy, "tunnel.example.org:443").await, None);
+    // Refused before the tunnel opens, as Squid refuses a CONNECT.
+    let refused = raw_tcp(
+        proxy,
+        b"CONNECT tunnel.example.org:443 HTTP/1.1\r\nHost: tunnel.example.org:443\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("connect");
+    assert!(
+        String::from_utf8_lossy(&refused).starts_with("HTTP/1.1 403"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
     let logged = sc
         .wait_for_log("BlackHoleCluster", Duration::from_secs(5))
         .is_ok()

@@ -26,6 +26,10 @@ pub struct Cluster {
     /// protocol HTTP2/GRPC).
     #[serde(default)]
     pub http2: bool,
+    /// The ServiceEntry's `addresses`: destinations its author named explicitly, which the
+    /// destination IP guard lets this cluster reach even in ranges it denies by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<ipnet::IpNet>,
 }
 
 /// Where endpoints come from (ServiceEntry `resolution`).

@@ -48,6 +48,30 @@ pub enum OutboundPolicy {
     AllowAny,
 }
 
+/// How request paths are normalised before authorization and routing, and as forwarded
+/// (meshConfig `pathNormalization.normalization`; Istio's `DEFAULT` is `BASE`). Each mode is the
+/// Envoy setting Istio gives its proxies for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// Paths are used as received (Istio warns this leaves DENY policies on paths bypassable).
+    None,
+    /// Envoy's `normalize_path`: RFC 3986 dot segments, unreserved escapes decoded, `\` as `/`.
+    #[default]
+    Base,
+    /// `BASE`, then Envoy's `merge_slashes`.
+    MergeSlashes,
+    /// `%2F` and `%5C` decoded first (`path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`),
+    /// then `MERGE_SLASHES`.
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    pub fn is_base(&self) -> bool {
+        *self == PathNormalization::Base
+    }
+}
+
 /// Where and how each request or connection is logged (meshConfig `accessLogFile` and
 /// `accessLogFormat`, Telemetry `accessLogging`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -83,6 +107,10 @@ pub struct Snapshot {
     /// `PassthroughCluster`, `block_all` to `BlackHoleCluster`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// `BASE` (Istio's default) when absent, and not written then: snapshots from before this
+    /// field read, and print, as they did.
+    #[serde(default, skip_serializing_if = "PathNormalization::is_base")]
+    pub path_normalization: PathNormalization,
 }
 
 /// The routes of traffic to destinations nothing registered (Istio's `allow_any` /
@@ -93,6 +121,11 @@ pub struct Fallback {
     /// is more specific).
     pub http: VirtualHost,
     pub tcp: route::TcpRoute,
+    /// The hosts ServiceEntries register for this proxy (patterns as written) and the ports
+    /// they declare: a registered host on a port none of them declares is refused, not taken
+    /// by this fallback.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registered: BTreeMap<String, Vec<u16>>,
 }
 
 impl Snapshot {
@@ -108,6 +141,7 @@ impl Snapshot {
             authz: authz::Policies::default(),
             rate_limits: BTreeMap::new(),
             fallback: None,
+            path_normalization: PathNormalization::Base,
         }
     }
 

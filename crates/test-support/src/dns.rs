@@ -48,6 +48,8 @@ pub const DEFAULT_TTL: u32 = 5;
 struct Entry {
     ips: Vec<IpAddr>,
     ttl: u32,
+    /// A rebinding server: every other answer (A or AAAA) is these addresses instead.
+    rebind: Option<Arc<(Vec<IpAddr>, std::sync::atomic::AtomicU64)>>,
 }
 
 #[derive(Default)]
@@ -136,8 +138,14 @@ impl RequestHandler for Handler {
             self.table.count(&key);
         }
         let owner = info.query.original().name().clone();
-        let answers: Vec<Record> = entry
-            .ips
+        let ips = match &entry.rebind {
+            Some(rebind) if matches!(qtype, RecordType::A | RecordType::AAAA) => {
+                let n = rebind.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n % 2 == 0 { &entry.ips } else { &rebind.0 }
+            }
+            _ => &entry.ips,
+        };
+        let answers: Vec<Record> = ips
             .iter()
             .filter_map(|ip| match (ip, qtype) {
                 (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(*v4))),
@@ -226,6 +234,7 @@ impl DnsServer {
                     Entry {
                         ips,
                         ttl: DEFAULT_TTL,
+                        rebind: None,
                     },
                 );
             }
@@ -252,14 +261,39 @@ impl DnsServer {
         let mut w = self.table.write();
         let key = normalize(name);
         let ttl = w.get(&key).map_or(DEFAULT_TTL, |e| e.ttl);
-        w.insert(key, Entry { ips, ttl });
+        w.insert(
+            key,
+            Entry {
+                ips,
+                ttl,
+                rebind: None,
+            },
+        );
+    }
+
+    /// A rebinding name: address queries are answered `first`, then `then`, then `first`
+    /// again, …, each with TTL 0 (so a resolver that asks twice gets both).
+    pub fn set_rebinding(&self, name: &str, first: Vec<IpAddr>, then: Vec<IpAddr>) {
+        self.table.write().insert(
+            normalize(name),
+            Entry {
+                ips: first,
+                ttl: 0,
+                rebind: Some(Arc::new((then, std::sync::atomic::AtomicU64::new(0)))),
+            },
+        );
     }
 
     /// Sets the addresses and TTL (seconds) for `name`.
     pub fn set_with_ttl(&self, name: &str, ips: Vec<IpAddr>, ttl: u32) {
-        self.table
-            .write()
-            .insert(normalize(name), Entry { ips, ttl });
+        self.table.write().insert(
+            normalize(name),
+            Entry {
+                ips,
+                ttl,
+                rebind: None,
+            },
+        );
     }
 
     /// Forgets `name`: it answers NXDOMAIN from now on.

@@ -52,6 +52,7 @@ fn black_hole(cx: &Ctx<'_>, key: &ClusterKey) -> Cluster {
         limits: Limits::default(),
         outlier: None,
         http2: false,
+        addresses: Vec::new(),
     }
 }
 
@@ -193,6 +194,12 @@ fn cluster(cx: &mut Ctx<'_>, key: &ClusterKey, origin: &Origin) -> Cluster {
         limits,
         outlier: policy.outlier.as_ref().map(|(o, _, _)| outlier(o)),
         http2: http2(cx, protocol, policy.pool.as_ref().map(|(p, _, _)| *p)),
+        addresses: se
+            .spec
+            .addresses
+            .iter()
+            .filter_map(|a| super::tcp::parse_subnet(a))
+            .collect(),
     }
 }
 

@@ -8,7 +8,7 @@ use sluice_model::networking::sidecar::OutboundTrafficPolicyMode as SidecarMode;
 use sluice_model::networking::virtual_service::HTTPRetry;
 use sluice_model::resource::IstioKind;
 use sluice_model::{Diagnostic, Level, Resource};
-use sluice_snapshot::{AccessLog, OutboundPolicy, Role};
+use sluice_snapshot::{AccessLog, OutboundPolicy, PathNormalization, Role};
 
 use super::Ctx;
 use super::codes::{DROPPED, NOT_SUPPORTED};
@@ -101,6 +101,24 @@ pub fn access_log(cx: &Ctx<'_>) -> AccessLog {
         path: cx.mesh.access_log_file.clone().filter(|p| !p.is_empty()),
         format: cx.mesh.access_log_format.clone().filter(|f| !f.is_empty()),
         json: cx.mesh.access_log_encoding == Some(AccessLogEncoding::Json),
+    }
+}
+
+/// meshConfig `pathNormalization.normalization` (kept as written by the model). Validation
+/// refuses a value Istio does not know; compiled anyway, it lowers to `BASE`, Istio's default,
+/// so that a typo never switches normalisation off.
+pub fn path_normalization(cx: &Ctx<'_>) -> PathNormalization {
+    let mode = cx
+        .mesh
+        .other
+        .get("pathNormalization")
+        .and_then(|p| p.get("normalization"))
+        .and_then(|n| n.as_str());
+    match mode {
+        Some("NONE") => PathNormalization::None,
+        Some("MERGE_SLASHES") => PathNormalization::MergeSlashes,
+        Some("DECODE_AND_MERGE_SLASHES") => PathNormalization::DecodeAndMergeSlashes,
+        _ => PathNormalization::Base,
     }
 }
 
@@ -282,6 +300,43 @@ mod tests {
         ];
         for (yaml, want) in table {
             assert_eq!(gateway(&yaml).0.access_log, want, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn path_normalization_from_mesh_config() {
+        let table = [
+            (String::new(), PathNormalization::Base),
+            (
+                mesh("{pathNormalization: {normalization: DEFAULT}}"),
+                PathNormalization::Base,
+            ),
+            (mesh("{pathNormalization: {}}"), PathNormalization::Base),
+            (
+                mesh("{pathNormalization: {normalization: NONE}}"),
+                PathNormalization::None,
+            ),
+            (
+                mesh("{pathNormalization: {normalization: BASE}}"),
+                PathNormalization::Base,
+            ),
+            (
+                mesh("{pathNormalization: {normalization: MERGE_SLASHES}}"),
+                PathNormalization::MergeSlashes,
+            ),
+            (
+                mesh("{pathNormalization: {normalization: DECODE_AND_MERGE_SLASHES}}"),
+                PathNormalization::DecodeAndMergeSlashes,
+            ),
+            (
+                mesh("{pathNormalization: {normalization: MERGE_SLASH}}"),
+                PathNormalization::Base,
+            ),
+        ];
+        for (yaml, want) in table {
+            assert_eq!(gateway(&yaml).0.path_normalization, want, "{yaml}");
+            // Istio gives sidecars the same connection manager settings.
+            assert_eq!(sidecar(&yaml, "app").0.path_normalization, want, "{yaml}");
         }
     }
 

@@ -70,7 +70,29 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// route to `BlackHoleCluster`. The virtual host is appended to every HTTP chain, so a host no
 /// other virtual host names takes it; the proxy takes the same routes for ports no listener
 /// declares.
-pub fn fallback(policy: OutboundPolicy, listeners: &mut [Listener]) -> (Fallback, Cluster) {
+/// The hosts the registry holds for this proxy, each with the ports its ServiceEntries
+/// declare.
+pub fn registered(cx: &Ctx<'_>) -> BTreeMap<String, Vec<u16>> {
+    let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for (host, se) in cx.reg.services() {
+        let ports = out.entry(host).or_default();
+        ports.extend(
+            se.spec
+                .ports
+                .iter()
+                .filter_map(|p| u16::try_from(p.number).ok()),
+        );
+        ports.sort_unstable();
+        ports.dedup();
+    }
+    out
+}
+
+pub fn fallback(
+    policy: OutboundPolicy,
+    listeners: &mut [Listener],
+    registered: BTreeMap<String, Vec<u16>>,
+) -> (Fallback, Cluster) {
     let (vhost_name, name, discovery) = match policy {
         OutboundPolicy::AllowAny => (
             "allow_any",
@@ -90,6 +112,7 @@ pub fn fallback(policy: OutboundPolicy, listeners: &mut [Listener]) -> (Fallback
         limits: Limits::default(),
         outlier: None,
         http2: false,
+        addresses: Vec::new(),
     };
     let to = || {
         vec![WeightedCluster {
@@ -147,7 +170,14 @@ pub fn fallback(policy: OutboundPolicy, listeners: &mut [Listener]) -> (Fallback
         destination_subnets: Vec::new(),
         clusters: to(),
     };
-    (Fallback { http, tcp }, cluster)
+    (
+        Fallback {
+            http,
+            tcp,
+            registered,
+        },
+        cluster,
+    )
 }
 
 pub fn listeners(cx: &mut Ctx<'_>) -> Vec<Listener> {

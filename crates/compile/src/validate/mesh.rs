@@ -349,11 +349,67 @@ pub(crate) fn validate_mesh_config<T>(r: &mut Report<'_, T>, mesh: &MeshConfig, 
         );
     }
 
+    if let Some(pn) = mesh.other.get("pathNormalization") {
+        check_path_normalization(r, pn, &at("pathNormalization"));
+    }
     check_extension_providers(r, mesh, &at("extensionProviders"));
     if let Some(dp) = &mesh.default_providers {
         check_default_providers(r, dp, &at("defaultProviders"));
     }
     report_unused_fields(r, mesh, &at);
+}
+
+/// `MeshConfig.ProxyPathNormalization.NormalizationType`, by its proto names.
+const PATH_NORMALIZATIONS: [&str; 5] = [
+    "DEFAULT",
+    "NONE",
+    "BASE",
+    "MERGE_SLASHES",
+    "DECODE_AND_MERGE_SLASHES",
+];
+
+/// `pathNormalization: {normalization: …}`, which the model keeps as written: an unknown mode
+/// is refused as the model refuses the other enums of MeshConfig (Istio's proto parsing fails
+/// on it).
+fn check_path_normalization<T>(r: &mut Report<'_, T>, pn: &serde_json::Value, path: &str) {
+    let Some(map) = pn.as_object() else {
+        r.error(
+            path,
+            format!("{path}: invalid type: expected struct ProxyPathNormalization"),
+        );
+        return;
+    };
+    for (key, value) in map {
+        let at = format!("{path}.{key}");
+        if key != "normalization" {
+            r.warning(
+                &at,
+                format!(
+                    "{key} is not a field of pathNormalization (only normalization is); it is \
+                     ignored"
+                ),
+            );
+            continue;
+        }
+        let known = value.as_str().filter(|v| PATH_NORMALIZATIONS.contains(v));
+        if known.is_none() {
+            let written = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            let expected = PATH_NORMALIZATIONS.map(|v| format!("`{v}`")).join(", ");
+            let hint = PATH_NORMALIZATIONS
+                .iter()
+                .map(|v| (edit_distance(&written.to_ascii_uppercase(), v), *v))
+                .filter(|(d, _)| *d <= 2)
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, v)| format!(" (did you mean `{v}`?)"))
+                .unwrap_or_default();
+            r.error(
+                &at,
+                format!("{at}: unknown variant `{written}`, expected one of {expected}{hint}"),
+            );
+        }
+    }
 }
 
 /// Istio's `ValidateDuration`: at least 1ms, to ms precision.
@@ -539,6 +595,10 @@ fn report_unused_fields<T>(r: &mut Report<'_, T>, mesh: &MeshConfig, at: &dyn Fn
         );
     }
     for key in mesh.other.keys() {
+        // Read from `other` by the compiler, and checked by validate_mesh_config.
+        if key == "pathNormalization" {
+            continue;
+        }
         let path = at(key);
         if MESH_CONFIG_FIELDS.contains(&key.as_str()) {
             r.not_supported(
@@ -1085,6 +1145,27 @@ mod tests {
                 Level::Warning,
                 "provider \"otel\" is not used by sluice",
             ),
+            (
+                json!({"pathNormalization": {"normalization": "MERGE_SLASH"}}),
+                Level::Error,
+                "unknown variant `MERGE_SLASH`, expected one of `DEFAULT`, `NONE`, `BASE`, \
+                 `MERGE_SLASHES`, `DECODE_AND_MERGE_SLASHES` (did you mean `MERGE_SLASHES`?)",
+            ),
+            (
+                json!({"pathNormalization": {"normalization": 3}}),
+                Level::Error,
+                "unknown variant `3`",
+            ),
+            (
+                json!({"pathNormalization": "BASE"}),
+                Level::Error,
+                "expected struct ProxyPathNormalization",
+            ),
+            (
+                json!({"pathNormalization": {"mode": "BASE"}}),
+                Level::Warning,
+                "mode is not a field of pathNormalization",
+            ),
         ];
         for (mesh, level, text) in cases {
             let d = operator(json!({"meshConfig": mesh}));
@@ -1101,6 +1182,20 @@ mod tests {
                 "{mesh}: findings sit under spec.meshConfig"
             );
         }
+    }
+
+    #[test]
+    fn every_path_normalization_is_accepted_and_used() {
+        for mode in PATH_NORMALIZATIONS {
+            let d = operator(json!({"meshConfig": {"pathNormalization": {"normalization": mode}}}));
+            assert!(d.is_empty(), "{mode}: {d:?}");
+        }
+        let d = operator(json!({"meshConfig": {"pathNormalization": {"normalization": "BAD"}}}));
+        let path = d.iter().find(|d| d.is_error()).and_then(|d| d.path.clone());
+        assert_eq!(
+            path.as_deref(),
+            Some("spec.meshConfig.pathNormalization.normalization")
+        );
     }
 
     #[test]

@@ -147,11 +147,30 @@ pub struct Metrics {
     rl_ok: Family<StatPrefixLabels, Counter>,
     rl_rate_limited: Family<StatPrefixLabels, Counter>,
     rl_enforced: Family<StatPrefixLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
 }
 
+/// A flow refused by one of sluice's own safety checks (the destination IP guard, domain
+/// fronting, malformed authorities, connection limits): which check, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub check: String,
+    pub reason: String,
+}
+
 impl Metrics {
+    /// Counts one flow refused by `check` for `reason`.
+    pub fn refused(&self, check: &str, reason: &str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                check: check.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn new(registry: &mut Registry) -> Metrics {
         let m = Metrics {
             requests: Family::default(),
@@ -175,8 +194,14 @@ impl Metrics {
             rl_ok: Family::default(),
             rl_rate_limited: Family::default(),
             rl_enforced: Family::default(),
+            refused: Family::default(),
             access_log_dropped: Counter::default(),
         };
+        registry.register(
+            "sluice_refused",
+            "Flows refused by a safety check (check: destination_ip, fronting, authority, limit), by reason",
+            m.refused.clone(),
+        );
         // prometheus-client appends `_total` to counters.
         registry.register(
             "istio_requests",

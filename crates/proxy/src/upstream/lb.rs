@@ -100,7 +100,10 @@ impl ClusterState {
             1 => &candidates[0],
             n => match policy {
                 LbPolicy::RoundRobin => &candidates[self.rr.fetch_add(1, Ordering::Relaxed) % n],
-                LbPolicy::Random | LbPolicy::Passthrough => weighted_random(candidates),
+                // The original destination: the first address of the name the app asked
+                // for that the IP guard let through.
+                LbPolicy::Passthrough => &candidates[0],
+                LbPolicy::Random => weighted_random(candidates),
                 LbPolicy::LeastRequest => {
                     let mut rng = rand::rng();
                     let a = rng.random_range(0..n);

@@ -46,6 +46,8 @@ pub async fn gateway_at(
     }
     cmd.args(["--bind", &bind.to_string(), "--admin", &admin.to_string()]);
     cmd.args(["--dns-server", &dns.to_string()]);
+    // The tests' "external" services live on loopback, which the IP guard denies by default.
+    cmd.args(["--allow-range", "127.0.0.0/8"]);
     if let Some(id) = identity {
         cmd.args(["--identity-dir", id]);
     }

@@ -1,0 +1,226 @@
+//! Hostile clients are bounded (security issue), on real sockets: silent and slow clients are
+//! cut off at their timeouts while a well-behaved client is served, a listener holds at most
+//! `max_connections`, a CONNECT at the gateway is answered as Envoy answers it, and smuggling
+//! shapes (two lengths, length with chunking, folded headers) are refused.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sluice_test_support::HttpUpstream;
+use sluice_test_support::client::{http_get, raw_tcp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PORT: u16 = 8080;
+/// Far beyond every timeout configured here: a connection still open then was not cut off.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn http_snapshot(up: SocketAddr) -> serde_json::Value {
+    snapshot(
+        vec![listener(
+            PORT,
+            vec![http_chain(
+                PORT,
+                vec![vhost(
+                    &["api.example.com"],
+                    vec![forward_route("api", "up")],
+                )],
+            )],
+        )],
+        vec![cluster(
+            "up",
+            "api.example.com",
+            80,
+            static_endpoints(&[up]),
+            json!({}),
+        )],
+    )
+}
+
+/// Reads until the proxy closes the connection (`true`), or `PATIENCE` passes (`false`).
+async fn closed_by_proxy(tcp: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(until, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_slow_clients_are_cut_off_while_others_are_served() {
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "up")
+        .await
+        .expect("upstream");
+    let proxy = start_with(http_snapshot(up.addr()), |c| {
+        c.first_byte_timeout = Duration::from_millis(300);
+        c.request_head_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let gw = proxy.addr(PORT);
+
+    // Sends nothing at all.
+    let mut silent = TcpStream::connect(gw).await.expect("connect");
+    // Slowloris: a head that never ends, one byte at a time.
+    let mut slow = TcpStream::connect(gw).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n")
+        .await
+        .expect("write");
+    let dripping = tokio::spawn(async move {
+        for _ in 0..100 {
+            if slow.write_all(b"x").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        closed_by_proxy(&mut slow).await
+    });
+    // Meanwhile a well-behaved client is served.
+    let (status, _, body) = http_get(gw, "api.example.com", "/ok")
+        .await
+        .expect("served");
+    assert_eq!(status, 200, "{body}");
+
+    assert!(
+        closed_by_proxy(&mut silent).await,
+        "a silent client stayed connected"
+    );
+    assert!(
+        dripping.await.expect("join"),
+        "a slowloris client stayed connected"
+    );
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains(r#"sluice_refused_total{check="limit",reason="first_byte_timeout"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_listener_holds_at_most_max_connections() {
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "up")
+        .await
+        .expect("upstream");
+    let proxy = start_with(http_snapshot(up.addr()), |c| c.max_connections = 2).await;
+    let gw = proxy.addr(PORT);
+    // Two connections hold the listener's room: each has sent the start of a request.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(gw).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+        held.push(tcp);
+    }
+    // A third is accepted and closed at once, without an answer.
+    let refused = raw_tcp(
+        gw,
+        b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+        PATIENCE,
+    )
+    .await
+    .expect("third");
+    assert!(refused.is_empty(), "{}", String::from_utf8_lossy(&refused));
+    assert!(
+        proxy
+            .metrics()
+            .contains(r#"sluice_refused_total{check="limit",reason="max_connections"} 1"#)
+    );
+    // Room again once one closes: served.
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        if let Ok((200, _, _)) = http_get(gw, "api.example.com", "/").await {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "no room after a connection closed");
+}
+
+/// Envoy answers a CONNECT on a route table without a `connect_matcher` 404 (`NR`,
+/// `route_not_found`): sluice's gateway never forwards it.
+#[tokio::test]
+async fn connect_at_the_gateway_is_not_forwarded() {
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "up")
+        .await
+        .expect("upstream");
+    let proxy = start(http_snapshot(up.addr()), None).await;
+    let reply = raw_tcp(
+        proxy.addr(PORT),
+        b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("connect");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    let line = proxy.log_line(&["CONNECT"]).await;
+    assert!(line.contains(" 404 NR route_not_found "), "{line}");
+    assert_eq!(up.connections(), 0);
+}
+
+/// Request smuggling shapes (RFC 9112 §6.3, Envoy's codec): refused 400, nothing forwarded.
+#[tokio::test]
+async fn smuggling_shapes_are_refused() {
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "up")
+        .await
+        .expect("upstream");
+    let proxy = start(http_snapshot(up.addr()), None).await;
+
+    // Content-Length with Transfer-Encoding, in either order: the chunks frame the body, the
+    // connection closes after the one response, and the request hidden behind is never read.
+    for framing in [
+        "Content-Length: 4\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 4",
+    ] {
+        let head = format!(
+            "POST /first HTTP/1.1\r\nHost: api.example.com\r\n{framing}\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.example.com\r\n\r\n"
+        );
+        let reply = raw_tcp(proxy.addr(PORT), head.as_bytes(), PATIENCE)
+            .await
+            .expect("request");
+        let reply = String::from_utf8_lossy(&reply);
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+        assert!(reply.contains("\"path\":\"/first\""), "{reply}");
+        assert!(!reply.contains("/smuggled"), "{reply}");
+    }
+    let forwarded = up.requests();
+
+    for head in [
+        // Two different lengths.
+        "POST / HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        // A folded header line (obs-fold).
+        "GET / HTTP/1.1\r\nHost: api.example.com\r\nX-A: 1\r\n 2\r\n\r\n",
+        // A transfer coding other than chunked last.
+        "POST / HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        // Too many header fields.
+        &format!(
+            "GET / HTTP/1.1\r\nHost: api.example.com\r\n{}\r\n",
+            (0..101)
+                .map(|i| format!("X-{i}: v\r\n"))
+                .collect::<String>()
+        ),
+    ] {
+        let reply = raw_tcp(proxy.addr(PORT), head.as_bytes(), Duration::from_secs(2))
+            .await
+            .expect("request");
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 400") || reply.starts_with("HTTP/1.1 431"),
+            "{head:?}: {reply}"
+        );
+    }
+    assert_eq!(
+        up.requests(),
+        forwarded,
+        "a smuggling shape reached the upstream"
+    );
+}
