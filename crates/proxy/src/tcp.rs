@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use crate::flow::{ConnCtx, Routes};
 use crate::telemetry::{ByteCounts, Record};
 use crate::upstream::lb::{Slot, pick_weighted};
+use crate::upstream::outlier::Outcome;
 use crate::{Error, authz};
 
 /// Envoy's default TCP proxy idle timeout.
@@ -91,7 +92,15 @@ where
     rec.upstream_host = Some(candidate.addr);
     let dialed = upstreams
         .dial(cluster, state, candidate.addr, origination)
-        .await?;
+        .await;
+    if let Some(d) = &state.outlier {
+        let outcome = match &dialed {
+            Ok(_) => Outcome::Connected,
+            Err(_) => Outcome::ConnectFailed,
+        };
+        d.report(candidate.addr, outcome);
+    }
+    let dialed = dialed?;
     rec.upstream_local = dialed.local;
     state.stats.upstream_cx_active.inc();
     let limits = Limits {

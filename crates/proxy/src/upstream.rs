@@ -5,6 +5,7 @@ pub mod connect;
 pub mod dns;
 pub mod guard;
 pub mod lb;
+pub mod outlier;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -59,6 +60,7 @@ impl ClusterRt {
             Some(p) if p.cluster == *cluster => p.state.clone(),
             _ => Arc::new(ClusterState::new(
                 ups.telemetry.metrics.cluster(&cluster.name),
+                cluster.outlier.as_ref(),
             )),
         };
         let named = named_addresses(cluster);

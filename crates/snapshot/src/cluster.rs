@@ -98,6 +98,10 @@ pub struct Outlier {
     #[serde(with = "crate::route::duration")]
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
+    /// Envoy's panic threshold (Istio's `minHealthPercent`): below this share of endpoints
+    /// left in, every endpoint takes traffic again. `None`: only when none is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<u32>,
 }
 
 /// TLS toward the upstream (DestinationRule `tls`). Part of the connection-pool key: two

@@ -407,11 +407,6 @@ fn report_unsupported(cx: &mut Ctx<'_>, p: &Policy<'_>) {
                 "splitExternalLocalOriginErrors",
                 "counting local-origin failures apart",
             ),
-            (
-                o.min_health_percent.is_some(),
-                "minHealthPercent",
-                "a minimum healthy percentage",
-            ),
         ] {
             if set {
                 cx.unsupported(*dr, &format!("{path}.{field}"), what);
@@ -769,7 +764,7 @@ fn limits(cx: &Ctx<'_>, pool: Option<&ConnectionPoolSettings>) -> (Limits, Durat
 }
 
 /// `applyOutlierDetection` with Envoy's defaults: 5 consecutive 5xx, every 10s, 30s base
-/// ejection, at most 10% ejected.
+/// ejection, at most 10% ejected; `minHealthPercent` is the panic threshold.
 fn outlier(o: &OutlierDetection) -> Outlier {
     Outlier {
         consecutive_5xx: o.consecutive_5xx_errors.unwrap_or(5),
@@ -783,6 +778,10 @@ fn outlier(o: &OutlierDetection) -> Outlier {
             .filter(|p| *p > 0)
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or(10),
+        min_health_percent: o
+            .min_health_percent
+            .filter(|p| *p > 0)
+            .and_then(|p| u32::try_from(p).ok()),
     }
 }
 

@@ -24,7 +24,8 @@ use crate::Error;
 use crate::flow::ConnCtx;
 use crate::telemetry::Record;
 use crate::upstream::ClusterRt;
-use crate::upstream::lb::{Slot, pick_weighted};
+use crate::upstream::lb::{Candidate, InflightGuard, Slot, pick_weighted};
+use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{Body, BoxError, PooledBody, SendError};
 
 const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
@@ -454,11 +455,18 @@ async fn attempts(
         } else {
             None
         };
-        let one = attempt(ctx, c, dns_host, out, upstream);
+        let mut picked = None;
+        let one = attempt(ctx, c, dns_host, out, upstream, &mut picked);
         let r = match per_try {
-            Some(t) => tokio::time::timeout(t, one)
-                .await
-                .unwrap_or(Err(Error::Timeout)),
+            Some(t) => match tokio::time::timeout(t, one).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if let (Some(d), Some(addr)) = (&state.outlier, picked) {
+                        d.report(addr, Outcome::Timeout);
+                    }
+                    Err(Error::Timeout)
+                }
+            },
             None => one.await,
         };
         let last = n >= max_attempts;
@@ -495,6 +503,7 @@ async fn attempt(
     dns_host: &str,
     out: &mut Outgoing,
     upstream: &mut Upstream,
+    picked: &mut Option<SocketAddr>,
 ) -> Result<(Response<PooledBody>, Guards), Error> {
     let (cluster, state) = (&c.cluster, &c.state);
     let ups = &ctx.shared.upstreams;
@@ -506,6 +515,43 @@ async fn attempt(
         .pick(cluster.lb, &candidates)
         .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
     upstream.host = Some(candidate.addr);
+    *picked = Some(candidate.addr);
+    let r = exchange(ctx, c, candidate, inflight, out, upstream).await;
+    if let Some(d) = &state.outlier
+        && let Some(o) = outcome(&r)
+    {
+        d.report(candidate.addr, o);
+    }
+    r
+}
+
+/// What an attempt's result tells outlier detection about its endpoint (nothing when the
+/// request never reached it, or failed on the client's side).
+fn outcome<B>(r: &Result<(Response<B>, Guards), Error>) -> Option<Outcome> {
+    match r {
+        Ok((resp, _)) => Some(Outcome::Status(resp.status().as_u16())),
+        Err(Error::Timeout) => Some(Outcome::Timeout),
+        Err(
+            Error::Connect { .. }
+            | Error::UpstreamTls(_)
+            | Error::UpstreamReset(_)
+            | Error::UpstreamProtocol(_),
+        ) => Some(Outcome::ConnectFailed),
+        Err(_) => None,
+    }
+}
+
+/// The request on a connection to the picked endpoint, up to the response head.
+async fn exchange(
+    ctx: &Arc<ConnCtx>,
+    c: &ClusterRt,
+    candidate: &Candidate,
+    inflight: InflightGuard,
+    out: &mut Outgoing,
+    upstream: &mut Upstream,
+) -> Result<(Response<PooledBody>, Guards), Error> {
+    let (cluster, state) = (&c.cluster, &c.state);
+    let ups = &ctx.shared.upstreams;
     let requests = Slot::try_take(state, |s| &s.requests, cluster.limits.max_requests, false)
         .ok_or_else(|| {
             state.stats.upstream_rq_pending_overflow.inc();
@@ -638,7 +684,9 @@ fn spawn_mirror(
         let mut upstream = Upstream::default();
         let limit = timeout.unwrap_or(Duration::from_secs(30));
         let run = async {
-            let (resp, _guards) = attempt(&ctx, &c, &dns_host, &mut out, &mut upstream).await?;
+            let mut picked = None;
+            let (resp, _guards) =
+                attempt(&ctx, &c, &dns_host, &mut out, &mut upstream, &mut picked).await?;
             let _ = resp.into_body().collect().await;
             Ok::<(), Error>(())
         };

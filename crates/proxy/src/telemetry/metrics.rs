@@ -123,6 +123,8 @@ pub struct ClusterStats {
     pub upstream_rq_retry: Counter,
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_rq_timeout: Counter,
+    pub outlier_ejections_active: Gauge,
+    pub outlier_ejections_enforced: Counter,
 }
 
 pub struct Metrics {
@@ -141,6 +143,8 @@ pub struct Metrics {
     rq_retry: Family<ClusterLabels, Counter>,
     rq_pending_overflow: Family<ClusterLabels, Counter>,
     rq_timeout: Family<ClusterLabels, Counter>,
+    od_active: Family<ClusterLabels, Gauge>,
+    od_enforced: Family<ClusterLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
     authz_dry_run: Family<DryRunLabels, Counter>,
     rl_enabled: Family<StatPrefixLabels, Counter>,
@@ -188,6 +192,8 @@ impl Metrics {
             rq_retry: Family::default(),
             rq_pending_overflow: Family::default(),
             rq_timeout: Family::default(),
+            od_active: Family::default(),
+            od_enforced: Family::default(),
             authz: Family::default(),
             authz_dry_run: Family::default(),
             rl_enabled: Family::default(),
@@ -279,6 +285,16 @@ impl Metrics {
             m.rq_timeout.clone(),
         );
         registry.register(
+            "envoy_cluster_outlier_detection_ejections_active",
+            "Endpoints outlier detection has ejected now",
+            m.od_active.clone(),
+        );
+        registry.register(
+            "envoy_cluster_outlier_detection_ejections_enforced",
+            "Endpoints ejected by outlier detection",
+            m.od_enforced.clone(),
+        );
+        registry.register(
             "sluice_authz_decisions",
             "Authorization decisions, by the rule that decided",
             m.authz.clone(),
@@ -328,6 +344,8 @@ impl Metrics {
             upstream_rq_retry: self.rq_retry.get_or_create_owned(&l),
             upstream_rq_pending_overflow: self.rq_pending_overflow.get_or_create_owned(&l),
             upstream_rq_timeout: self.rq_timeout.get_or_create_owned(&l),
+            outlier_ejections_active: self.od_active.get_or_create_owned(&l),
+            outlier_ejections_enforced: self.od_enforced.get_or_create_owned(&l),
         }
     }
 

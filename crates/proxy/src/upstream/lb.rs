@@ -13,6 +13,7 @@ use sluice_snapshot::route::WeightedCluster;
 
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::outlier::Detector;
 use super::pool::Pool;
 use crate::telemetry::metrics::ClusterStats;
 
@@ -65,10 +66,22 @@ pub struct ClusterState {
     /// Idle HTTP connections of this cluster; its `freed` is signalled when a connection
     /// closes or returns.
     pub pool: Arc<Pool>,
+    /// Outlier detection, when the cluster has `outlierDetection`.
+    pub outlier: Option<Detector>,
 }
 
 impl ClusterState {
-    pub fn new(stats: ClusterStats) -> ClusterState {
+    pub fn new(
+        stats: ClusterStats,
+        outlier: Option<&sluice_snapshot::cluster::Outlier>,
+    ) -> ClusterState {
+        let outlier = outlier.map(|o| {
+            Detector::new(
+                o.clone(),
+                stats.outlier_ejections_active.clone(),
+                stats.outlier_ejections_enforced.clone(),
+            )
+        });
         ClusterState {
             rr: AtomicUsize::new(0),
             inflight: Mutex::new(HashMap::new()),
@@ -78,6 +91,7 @@ impl ClusterState {
             retries: AtomicU32::new(0),
             stats,
             pool: Arc::new(Pool::default()),
+            outlier,
         }
     }
 
@@ -90,12 +104,31 @@ impl ClusterState {
     }
 
     /// Picks an endpoint and counts a request in flight to it until the guard is dropped.
+    /// Endpoints outlier detection ejected are skipped, unless too few would be left.
     pub fn pick<'a>(
         &self,
         policy: LbPolicy,
         candidates: &'a [Candidate],
     ) -> Option<(&'a Candidate, InflightGuard)> {
-        let chosen = match candidates.len() {
+        let chosen = match &self.outlier {
+            None => self.choose(policy, candidates)?,
+            Some(detector) => {
+                let picking = detector.picking(candidates.len());
+                match picking.healthy(candidates.iter().map(|c| c.addr)) {
+                    None => self.choose(policy, candidates)?,
+                    Some(healthy) => self.choose_among(policy, candidates, healthy, |c| {
+                        !picking.is_ejected(c.addr)
+                    })?,
+                }
+            }
+        };
+        let counter = self.inflight_of(chosen.addr);
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some((chosen, InflightGuard(counter)))
+    }
+
+    fn choose<'a>(&self, policy: LbPolicy, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
+        Some(match candidates.len() {
             0 => return None,
             1 => &candidates[0],
             n => match policy {
@@ -105,26 +138,65 @@ impl ClusterState {
                 LbPolicy::Passthrough => &candidates[0],
                 LbPolicy::Random => weighted_random(candidates),
                 LbPolicy::LeastRequest => {
-                    let mut rng = rand::rng();
-                    let a = rng.random_range(0..n);
-                    let mut b = rng.random_range(0..n - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    let load =
-                        |i: usize| self.inflight_of(candidates[i].addr).load(Ordering::Relaxed);
-                    if load(b) < load(a) {
-                        &candidates[b]
-                    } else {
-                        &candidates[a]
-                    }
+                    let (a, b) = two_choices(n);
+                    self.less_loaded(&candidates[a], &candidates[b])
                 }
             },
-        };
-        let counter = self.inflight_of(chosen.addr);
-        counter.fetch_add(1, Ordering::Relaxed);
-        Some((chosen, InflightGuard(counter)))
+        })
     }
+
+    /// [`Self::choose`] among the `n` (at least one) candidates `ok` keeps, without
+    /// allocating.
+    fn choose_among<'a>(
+        &self,
+        policy: LbPolicy,
+        candidates: &'a [Candidate],
+        n: usize,
+        ok: impl Fn(&Candidate) -> bool,
+    ) -> Option<&'a Candidate> {
+        let nth = |i: usize| candidates.iter().filter(|c| ok(c)).nth(i);
+        match (n, policy) {
+            (0, _) => None,
+            (1, _) | (_, LbPolicy::Passthrough) => nth(0),
+            (n, LbPolicy::RoundRobin) => nth(self.rr.fetch_add(1, Ordering::Relaxed) % n),
+            (_, LbPolicy::Random) => {
+                let total: u64 = candidates
+                    .iter()
+                    .filter(|c| ok(c))
+                    .map(|c| u64::from(c.weight.max(1)))
+                    .sum();
+                let mut r = rand::rng().random_range(0..total.max(1));
+                for c in candidates.iter().filter(|c| ok(c)) {
+                    let w = u64::from(c.weight.max(1));
+                    if r < w {
+                        return Some(c);
+                    }
+                    r -= w;
+                }
+                nth(0)
+            }
+            (n, LbPolicy::LeastRequest) => {
+                let (a, b) = two_choices(n);
+                Some(self.less_loaded(nth(a)?, nth(b)?))
+            }
+        }
+    }
+
+    fn less_loaded<'a>(&self, a: &'a Candidate, b: &'a Candidate) -> &'a Candidate {
+        let load = |c: &Candidate| self.inflight_of(c.addr).load(Ordering::Relaxed);
+        if load(b) < load(a) { b } else { a }
+    }
+}
+
+/// Two different indexes below `n` (at least 2), at random.
+fn two_choices(n: usize) -> (usize, usize) {
+    let mut rng = rand::rng();
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
 }
 
 fn weighted_random(candidates: &[Candidate]) -> &Candidate {
@@ -229,7 +301,7 @@ mod tests {
     }
 
     fn state() -> ClusterState {
-        ClusterState::new(Metrics::new(&mut Registry::default()).cluster("c"))
+        ClusterState::new(Metrics::new(&mut Registry::default()).cluster("c"), None)
     }
 
     #[test]

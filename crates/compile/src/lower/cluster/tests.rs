@@ -465,6 +465,7 @@ fn limits_outlier_and_timeouts() {
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_percent: 10,
+            min_health_percent: None,
         })
     );
     let mesh = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: m, namespace: istio-system}\nspec: {meshConfig: {connectTimeout: 2s}}\n";
