@@ -42,8 +42,6 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Largest request head accepted (Envoy's default `max_request_headers_kb` is 60).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Most header fields in one request (Envoy's default `max_headers_count`).
-const MAX_HEADERS: usize = 100;
 
 /// Serves HTTP on `io` until the client closes or the proxy drains. `h2`: what ALPN chose
 /// (`None` on plain chains: HTTP/1.1 or the h2c preface, told apart by the first bytes, which
@@ -107,7 +105,8 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.shared.config.request_head_timeout)
-        .max_headers(MAX_HEADERS)
+        // hyper's default already caps a head at 100 fields (Envoy's `max_headers_count`)
+        // on the stack; setting `max_headers` would build that array anew per request.
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()

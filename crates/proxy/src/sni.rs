@@ -151,10 +151,14 @@ pub fn parse(buf: &[u8]) -> Peek {
         };
         handshake.extend_from_slice(fragment);
         pos += 5 + len;
+        // As for a partial record above: the first handshake byte decides as soon as it is
+        // here, so that an answer never depends on where the bytes were cut.
+        if let Some(&t) = handshake.first()
+            && t != HANDSHAKE_CLIENT_HELLO
+        {
+            return Peek::NotTls;
+        }
         if handshake.len() >= 4 {
-            if handshake[0] != HANDSHAKE_CLIENT_HELLO {
-                return Peek::NotTls;
-            }
             let body_len = (usize::from(handshake[1]) << 16)
                 | (usize::from(handshake[2]) << 8)
                 | usize::from(handshake[3]);
