@@ -133,7 +133,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
     };
     listeners.sort_by_key(|l| l.port);
     let mut clusters = cluster::build(&mut cx);
-    let rate_limits = ratelimit::build(&mut cx, &listeners);
+    let (rate_limits, rate_limit_domains) = ratelimit::build(&mut cx, &listeners);
     let outbound_policy = mesh::outbound_policy(&mut cx);
     let fallback = match options.role {
         Role::Gateway => None,
@@ -164,6 +164,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
         access_log,
         authz,
         rate_limits,
+        rate_limit_domains,
         fallback,
         path_normalization,
     };

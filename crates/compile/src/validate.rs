@@ -8,6 +8,7 @@ mod envoy_filter;
 mod gateway;
 mod mesh;
 mod peer_authentication;
+mod rate_limit_config;
 pub mod rules;
 mod service_entry;
 mod sidecar;
@@ -96,6 +97,7 @@ pub fn validate(resources: &Resources) -> Vec<Diagnostic> {
     each!(peer_authentications, peer_authentication);
     each!(telemetries, telemetry);
     each!(istio_operators, mesh);
+    each!(rate_limit_configs, rate_limit_config);
     for r in &resources.mesh_configs {
         mesh::validate_mesh_config(&mut Report::new(r, &mut out), &r.spec, "");
     }

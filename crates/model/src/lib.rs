@@ -9,6 +9,7 @@ pub mod diag;
 pub mod load;
 pub mod mesh;
 pub mod networking;
+pub mod rate_limit_service;
 pub mod resource;
 pub mod security;
 pub mod source;

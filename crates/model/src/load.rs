@@ -154,6 +154,24 @@ impl Loader {
         let api_version = map.remove("apiVersion");
         let kind = map.remove("kind");
         match (api_version, kind) {
+            (None, None) if map.contains_key("domain") => {
+                // The rate-limit service's own file format: `domain` and `descriptors`.
+                let meta = ObjectMeta {
+                    name: std::path::Path::new(source.file())
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    ..ObjectMeta::default()
+                };
+                self.typed(
+                    String::new(),
+                    meta,
+                    Value::Object(map),
+                    "",
+                    source,
+                    |r, x| r.rate_limit_configs.push(x),
+                );
+            }
             (None, None) => {
                 // istioctl's --meshConfigFile and the `mesh` key of the `istio` ConfigMap hold
                 // a bare MeshConfig with no envelope.
@@ -284,6 +302,7 @@ impl Loader {
             Kind::Telemetry => push!(telemetries),
             Kind::IstioOperator => push!(istio_operators),
             Kind::MeshConfig => push!(mesh_configs),
+            Kind::RateLimitConfig => push!(rate_limit_configs),
         }
     }
 
@@ -346,6 +365,9 @@ impl Loader {
         {
             return self.embedded_mesh_config(mesh.clone(), &source);
         }
+        if kind == "ConfigMap" && av == "v1" && self.rate_limit_config_map(&meta, &map, &source) {
+            return;
+        }
         let core = matches!(
             av.as_str(),
             "v1" | "apps/v1" | "batch/v1" | "networking.k8s.io/v1" | "policy/v1"
@@ -370,6 +392,52 @@ impl Loader {
             spec: OtherObject { kind, body },
             source,
         });
+    }
+
+    /// A ConfigMap whose `*.yaml` data holds rate-limit service configurations (Istio's
+    /// `ratelimit-config`): each document with a `domain` is one. False when it holds none, and
+    /// the ConfigMap is an ordinary other object.
+    fn rate_limit_config_map(
+        &mut self,
+        meta: &ObjectMeta,
+        map: &Map<String, Value>,
+        outer: &Source,
+    ) -> bool {
+        let Some(Value::Object(data)) = map.get("data") else {
+            return false;
+        };
+        let mut found = false;
+        for (key, text) in data {
+            let Value::String(text) = text else { continue };
+            if !(key.ends_with(".yaml") || key.ends_with(".yml")) {
+                continue;
+            }
+            let Ok(docs) = yaml::parse(text) else {
+                continue;
+            };
+            let field = format!("data.{key}");
+            let at = outer.location_of(&field);
+            for doc in docs {
+                let Value::Object(body) = doc.value else {
+                    continue;
+                };
+                if !body.contains_key("domain") {
+                    continue;
+                }
+                found = true;
+                // Positions inside the string are relative to it; point at the data key.
+                let source = Source::new(at.file.clone(), at.line, at.column, Arc::default());
+                self.typed(
+                    String::new(),
+                    meta.clone(),
+                    Value::Object(body),
+                    &field,
+                    source,
+                    |r, x| r.rate_limit_configs.push(x),
+                );
+            }
+        }
+        found
     }
 
     /// The `mesh` key of the `istio` ConfigMap is MeshConfig YAML inside a string.

@@ -9,6 +9,7 @@ use crate::mesh::{IstioOperator, MeshConfig};
 use crate::networking::{
     DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
+use crate::rate_limit_service::RateLimitConfig;
 use crate::security::{AuthorizationPolicy, PeerAuthentication};
 use crate::source::Source;
 use crate::telemetry::Telemetry;
@@ -66,10 +67,12 @@ pub enum Kind {
     Telemetry,
     IstioOperator,
     MeshConfig,
+    /// The rate-limit service's configuration (a ConfigMap's `config.yaml`, or a bare file).
+    RateLimitConfig,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::ServiceEntry,
         Kind::Gateway,
         Kind::VirtualService,
@@ -82,6 +85,7 @@ impl Kind {
         Kind::Telemetry,
         Kind::IstioOperator,
         Kind::MeshConfig,
+        Kind::RateLimitConfig,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +102,7 @@ impl Kind {
             Kind::Telemetry => "Telemetry",
             Kind::IstioOperator => "IstioOperator",
             Kind::MeshConfig => "MeshConfig",
+            Kind::RateLimitConfig => "RateLimitConfig",
         }
     }
 
@@ -114,6 +119,8 @@ impl Kind {
             Kind::Telemetry => "telemetry.istio.io",
             Kind::IstioOperator => "install.istio.io",
             Kind::MeshConfig => "mesh.istio.io",
+            // Not a Kubernetes kind: the envoyproxy/ratelimit service's file format.
+            Kind::RateLimitConfig => "ratelimit.envoyproxy.io",
         }
     }
 
@@ -128,8 +135,13 @@ impl Kind {
         }
     }
 
+    /// The kind a document's `kind:` names. The rate-limit service's configuration has no
+    /// Kubernetes kind: it comes bare or inside a ConfigMap.
     pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
+        Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::RateLimitConfig)
+            .find(|k| k.name() == name)
     }
 }
 
@@ -163,6 +175,7 @@ istio_kinds! {
     Telemetry => Telemetry,
     IstioOperator => IstioOperator,
     MeshConfig => MeshConfig,
+    RateLimitConfig => RateLimitConfig,
 }
 
 /// One resource: its metadata, its typed spec and where it was written.
@@ -228,6 +241,8 @@ pub struct Resources {
     pub istio_operators: Vec<Resource<IstioOperator>>,
     /// Bare MeshConfig documents and `istio` ConfigMaps' `mesh` data.
     pub mesh_configs: Vec<Resource<MeshConfig>>,
+    /// Rate-limit service configurations (global rate limits), from ConfigMaps or bare files.
+    pub rate_limit_configs: Vec<Resource<RateLimitConfig>>,
     pub others: Vec<Resource<OtherObject>>,
 }
 
@@ -246,6 +261,7 @@ impl Resources {
             + self.telemetries.len()
             + self.istio_operators.len()
             + self.mesh_configs.len()
+            + self.rate_limit_configs.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,7 +6,6 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -32,14 +31,6 @@ fn load(paths: &[&Path]) -> Loaded {
     finishes(move || load_paths(&paths))
 }
 
-fn mkfifo(path: &Path) {
-    let status = Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("run mkfifo");
-    assert!(status.success(), "mkfifo {}", path.display());
-}
-
 fn codes_and_levels(loaded: &Loaded) -> Vec<(&'static str, Level)> {
     loaded
         .diagnostics
@@ -53,7 +44,7 @@ fn fifos_in_a_directory_or_named_are_reported_and_never_opened() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("a.yaml"), GATEWAY).expect("write");
     let fifo = dir.path().join("b.yaml");
-    mkfifo(&fifo);
+    sluice_test_support::tempdir::mkfifo(&fifo);
 
     let loaded = load(&[dir.path()]);
     assert_eq!(loaded.resources.gateways.len(), 1);

@@ -54,6 +54,8 @@ pub struct ProxyConfig {
     /// An HTTP/1 request head must arrive whole within this time once the connection waits for
     /// one (also the keep-alive idle time between requests).
     pub request_head_timeout: Duration,
+    /// The shared counter store of global rate limits (`redis://HOST:PORT[/DB]`).
+    pub rate_limit_redis: Option<String>,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -79,6 +81,11 @@ impl std::fmt::Debug for ProxyConfig {
             .field("max_connections", &self.max_connections)
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("request_head_timeout", &self.request_head_timeout)
+            .field(
+                "rate_limit_redis",
+                // The URL may carry a password.
+                &self.rate_limit_redis.as_ref().map(|_| "<set>"),
+            )
             .finish()
     }
 }
@@ -100,6 +107,7 @@ impl Default for ProxyConfig {
             max_connections: crate::accept::DEFAULT_MAX_CONNECTIONS,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             request_head_timeout: DEFAULT_REQUEST_HEAD_TIMEOUT,
+            rate_limit_redis: None,
         }
     }
 }

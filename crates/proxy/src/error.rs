@@ -106,9 +106,15 @@ pub enum Error {
     /// no response flag and details `path_normalization_failed`.
     #[error("request path cannot be normalised")]
     PathNormalization,
-    /// The local rate limit refused the request (`RL`).
-    #[error("local rate limited")]
+    /// A local or global rate limit refused the request (`RL`).
+    #[error("rate limited")]
     RateLimited(Box<crate::ratelimit::Limited>),
+    /// The global rate limit's store failed and its filter denies (`RLSE`).
+    #[error("rate limit service error")]
+    RateLimitService(u16),
+    /// The global rate limit's store cannot be set up (a bad `--rate-limit-redis`).
+    #[error("rate limit store: {0}")]
+    RateLimitStore(String),
     /// Fault injection aborted the request (`FI`).
     #[error("fault abort {0}")]
     FaultAbort(u16),
@@ -131,6 +137,8 @@ impl Error {
             Error::UpstreamReset(_) => "UC",
             Error::FaultAbort(_) => "FI",
             Error::RateLimited(_) => "RL",
+            Error::RateLimitService(_) => "RLSE",
+            Error::RateLimitStore(_) => "-",
             Error::Downstream(_) => "DPE",
             Error::PathNormalization => "-",
             Error::UpstreamProtocol(_) => "UPE",
@@ -154,6 +162,7 @@ impl Error {
             Error::Timeout => 504,
             Error::FaultAbort(status) => *status,
             Error::RateLimited(l) => l.status,
+            Error::RateLimitService(status) => *status,
             Error::Downstream(_) | Error::PathNormalization => 400,
             Error::Fronting(_) => 421,
             Error::PortNotDeclared(_) => 403,
@@ -199,7 +208,9 @@ impl Error {
                 "upstream_reset_before_response_started{connection_termination}"
             }
             Error::FaultAbort(_) => "fault_filter_abort",
-            Error::RateLimited(_) => crate::ratelimit::LOCAL_RATE_LIMITED,
+            Error::RateLimited(l) => l.details,
+            Error::RateLimitService(_) => crate::ratelimit::global::SERVICE_ERROR,
+            Error::RateLimitStore(_) => "io_error",
             Error::Downstream(_) => "downstream_protocol_error",
             Error::PathNormalization => "path_normalization_failed",
             Error::UpstreamProtocol(_) => "upstream_reset_before_response_started{protocol_error}",
@@ -258,7 +269,11 @@ impl Error {
             Error::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow".into(),
             Error::NoHealthyUpstream(_) => "no healthy upstream".into(),
             Error::FaultAbort(_) => "fault filter abort".into(),
-            Error::RateLimited(_) => crate::ratelimit::LOCAL_RATE_LIMITED.into(),
+            // Envoy's local rate limit answers with its details; the global one with nothing.
+            Error::RateLimited(l) if l.details == crate::ratelimit::LOCAL_RATE_LIMITED => {
+                l.details.into()
+            }
+            Error::RateLimited(_) | Error::RateLimitService(_) => String::new(),
             Error::Denied(_) => sluice_snapshot::authz::DENIED_BODY.into(),
             Error::DestinationDenied(d) => d.to_string(),
             Error::Fronting(why) => format!("misdirected request: {why}"),
@@ -286,6 +301,7 @@ mod tests {
                 Error::RateLimited(Box::new(crate::ratelimit::Limited {
                     status: 429,
                     headers: vec![],
+                    details: crate::ratelimit::LOCAL_RATE_LIMITED,
                 })),
                 "RL",
                 429,

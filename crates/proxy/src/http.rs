@@ -338,8 +338,22 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
     };
     // The route, once: the rate limit and the router both use it.
     let found = find_route(&ctx, &parts, &authority);
-    // Then the local rate limit, which Istio's EnvoyFilters insert before the router.
-    let authorized = authorized.and_then(|()| local_rate_limit(&ctx, &mut parts, found.as_ref()));
+    // Then the rate limits, which Istio's EnvoyFilters insert before the router, in chain
+    // order: local filters, the global one, local filters inserted after it.
+    let side = crate::ratelimit::Side::BeforeGlobal;
+    let authorized =
+        authorized.and_then(|()| local_rate_limit(&ctx, &mut parts, found.as_ref(), side));
+    let mut rate_limit_headers = Vec::new();
+    let authorized = match authorized {
+        Ok(()) => global_rate_limit(&ctx, &parts, &authority, found.as_ref())
+            .await
+            .map(|headers| rate_limit_headers = headers)
+            .and_then(|()| {
+                let side = crate::ratelimit::Side::AfterGlobal;
+                local_rate_limit(&ctx, &mut parts, found.as_ref(), side)
+            }),
+        denied => denied,
+    };
     let outcome = match (authorized, found) {
         (Ok(()), Some(found)) => {
             // Boxed: the future borrows `parts` across awaits, and hyper needs it provably
@@ -360,6 +374,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
             (local_reply(&e), None)
         }
     };
+    let mut resp = resp;
+    if !rate_limit_headers.is_empty() {
+        crate::ratelimit::apply_headers(&rate_limit_headers, resp.headers_mut());
+    }
     rec.response_code = resp.status().as_u16();
     if let Some(h) = rec.http.as_mut()
         && ctx.log.is_some()
@@ -407,6 +425,7 @@ fn local_rate_limit(
     ctx: &ConnCtx,
     parts: &mut Parts,
     found: Option<&Found<'_>>,
+    side: crate::ratelimit::Side,
 ) -> Result<(), Error> {
     if ctx.runtime.snapshot.rate_limits.is_empty() {
         return Ok(());
@@ -422,8 +441,76 @@ fn local_rate_limit(
         found.map(|f| f.vhost.name.as_str()),
         found.and_then(|f| f.route).map(|(r, _)| r.name.as_str()),
         &mut parts.headers,
+        side,
     )
     .map_err(|limited| Error::RateLimited(Box::new(limited)))
+}
+
+/// Envoy's global rate limit filter of the chain's route configuration, for a request whose
+/// route forwards (the filter does nothing without a route entry). `Ok` carries the
+/// `x-ratelimit-*` headers for the response.
+async fn global_rate_limit(
+    ctx: &ConnCtx,
+    parts: &Parts,
+    authority: &str,
+    found: Option<&Found<'_>>,
+) -> Result<Vec<sluice_snapshot::ratelimit::HeaderToAdd>, Error> {
+    use crate::ratelimit::global::{self, Decision, RequestFacts};
+    let snapshot = &ctx.runtime.snapshot;
+    if snapshot.rate_limits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(limits) = ctx
+        .route_config()
+        .and_then(|rc| snapshot.rate_limits.get(rc))
+    else {
+        return Ok(Vec::new());
+    };
+    let (Some(filter), Some(found)) = (&limits.global, found) else {
+        return Ok(Vec::new());
+    };
+    let Some((route, _)) = found.route else {
+        return Ok(Vec::new());
+    };
+    let RouteAction::Forward(fwd) = &route.action else {
+        return Ok(Vec::new());
+    };
+    let policies = limits
+        .actions
+        .lookup(&found.vhost.name, Some(route.name.as_str()));
+    if policies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let facts = RequestFacts {
+        headers: &parts.headers,
+        method: parts.method.as_str(),
+        path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        authority,
+        scheme: ctx.scheme(),
+        remote: ctx.info.peer.ip(),
+        principal: ctx.info.peer_identity.as_ref().map(|i| i.to_string()),
+        cluster: fwd.clusters.first().map_or("", |c| c.cluster.as_str()),
+    };
+    match global::check(
+        snapshot,
+        ctx.shared.global_rate_limit.as_deref(),
+        &ctx.shared.telemetry.metrics,
+        filter,
+        policies,
+        &facts,
+    )
+    .await
+    {
+        Decision::Allow(headers) => Ok(headers),
+        Decision::OverLimit { status, headers } => {
+            Err(Error::RateLimited(Box::new(crate::ratelimit::Limited {
+                status,
+                headers,
+                details: global::RATE_LIMITED,
+            })))
+        }
+        Decision::Error { status } => Err(Error::RateLimitService(status)),
+    }
 }
 
 /// Things that must live as long as the response body (in-flight counts, limits).

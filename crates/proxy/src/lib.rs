@@ -32,6 +32,7 @@ pub mod conn;
 pub mod error;
 pub mod flow;
 pub mod http;
+pub mod inspect;
 pub mod listener;
 pub mod ratelimit;
 pub mod rewind;
@@ -70,6 +71,8 @@ pub struct Proxy {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: watch::Sender<bool>,
     drain: watch::Sender<bool>,
+    /// The runtime in use, for [`Proxy::inspector`].
+    current: watch::Sender<Option<Arc<Runtime>>>,
 }
 
 impl Proxy {
@@ -85,7 +88,10 @@ impl Proxy {
         let (drain, drain_rx) = watch::channel(false);
         let upstreams = Upstreams::new(resolver, guard, telemetry.clone())
             .with_identity(config.identity.clone());
+        let global_rate_limit = ratelimit::global::store(config.rate_limit_redis.as_deref())
+            .map_err(|e| Error::RateLimitStore(e.to_string()))?;
         let shared = Arc::new(Shared {
+            global_rate_limit,
             config,
             upstreams,
             telemetry,
@@ -95,12 +101,19 @@ impl Proxy {
             snapshots: snapshots.clone(),
         });
         let (ready, _) = watch::channel(false);
+        let (current, _) = watch::channel(None);
         Ok(Proxy {
             shared,
             snapshots,
             ready,
             drain,
+            current,
         })
+    }
+
+    /// The running data plane's clusters and endpoints, for the admin API's `/clusters`.
+    pub fn inspector(&self) -> inspect::Inspector {
+        inspect::Inspector::new(self.current.subscribe())
     }
 
     /// Becomes true once the listeners of the first snapshot are bound.
@@ -120,6 +133,7 @@ impl Proxy {
             mut snapshots,
             ready,
             drain,
+            current,
         } = self;
         let (tracker, mut tracked) = mpsc::channel::<()>(1);
         let (hard_stop, hard_stop_rx) = watch::channel(false);
@@ -127,6 +141,7 @@ impl Proxy {
         let first = snapshots.borrow_and_update().clone();
         let runtime = Arc::new(Runtime::build_blocking(first, None, shared.clone()).await);
         let (runtimes, runtimes_rx) = watch::channel(runtime.clone());
+        current.send_replace(Some(runtime.clone()));
         let mut manager =
             listener::Manager::new(shared.clone(), runtimes_rx.clone(), tracker, hard_stop_rx);
         manager.reconcile(&runtime.snapshot).await?;
@@ -162,6 +177,7 @@ impl Proxy {
                     let next = Runtime::build_blocking(snapshot, Some(previous), shared.clone()).await;
                     let next = Arc::new(next);
                     runtimes.send_replace(next.clone());
+                    current.send_replace(Some(next.clone()));
                     if let Err(e) = manager.reconcile(&next.snapshot).await {
                         tracing::error!(error = %e, "applying the new snapshot's listeners");
                     }
@@ -170,6 +186,8 @@ impl Proxy {
         }
 
         tracing::info!("draining");
+        // Readiness fails first, so load balancers stop sending before the listeners close.
+        ready.send_replace(false);
         manager.close_all();
         drain.send_replace(true);
         let drained = tokio::time::timeout(shared.config.drain_timeout, tracked.recv()).await;

@@ -20,6 +20,8 @@
 //! tokio's clock, so tests run with paused time. A bucket survives a reload whose configuration
 //! keeps the same bucket for the same place; a changed one starts full.
 
+pub mod global;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,11 +36,20 @@ use crate::telemetry::metrics::Metrics;
 /// Envoy's body and response code details of a local rate limit reply.
 pub const LOCAL_RATE_LIMITED: &str = "local_rate_limited";
 
+/// Which local rate limit filters of the chain to run: the global filter sits between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    BeforeGlobal,
+    AfterGlobal,
+}
+
 /// A refusal: the local reply to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limited {
     pub status: u16,
     pub headers: Vec<HeaderToAdd>,
+    /// Envoy's response code details: `local_rate_limited` or `request_rate_limited`.
+    pub details: &'static str,
 }
 
 /// A token bucket on tokio's clock.
@@ -140,6 +151,9 @@ fn sampled(percent: f64) -> bool {
 /// Runs the local rate limit filters of `route_config` for a request that selected `vhost`
 /// and `route` (either may be absent: the filter runs before the router, also for requests
 /// that will get 404). Headers to add when not enforced are added to `request_headers`.
+///
+/// `side` picks the filters before the global rate limit filter, or those after it.
+#[allow(clippy::too_many_arguments)] // one call site; the arguments are the request's
 pub fn check(
     snapshot: &Snapshot,
     buckets: &Buckets,
@@ -148,11 +162,25 @@ pub fn check(
     vhost: Option<&str>,
     route: Option<&str>,
     request_headers: &mut HeaderMap,
+    side: Side,
 ) -> Result<(), Limited> {
     let Some(limits) = snapshot.rate_limits.get(route_config) else {
         return Ok(());
     };
-    for (i, filter) in limits.filters.iter().enumerate() {
+    let split = limits.global.as_ref().map_or(limits.filters.len(), |g| {
+        g.position.min(limits.filters.len())
+    });
+    let range = match side {
+        Side::BeforeGlobal => 0..split,
+        Side::AfterGlobal => split..limits.filters.len(),
+    };
+    for (i, filter) in limits
+        .filters
+        .iter()
+        .enumerate()
+        .take(range.end)
+        .skip(range.start)
+    {
         let per_route = vhost.and_then(|vh| {
             limits
                 .per_route
@@ -192,6 +220,7 @@ pub fn check(
             return Err(Limited {
                 status: config.status,
                 headers: config.response_headers_to_add.clone(),
+                details: LOCAL_RATE_LIMITED,
             });
         }
         apply_headers(
@@ -322,6 +351,8 @@ mod tests {
                     },
                 }],
                 per_route: Default::default(),
+                global: None,
+                actions: Default::default(),
             },
         );
         s
@@ -340,7 +371,18 @@ mod tests {
         let s = snapshot(100.0, 100.0);
         let buckets = Buckets::default();
         let mut h = HeaderMap::new();
-        let mut run = || check(&s, &buckets, &metrics, "http.80", None, None, &mut h);
+        let mut run = || {
+            check(
+                &s,
+                &buckets,
+                &metrics,
+                "http.80",
+                None,
+                None,
+                &mut h,
+                Side::BeforeGlobal,
+            )
+        };
         assert_eq!(run(), Ok(()));
         assert_eq!(run(), Ok(()));
         let limited = run().expect_err("third is over the limit");
@@ -348,7 +390,16 @@ mod tests {
         assert_eq!(limited.headers[0].name, "x-rate-limited");
         // Another route configuration has no filter.
         assert_eq!(
-            check(&s, &buckets, &metrics, "http.8080", None, None, &mut h),
+            check(
+                &s,
+                &buckets,
+                &metrics,
+                "http.8080",
+                None,
+                None,
+                &mut h,
+                Side::BeforeGlobal
+            ),
             Ok(())
         );
         let text = counters(&registry);
@@ -371,7 +422,16 @@ mod tests {
         let mut h = HeaderMap::new();
         for _ in 0..3 {
             assert_eq!(
-                check(&s, &buckets, &metrics, "http.80", None, None, &mut h),
+                check(
+                    &s,
+                    &buckets,
+                    &metrics,
+                    "http.80",
+                    None,
+                    None,
+                    &mut h,
+                    Side::BeforeGlobal
+                ),
                 Ok(())
             );
         }
@@ -394,7 +454,16 @@ mod tests {
         let mut h = HeaderMap::new();
         for _ in 0..10 {
             assert_eq!(
-                check(&s, &buckets, &metrics, "http.80", None, None, &mut h),
+                check(
+                    &s,
+                    &buckets,
+                    &metrics,
+                    "http.80",
+                    None,
+                    None,
+                    &mut h,
+                    Side::BeforeGlobal
+                ),
                 Ok(())
             );
         }

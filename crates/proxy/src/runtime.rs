@@ -109,6 +109,11 @@ impl Runtime {
         self.clusters.get(name)
     }
 
+    /// Every cluster of the snapshot, at run time.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRt>> {
+        self.clusters.values()
+    }
+
     /// Periodic upkeep, off the async runtime: idle connections past their timeout are
     /// closed, TLS files that changed are read again, and the IP guard learns this host's
     /// addresses anew.

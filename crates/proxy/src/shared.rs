@@ -20,6 +20,8 @@ pub struct Shared {
     pub server_tls: ServerConfigs,
     /// The local rate limit's token buckets, shared by every connection.
     pub rate_limits: ratelimit::Buckets,
+    /// The global rate limit's shared store (`--rate-limit-redis`).
+    pub global_rate_limit: Option<Arc<ratelimit::global::Store>>,
     /// Becomes true when the proxy drains: HTTP connections finish their requests and close.
     pub drain: watch::Receiver<bool>,
     /// Every snapshot as it is published: open streams re-check themselves against each.

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::flow::{ConnCtx, Routes};
 use crate::telemetry::{ByteCounts, Record};
-use crate::upstream::lb::{Slot, pick_weighted};
+use crate::upstream::lb::{Slot, consistent, pick_weighted};
 use crate::upstream::outlier::Outcome;
 use crate::{Error, authz};
 
@@ -73,7 +73,11 @@ where
         .endpoints(c, host, ctx.info.original_dst, requested)
         .await?;
     let (candidate, _inflight) = state
-        .pick(cluster.lb, &candidates)
+        .pick(
+            &cluster.lb,
+            &candidates,
+            consistent::connection_hash(&cluster.lb, ctx.info.peer),
+        )
         .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
     let _slot = Slot::try_take(
         state,
@@ -81,7 +85,11 @@ where
         cluster.limits.max_connections,
         true,
     )
-    .ok_or(Error::Overflow("max_connections"))?;
+    .ok_or_else(|| {
+        // Envoy's TCP proxy refuses at once (it does not queue past max_connections).
+        state.stats.upstream_cx_overflow.inc();
+        Error::Overflow("max_connections")
+    })?;
     let origination = c.stream_origination(
         upstreams,
         candidate,

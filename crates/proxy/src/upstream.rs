@@ -53,6 +53,11 @@ pub struct ClusterRt {
 }
 
 impl ClusterRt {
+    /// The endpoints of a cluster whose addresses never change (STATIC), if it is one.
+    pub fn fixed_endpoints(&self) -> Option<&[Candidate]> {
+        self.fixed.as_deref()
+    }
+
     /// The runtime of `cluster`: `previous` (the same cluster in the last snapshot) lends its
     /// state when the settings did not change. Loads TLS files: call it off the runtime.
     pub fn new(cluster: &Cluster, previous: Option<&ClusterRt>, ups: &Upstreams) -> ClusterRt {
@@ -442,8 +447,13 @@ impl Upstreams {
         let deadline = Instant::now() + cluster.connect_timeout.max(Duration::from_millis(100));
         let mut pending: Option<Slot> = None;
         let mut origination = origination;
+        let per_connection = cluster.limits.max_requests_per_connection;
         loop {
-            if let Some(p) = state.pool.checkout(&key, cluster.http2, idle_timeout).await {
+            if let Some(p) = state
+                .pool
+                .checkout(&key, cluster.http2, idle_timeout, per_connection)
+                .await
+            {
                 return Ok(p);
             }
             if let Some(slot) = Slot::try_take(
@@ -459,11 +469,12 @@ impl Upstreams {
                 let guard = lb::ConnGuard::new(state.stats.upstream_cx_active.clone(), slot);
                 return state
                     .pool
-                    .handshake(&key, cluster.http2, dialed, guard)
+                    .handshake(&key, cluster.http2, dialed, guard, per_connection)
                     .await
                     .map_err(|e| Error::UpstreamReset(e.to_string()));
             }
             if pending.is_none() {
+                state.stats.upstream_cx_overflow.inc();
                 pending = Slot::try_take(
                     state,
                     |s| &s.pending,

@@ -953,3 +953,97 @@ spec:
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
 }
+
+/// "Each service account gets N to the partner API": the global rate limit's descriptor is
+/// the principal of the mesh hop (CEL `source.principal`), taken from the verified client
+/// certificate, so one sidecar's quota is its own and a header cannot borrow another's. The
+/// counters live in a real redis-server. Also: `x-ratelimit-*` headers (DRAFT_VERSION_03).
+#[tokio::test]
+async fn global_rate_limit_counts_each_principal_separately() {
+    let mesh = Mesh::new();
+    let redis = sluice_test_support::RedisServer::start().expect("redis-server");
+    let backend = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "backend")
+        .await
+        .expect("backend");
+    let mut snap = snapshot(
+        vec![listener(
+            80,
+            vec![http_chain(
+                80,
+                vec![vhost(&["*"], vec![forward_route("all", BACKEND)])],
+            )],
+        )],
+        vec![cluster(
+            BACKEND,
+            "backend.example.com",
+            80,
+            static_endpoints(&[backend.addr()]),
+            json!({}),
+        )],
+    );
+    snap["rate_limits"] = json!({"http.80": {
+        "filters": [],
+        "global": {
+            "name": "envoy.filters.http.ratelimit",
+            "origin": "EnvoyFilter istio-system/per-sa configPatches[0]",
+            "position": 0, "domain": "egress", "stage": 0, "timeout": "1s",
+            "failure_mode_deny": false, "status": 429, "error_status": 500,
+            "x_envoy_ratelimited": true, "x_ratelimit_headers": true
+        },
+        "actions": {"virtual_hosts": {"*:80": [{"stage": 0, "actions": [
+            {"source_principal": {"key": "principal", "skip_if_absent": false}}
+        ]}]}}
+    }});
+    snap["rate_limit_domains"] = json!({"egress": [{
+        "key": "principal",
+        "limit": {"requests_per_unit": 2, "unit_seconds": 3600, "unit": "hour"}
+    }]});
+    let identity = Some(mesh.gateway_identity());
+    let url = redis.url();
+    let proxy = start_with(snap, move |c| {
+        c.identity = identity;
+        c.rate_limit_redis = Some(url);
+    })
+    .await;
+    let addr = proxy.addr(80);
+    let as_sa = |sa: &'static str| {
+        let me = mesh.files("default", sa);
+        async move {
+            let hop = mesh_connect(addr, me, "www.partner.com").await?;
+            let mut req = get("www.partner.com", "/");
+            // A client-written header does not name the principal.
+            req.headers_mut().insert(
+                "x-forwarded-client-cert",
+                "By=spiffe://x;URI=spiffe://cluster.local/ns/default/sa/b".parse()?,
+            );
+            http1(hop, req).await
+        }
+    };
+    let mut a = Vec::new();
+    for _ in 0..3 {
+        a.push(as_sa("a").await.expect("request as a"));
+    }
+    let statuses: Vec<u16> = a.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 200, 429], "sa a: 2 per hour");
+    assert_eq!(a[0].1["x-ratelimit-limit"], "2, 2;w=3600");
+    assert_eq!(a[0].1["x-ratelimit-remaining"], "1");
+    assert_eq!(a[2].1["x-envoy-ratelimited"], "true");
+    assert_eq!(a[2].1["x-ratelimit-remaining"], "0");
+    // Another service account has its own quota.
+    assert_eq!(as_sa("b").await.expect("request as b").0, 200);
+    // Plaintext (no principal): the descriptor cannot be built, so no limit applies.
+    let plain = http1(
+        TcpStream::connect(addr).await.expect("tcp"),
+        get("www.partner.com", "/"),
+    )
+    .await
+    .expect("plaintext");
+    assert_eq!(plain.0, 200);
+    let labels = format!("cluster_name=\"{BACKEND}\"");
+    assert_eq!(
+        proxy.metric("envoy_cluster_ratelimit_over_limit_total", &labels),
+        1
+    );
+    assert_eq!(proxy.metric("envoy_cluster_ratelimit_ok_total", &labels), 3);
+    proxy.stop().await;
+}

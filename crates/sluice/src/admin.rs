@@ -1,5 +1,5 @@
 //! The admin API (default 127.0.0.1:15000): `/ready`, `/healthz`, `/stats/prometheus`,
-//! `/config_dump`. Served on its own listener so it keeps answering while traffic is heavy.
+//! `/config_dump`, `/clusters` (endpoint health; `?format=json`). Served on its own listener so it keeps answering while traffic is heavy.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +28,8 @@ pub struct AdminState {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub ready: watch::Receiver<bool>,
     pub registry: Arc<Mutex<Registry>>,
+    /// The running data plane, for `/clusters`.
+    pub inspector: Option<sluice_proxy::inspect::Inspector>,
 }
 
 /// Binds `addr` and serves the admin API until the returned task is aborted. A request head
@@ -103,9 +105,27 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
+        "/clusters" => {
+            let clusters = state
+                .inspector
+                .as_ref()
+                .map(|i| i.clusters())
+                .unwrap_or_default();
+            if req.uri().query() == Some("format=json") {
+                match serde_json::to_string_pretty(&clusters) {
+                    Ok(json) => with_type(StatusCode::OK, "application/json", json + "\n"),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
+            } else {
+                text(
+                    StatusCode::OK,
+                    sluice_proxy::inspect::render_text(&clusters),
+                )
+            }
+        }
         "/" => text(
             StatusCode::OK,
-            "sluice admin: /ready /healthz /stats/prometheus /config_dump\n".into(),
+            "sluice admin: /ready /healthz /stats/prometheus /config_dump /clusters\n".into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }

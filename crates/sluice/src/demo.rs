@@ -170,6 +170,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
             first_byte_timeout: sluice_proxy::config::DEFAULT_FIRST_BYTE_TIMEOUT,
             request_head_timeout: sluice_proxy::config::DEFAULT_REQUEST_HEAD_TIMEOUT,
             tunnel_max_lifetime: sluice_proxy::config::DEFAULT_TUNNEL_MAX_LIFETIME,
+            rate_limit_redis: None,
         },
         labels: gateway::parse_labels("istio=egressgateway").map_err(anyhow::Error::msg)?,
         namespace: "istio-system".into(),

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
+use sluice_proxy::inspect::{ClusterHealth, EndpointHealth};
 use sluice_snapshot::Snapshot;
 use sluice_snapshot::cluster::Discovery;
 use sluice_snapshot::listener::{App, Transport};
@@ -49,12 +50,25 @@ pub fn run(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
         writeln!(out)?;
         return Ok(exit::OK);
     }
-    render(&snapshot, args.section, out)?;
+    // Endpoint health is run-time state: `/clusters`, beside the configuration.
+    let health: Vec<ClusterHealth> = if matches!(args.section, Section::Endpoints | Section::All) {
+        let body = fetch(args.admin, "/clusters?format=json")
+            .with_context(|| format!("reading /clusters from {}", args.admin))?;
+        serde_json::from_str(&body).context("the admin API answered /clusters unexpectedly")?
+    } else {
+        Vec::new()
+    };
+    render(&snapshot, &health, args.section, out)?;
     Ok(exit::OK)
 }
 
 /// Renders the tables for `section` (text).
-pub fn render(s: &Snapshot, section: Section, out: &mut impl Write) -> std::io::Result<()> {
+pub fn render(
+    s: &Snapshot,
+    health: &[ClusterHealth],
+    section: Section,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     let all = section == Section::All;
     if all || section == Section::Listeners {
         table(
@@ -94,7 +108,11 @@ pub fn render(s: &Snapshot, section: Section, out: &mut impl Write) -> std::io::
         if all {
             writeln!(out)?;
         }
-        table(out, &["ENDPOINT", "LABELS", "CLUSTER"], &endpoints(s))?;
+        table(
+            out,
+            &["ENDPOINT", "STATUS", "OUTLIER CHECK", "LABELS", "CLUSTER"],
+            &endpoints(s, health),
+        )?;
     }
     Ok(())
 }
@@ -213,27 +231,55 @@ fn clusters(s: &Snapshot) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn endpoints(s: &Snapshot) -> Vec<Vec<String>> {
+/// The configured endpoints with their health (istioctl's STATUS and OUTLIER CHECK columns);
+/// a DNS cluster lists the addresses it has used, or its name when it has used none yet.
+fn endpoints(s: &Snapshot, health: &[ClusterHealth]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
+    let row = |addr: String, e: Option<&EndpointHealth>, labels: String, cluster: &str| {
+        let (status, check) = match e {
+            Some(e) if e.outlier_ejected => ("UNHEALTHY", "FAILED"),
+            _ => ("HEALTHY", "OK"),
+        };
+        vec![
+            addr,
+            status.to_owned(),
+            check.to_owned(),
+            labels,
+            cluster.to_owned(),
+        ]
+    };
     for c in s.clusters.values() {
+        let seen: &[EndpointHealth] = health
+            .iter()
+            .find(|h| h.name == c.name)
+            .map_or(&[], |h| h.endpoints.as_slice());
         match &c.discovery {
             Discovery::Static { endpoints } => {
                 for e in endpoints {
                     let labels: Vec<String> =
                         e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    rows.push(vec![
-                        format!("{}:{}", e.address, e.port),
-                        labels.join(","),
-                        c.name.clone(),
-                    ]);
+                    let addr = format!("{}:{}", e.address, e.port);
+                    let h = seen.iter().find(|h| h.address.to_string() == addr);
+                    rows.push(row(addr, h, labels.join(","), &c.name));
                 }
             }
             Discovery::Dns { host, .. } => {
-                rows.push(vec![
-                    format!("{host}:{} (DNS)", c.port),
-                    String::new(),
-                    c.name.clone(),
-                ]);
+                if seen.is_empty() {
+                    rows.push(row(
+                        format!("{host}:{} (DNS)", c.port),
+                        None,
+                        String::new(),
+                        &c.name,
+                    ));
+                }
+                for h in seen {
+                    rows.push(row(
+                        format!("{} ({host})", h.address),
+                        Some(h),
+                        String::new(),
+                        &c.name,
+                    ));
+                }
             }
             _ => {}
         }

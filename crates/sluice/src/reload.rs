@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use sluice_compile::lower::{CompileOptions, compile};
 use sluice_model::{Diagnostic, Level};
 use sluice_snapshot::Snapshot;
@@ -20,9 +25,15 @@ pub struct Built {
 }
 
 /// Loads, validates, analyzes and compiles. Fails with the diagnostics when a file cannot be
-/// read or a resource is invalid (what Istio's webhook would reject); cross-resource findings
-/// are reported but do not block, as Istio applies such configuration too.
-pub fn build(paths: &[PathBuf], options: &CompileOptions) -> Result<Built, Vec<Diagnostic>> {
+/// read or a resource is invalid (what Istio's webhook would reject), or when the config asks
+/// for a global rate limit and `rate_limit_store` is false (no `--rate-limit-redis`: the limit
+/// could not hold across replicas); cross-resource findings are reported but do not block, as
+/// Istio applies such configuration too.
+pub fn build(
+    paths: &[PathBuf],
+    options: &CompileOptions,
+    rate_limit_store: bool,
+) -> Result<Built, Vec<Diagnostic>> {
     let loaded = sluice_model::load_paths(paths);
     let mut diagnostics = loaded.diagnostics;
     diagnostics.extend(sluice_compile::validate::validate(&loaded.resources));
@@ -40,6 +51,26 @@ pub fn build(paths: &[PathBuf], options: &CompileOptions) -> Result<Built, Vec<D
     }
     let (snapshot, compile_diags) = compile(&loaded.resources, options);
     diagnostics.extend(compile_diags);
+    if !rate_limit_store {
+        let global = snapshot
+            .rate_limits
+            .values()
+            .filter_map(|l| l.global.as_ref())
+            .next();
+        if let Some(g) = global {
+            diagnostics.push(Diagnostic::error(
+                sluice_model::diag::codes::NOT_SUPPORTED,
+                format!(
+                    "{} inserts the global rate limit filter (domain {:?}), whose counters live \
+                     in Redis: start sluice with --rate-limit-redis redis://HOST:PORT (or \
+                     SLUICE_RATE_LIMIT_REDIS)",
+                    g.origin, g.domain
+                ),
+            ));
+            sluice_compile::sort(&mut diagnostics);
+            return Err(diagnostics);
+        }
+    }
     sluice_compile::sort(&mut diagnostics);
     Ok(Built {
         snapshot,
@@ -81,36 +112,135 @@ pub fn log_diagnostics(diags: &[Diagnostic]) {
     }
 }
 
-/// Polls the config every `interval`; on change, rebuilds off the async threads and publishes
-/// the new snapshot, or keeps the last good one and says why.
+/// How reloads are counted (`sluice_config_reloads_total{result}`, `sluice_config_generation`,
+/// `sluice_config_last_reload_seconds`).
+#[derive(Clone, Default)]
+pub struct ReloadMetrics {
+    reloads: Family<ResultLabel, Counter>,
+    generation: Gauge,
+    last_reload: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+impl ReloadMetrics {
+    pub fn register(registry: &mut Registry) -> ReloadMetrics {
+        let m = ReloadMetrics::default();
+        registry.register(
+            "sluice_config_reloads",
+            "Configuration reloads, by result (applied or rejected)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "sluice_config_generation",
+            "How many configurations have been applied since start (the first is 1)",
+            m.generation.clone(),
+        );
+        registry.register(
+            "sluice_config_last_reload_seconds",
+            "Unix time of the last configuration applied",
+            m.last_reload.clone(),
+        );
+        m.applied_first();
+        m
+    }
+
+    fn applied_first(&self) {
+        self.generation.set(1);
+        self.stamp();
+    }
+
+    fn stamp(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_reload.set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    fn count(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+        if result == "applied" {
+            self.generation.inc();
+            self.stamp();
+        }
+    }
+}
+
+/// What makes a reload happen besides a change of the files: SIGHUP (Unix).
+pub struct Triggers {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Triggers {
+    /// Installs the SIGHUP handler now, so a SIGHUP that arrives before the watcher runs
+    /// reloads instead of killing the process.
+    pub fn install() -> Triggers {
+        Triggers {
+            #[cfg(unix)]
+            hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| tracing::warn!(error = %e, "SIGHUP cannot trigger reloads"))
+                .ok(),
+        }
+    }
+
+    async fn hangup(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = self.hangup.as_mut()
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// Polls the config every `interval` and reloads at once on SIGHUP; on a change (or a
+/// signal), rebuilds off the async threads and publishes the new snapshot, or keeps the last
+/// good one and says why.
+#[allow(clippy::too_many_arguments)] // the serve command's settings, passed through once
 pub async fn watch_config(
     paths: Vec<PathBuf>,
     options: CompileOptions,
     tx: watch::Sender<Arc<Snapshot>>,
     interval: Duration,
+    rate_limit_store: bool,
+    metrics: ReloadMetrics,
+    mut triggers: Triggers,
 ) {
     let mut last = fingerprint(&paths);
     loop {
-        tokio::time::sleep(interval).await;
+        let signalled = tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            _ = triggers.hangup() => true,
+        };
         let p = paths.clone();
         let now = match tokio::task::spawn_blocking(move || fingerprint(&p)).await {
             Ok(f) => f,
             Err(_) => continue,
         };
-        if now == last {
+        if now == last && !signalled {
             continue;
+        }
+        if signalled {
+            tracing::info!("SIGHUP: reloading the configuration");
         }
         last = now;
         let (p, o) = (paths.clone(), options.clone());
-        match tokio::task::spawn_blocking(move || build(&p, &o)).await {
+        match tokio::task::spawn_blocking(move || build(&p, &o, rate_limit_store)).await {
             Ok(Ok(built)) => {
                 log_diagnostics(&built.diagnostics);
                 tracing::info!("configuration reloaded");
                 tx.send_replace(Arc::new(built.snapshot));
+                metrics.count("applied");
             }
             Ok(Err(diags)) => {
                 log_diagnostics(&diags);
                 tracing::error!("configuration has errors; keeping the last good one");
+                metrics.count("rejected");
             }
             Err(e) => tracing::error!("reload task failed: {e}"),
         }

@@ -43,7 +43,7 @@ pub struct CommonArgs {
     #[arg(long, env = "SLUICE_IDENTITY_DIR")]
     pub identity_dir: Option<PathBuf>,
     /// How often the config files are checked for changes.
-    #[arg(long, default_value = "1s", env = "SLUICE_RELOAD_INTERVAL", value_parser = crate::gateway::parse_duration)]
+    #[arg(long, default_value = "1s", env = "SLUICE_RELOAD_INTERVAL", value_parser = parse_reload_interval)]
     pub reload_interval: Duration,
     /// Let upstream connections reach CIDR[:PORT] (repeatable), though the destination IP
     /// guard denies its class by default (private, loopback, link-local, …). The most specific
@@ -71,6 +71,26 @@ pub struct CommonArgs {
     /// TCP and TLS streams are closed this long after they opened, busy or not; 0 for never.
     #[arg(long, default_value = "24h", env = "SLUICE_TUNNEL_MAX_LIFETIME", value_parser = crate::gateway::parse_duration)]
     pub tunnel_max_lifetime: Duration,
+    /// The shared counter store of global rate limits (redis://HOST:PORT[/DB]): every replica
+    /// pointing at one Redis holds one combined limit. Needed when an EnvoyFilter inserts
+    /// envoy.filters.http.ratelimit.
+    #[arg(long, env = "SLUICE_RATE_LIMIT_REDIS", value_parser = parse_redis_url)]
+    pub rate_limit_redis: Option<String>,
+}
+
+/// A positive duration: 0 would poll the files in a busy loop.
+fn parse_reload_interval(s: &str) -> Result<Duration, String> {
+    match crate::gateway::parse_duration(s)? {
+        d if d.is_zero() => Err("must be above 0 (SIGHUP reloads at once)".into()),
+        d => Ok(d),
+    }
+}
+
+/// Accepts what the Redis client can connect to, so a typo fails at start with exit 2.
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    sluice_proxy::ratelimit::global::Store::new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 pub struct Plan {
@@ -99,13 +119,15 @@ pub async fn run(
     plan.proxy.first_byte_timeout = plan.common.first_byte_timeout;
     plan.proxy.request_head_timeout = plan.common.request_head_timeout;
     plan.proxy.tunnel_max_lifetime = Some(plan.common.tunnel_max_lifetime).filter(|d| !d.is_zero());
+    plan.proxy.rate_limit_redis = plan.common.rate_limit_redis.clone();
+    let rate_limit_store = plan.proxy.rate_limit_redis.is_some();
     if let Some(dir) = &plan.common.identity_dir {
         let rx = watch_identity(dir)?;
         tracing::info!(identity = %rx.borrow().identity(), "workload identity loaded");
         plan.proxy.identity = Some(rx);
     }
     let (paths, opts) = (plan.common.config.clone(), plan.options.clone());
-    let built = tokio::task::spawn_blocking(move || reload::build(&paths, &opts))
+    let built = tokio::task::spawn_blocking(move || reload::build(&paths, &opts, rate_limit_store))
         .await
         .context("compiling the configuration")?;
     let built = match built {
@@ -121,10 +143,13 @@ pub async fn run(
     reload::log_diagnostics(&built.diagnostics);
     let (tx, rx) = watch::channel(Arc::new(built.snapshot));
     let mut registry = prometheus_client::registry::Registry::default();
+    let reload_metrics = reload::ReloadMetrics::register(&mut registry);
+    let triggers = reload::Triggers::install();
     let proxy = Proxy::new(plan.proxy, rx.clone(), &mut registry).context("creating the proxy")?;
     let admin = admin::serve(
         plan.common.admin,
         AdminState {
+            inspector: Some(proxy.inspector()),
             snapshots: rx,
             ready: proxy.ready(),
             registry: Arc::new(Mutex::new(registry)),
@@ -138,6 +163,9 @@ pub async fn run(
         plan.options,
         tx,
         plan.common.reload_interval,
+        rate_limit_store,
+        reload_metrics,
+        triggers,
     ));
     tracing::info!(admin = %plan.common.admin, "sluice started");
     let result = proxy.run(shutdown).await;

@@ -46,13 +46,153 @@ async fn the_admin_api_is_read_only_and_cuts_off_silent_clients() {
 }
 
 /// The default admin address is loopback: nothing off the machine reaches it unless the
-/// operator says `--admin`.
+/// operator says `--admin`. Run inside a network namespace of its own (`unshare -n`), where
+/// port 15000 is free and `lo` also carries a non-loopback address: the admin API answers on
+/// 127.0.0.1 and refuses connections to the other address.
 #[test]
 fn the_default_admin_address_is_loopback() {
-    let out = std::process::Command::new(bin())
-        .args(["gateway", "--help"])
+    let config = [guide("egress-gateway.yaml"), guide("mesh-config.yaml")];
+    let script = r#"
+set -u
+ip link set lo up
+ip addr add 10.99.0.1/32 dev lo
+"$0" gateway -c "$1" -c "$2" --bind 127.0.0.1 >/dev/null 2>&1 &
+pid=$!
+ready=no
+for _ in $(seq 1 100); do
+  if curl -s -o /dev/null --max-time 1 http://127.0.0.1:15000/ready; then ready=yes; break; fi
+  sleep 0.1
+done
+echo "loopback: $ready"
+if curl -s -o /dev/null --max-time 2 http://10.99.0.1:15000/ready; then
+  echo "other address: answered"
+else
+  echo "other address: refused"
+fi
+kill "$pid"
+wait "$pid" 2>/dev/null
+exit 0
+"#;
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .arg(bin())
+        .args(&config)
         .output()
-        .expect("help");
-    let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("[default: 127.0.0.1:15000]"), "{help}");
+        .expect("unshare -n (root, util-linux, iproute2 and curl are needed)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("loopback: yes"), "{text}");
+    assert!(text.contains("other address: refused"), "{text}");
+}
+
+/// Outlier ejection is visible where an operator looks: `/clusters` (Envoy's
+/// `health_flags::/failed_outlier_check`, per-endpoint `rq_active`), its JSON form, and
+/// `sluice proxy-config endpoints` (istioctl's STATUS / OUTLIER CHECK columns).
+#[tokio::test(flavor = "multi_thread")]
+async fn ejected_endpoints_show_in_clusters_and_proxy_config() {
+    use sluice_test_support::client::http_get;
+    use sluice_test_support::{HttpUpstream, TempDir, UpstreamOptions, free_loopback_addr};
+
+    let good = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "good")
+        .await
+        .expect("good");
+    let bad = HttpUpstream::start_with(
+        SocketAddr::new(free_loopback_addr(), 80),
+        "bad",
+        UpstreamOptions::default().respond("/", 500, "broken"),
+    )
+    .await
+    .expect("bad");
+    let dir = TempDir::new("admin-clusters");
+    let file = dir.join("config.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: egress, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [api.partner.test]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner, namespace: istio-system}}
+spec:
+  hosts: [api.partner.test]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: "{}"}}, {{address: "{}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: partner, namespace: istio-system}}
+spec:
+  host: api.partner.test
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 50}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partner, namespace: istio-system}}
+spec:
+  hosts: [api.partner.test]
+  gateways: [egress]
+  http:
+  - route: [{{destination: {{host: api.partner.test, port: {{number: 80}}}}}}]
+"#,
+            good.addr().ip(),
+            bad.addr().ip()
+        ),
+    )
+    .expect("write");
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let config = [file.display().to_string()];
+    let (gw, bind) = gateway(&config, dns.addr(), &[]).await;
+    let addr = SocketAddr::new(bind, 80);
+    for _ in 0..6 {
+        http_get(addr, "api.partner.test", "/")
+            .await
+            .expect("request");
+    }
+    let cluster = "outbound|80||api.partner.test";
+    let (status, text) = gw.admin_get("/clusters").expect("/clusters");
+    assert_eq!(status, 200);
+    let bad_line = format!(
+        "{cluster}::{}::health_flags::/failed_outlier_check",
+        bad.addr()
+    );
+    let good_line = format!("{cluster}::{}::health_flags::healthy", good.addr());
+    assert!(text.contains(&bad_line), "{text}");
+    assert!(text.contains(&good_line), "{text}");
+    let (_, json) = gw.admin_get("/clusters?format=json").expect("json");
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert!(parsed.as_array().is_some_and(|a| !a.is_empty()), "{json}");
+
+    let out = std::process::Command::new(bin())
+        .args(["proxy-config", "endpoints", "--admin"])
+        .arg(gw.admin().to_string())
+        .output()
+        .expect("proxy-config");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = |ep: SocketAddr| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&ep.to_string()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row(bad.addr())[1..3], ["UNHEALTHY", "FAILED"], "{table}");
+    assert_eq!(row(good.addr())[1..3], ["HEALTHY", "OK"], "{table}");
 }

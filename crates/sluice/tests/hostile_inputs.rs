@@ -51,14 +51,6 @@ fn analyze(args: &[&str], stdin: Stdio) -> Run {
     }
 }
 
-fn mkfifo(path: &Path) {
-    let status = Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("run mkfifo");
-    assert!(status.success(), "mkfifo {}", path.display());
-}
-
 const GATEWAY: &str = "\
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -117,7 +109,7 @@ fn a_fifo_named_or_in_a_directory_is_skipped_without_blocking() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("gateway.yaml"), GATEWAY).expect("write");
     let fifo = dir.path().join("pipe.yaml");
-    mkfifo(&fifo);
+    sluice_test_support::tempdir::mkfifo(&fifo);
     let warning = format!(
         "Warning [SLC0004] {} is a FIFO, not a regular file",
         fifo.display()
@@ -263,7 +255,7 @@ fn the_reload_poll_skips_fifos_ends_loops_and_sees_changes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("config");
     std::fs::create_dir(&root).expect("mkdir");
-    mkfifo(&root.join("pipe.yaml"));
+    sluice_test_support::tempdir::mkfifo(&root.join("pipe.yaml"));
     symlink(".", root.join("loop")).expect("symlink");
     symlink("..", root.join("up")).expect("symlink");
     std::fs::write(root.join("gateway.yaml"), GATEWAY).expect("write");

@@ -58,13 +58,66 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LbPolicy {
     LeastRequest,
     RoundRobin,
     Random,
     Passthrough,
+    /// DestinationRule `consistentHash`: the endpoint is looked up by a hash of the request
+    /// (`key`) on a ring or a Maglev table (Envoy's RING_HASH and MAGLEV). Without a key, or
+    /// when the request does not carry it, a random point is looked up.
+    ConsistentHash {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<HashKey>,
+        algorithm: HashAlgorithm,
+    },
+}
+
+/// What a consistent-hash load balancer hashes (Istio's hash policy of the route).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// The value(s) of a request header (`httpHeaderName`, lower-cased).
+    Header { name: String },
+    /// A request cookie (`httpCookie`). With `ttl`, a request without the cookie gets one
+    /// generated, hashed on, and set on the response (`0s`: a session cookie).
+    Cookie {
+        name: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        path: String,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::route::opt_duration"
+        )]
+        ttl: Option<Duration>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attributes: Vec<CookieAttribute>,
+    },
+    /// The downstream peer's IP address (`useSourceIp`); also for TCP and TLS passthrough.
+    SourceIp,
+    /// The first value of a query parameter (`httpQueryParameterName`), as written.
+    QueryParameter { name: String },
+}
+
+/// An attribute of a generated cookie (`SameSite=Strict`, `Secure`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CookieAttribute {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+}
+
+/// How hashes map to endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashAlgorithm {
+    /// Envoy's ring hash: each endpoint at `min_ring_size`-scaled points on a ring.
+    RingHash { min_ring_size: u64 },
+    /// Envoy's Maglev: a lookup table of `table_size` (a prime) entries.
+    Maglev { table_size: u64 },
 }
 
 /// Circuit-breaker limits (DestinationRule `connectionPool`). `None` is no limit: Istio sets
@@ -102,6 +155,11 @@ pub struct Outlier {
     /// left in, every endpoint takes traffic again. `None`: only when none is left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_health_percent: Option<u32>,
+    /// `splitExternalLocalOriginErrors`: local-origin failures (connect failures, resets,
+    /// timeouts) are counted apart, ejecting after this many in a row; responses alone count
+    /// as 5xx / gateway errors. `None`: they count as 503 / 504 responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_origin_failures: Option<u32>,
 }
 
 /// TLS toward the upstream (DestinationRule `tls`). Part of the connection-pool key: two

@@ -102,6 +102,9 @@ pub struct Snapshot {
     /// EnvoyFilters that select this proxy configure.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rate_limits: BTreeMap<String, ratelimit::HttpRateLimits>,
+    /// The rate-limit service's descriptor trees, by domain (global rate limits).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limit_domains: BTreeMap<String, Vec<ratelimit::DescriptorNode>>,
     /// Sidecar role: where a flow goes that no listener, chain or virtual host takes — the
     /// outbound policy compiled into routes, as Istio compiles it (`allow_any` to
     /// `PassthroughCluster`, `block_all` to `BlackHoleCluster`).
@@ -140,6 +143,7 @@ impl Snapshot {
             access_log: AccessLog::default(),
             authz: authz::Policies::default(),
             rate_limits: BTreeMap::new(),
+            rate_limit_domains: BTreeMap::new(),
             fallback: None,
             path_normalization: PathNormalization::Base,
         }

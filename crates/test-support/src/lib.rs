@@ -8,12 +8,14 @@
 //! - [`client`]: small real clients (HTTPS, HTTP, raw TCP, curl).
 //! - [`free_loopback_addr`]: a distinct 127.0.x.y per call, for real ports side by side.
 //! - [`TempDir`]: a scratch directory removed on drop.
+//! - [`RedisServer`]: a real `redis-server` on loopback, paused or killed on demand.
 
 pub mod ca;
 pub mod client;
 pub mod dns;
 mod net;
 pub mod process;
+pub mod redis;
 pub mod tempdir;
 pub mod upstream;
 
@@ -22,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 pub use ca::{CertKey, TestCa};
 pub use dns::DnsServer;
 pub use process::{SluiceProcess, free_loopback_addr};
+pub use redis::RedisServer;
 pub use tempdir::TempDir;
 pub use upstream::{HttpUpstream, HttpsUpstream, TcpUpstream, UpstreamOptions};
 

@@ -69,6 +69,15 @@ impl Drop for TempDir {
     }
 }
 
+/// Makes a named pipe at `path` (`mkfifo(1)`): tests of readers that must never block on one.
+pub fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use sluice_model::networking::ServiceEntry;
 use sluice_model::networking::destination_rule::{
-    ClientTLSMode, ClientTLSSettings, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy,
-    LoadBalancerSettings, OutlierDetection, SimpleLB, TrafficPolicy,
+    ClientTLSMode, ClientTLSSettings, ConnectionPoolSettings, ConsistentHashLB, DestinationRule,
+    H2UpgradePolicy, LoadBalancerSettings, OutlierDetection, SimpleLB, TrafficPolicy,
 };
 use sluice_model::networking::service_entry::{Location, Protocol, Resolution, ServicePort};
 use sluice_model::{Level, Resource};
-use sluice_snapshot::cluster::{Limits, Outlier, Trust, UpstreamTlsMode};
+use sluice_snapshot::cluster::{
+    CookieAttribute, HashAlgorithm, HashKey, Limits, Outlier, Trust, UpstreamTlsMode,
+};
 use sluice_snapshot::{Cluster, Discovery, Endpoint, LbPolicy, Role, UpstreamTls};
 
 use super::codes::{ADJUSTED, BLACK_HOLE, DROPPED, MESH_SERVICE_MISSING, NOT_SUPPORTED};
@@ -346,15 +348,6 @@ fn report_unsupported(cx: &mut Ctx<'_>, p: &Policy<'_>) {
                 cx.unsupported(*dr, &format!("{path}.{field}"), what);
             }
         }
-        if lb.consistent_hash.is_some() {
-            cx.report(
-                *dr,
-                NOT_SUPPORTED,
-                Level::Warning,
-                &format!("{path}.consistentHash"),
-                "consistent-hash load balancing is not supported yet: LEAST_REQUEST is used",
-            );
-        }
     }
     if let Some((pool, dr, path)) = &p.pool {
         if let Some(tcp) = &pool.tcp {
@@ -402,10 +395,11 @@ fn report_unsupported(cx: &mut Ctx<'_>, p: &Policy<'_>) {
                 "the deprecated consecutiveErrors (Istio ignores it too; use consecutive5xxErrors)",
             ),
             (
-                o.split_external_local_origin_errors.is_some()
-                    || o.consecutive_local_origin_failures.is_some(),
-                "splitExternalLocalOriginErrors",
-                "counting local-origin failures apart",
+                o.consecutive_local_origin_failures.is_some()
+                    && o.split_external_local_origin_errors != Some(true),
+                "consecutiveLocalOriginFailures",
+                "consecutiveLocalOriginFailures without splitExternalLocalOriginErrors (Envoy \
+                 ignores it then too)",
             ),
         ] {
             if set {
@@ -573,8 +567,14 @@ fn endpoints(
     out
 }
 
-/// `loadBalancer.simple` (LEAST_REQUEST by default, LEAST_CONN its old name).
-fn lb_policy(_cx: &Ctx<'_>, p: &Policy<'_>) -> LbPolicy {
+/// `loadBalancer.simple` (LEAST_REQUEST by default, LEAST_CONN its old name), or
+/// `consistentHash`.
+fn lb_policy(cx: &mut Ctx<'_>, p: &Policy<'_>) -> LbPolicy {
+    if let Some((lb, dr, path)) = &p.lb
+        && let Some(ch) = &lb.consistent_hash
+    {
+        return consistent_hash(cx, ch, dr, &format!("{path}.consistentHash"));
+    }
     match p.lb.as_ref().and_then(|(lb, _, _)| lb.simple) {
         Some(SimpleLB::Random) => LbPolicy::Random,
         Some(SimpleLB::RoundRobin) => LbPolicy::RoundRobin,
@@ -582,6 +582,108 @@ fn lb_policy(_cx: &Ctx<'_>, p: &Policy<'_>) -> LbPolicy {
         Some(SimpleLB::Unspecified | SimpleLB::LeastConn | SimpleLB::LeastRequest) | None => {
             LbPolicy::LeastRequest
         }
+    }
+}
+
+/// Istio's ring hash default (Envoy's `minimum_ring_size`).
+const DEFAULT_MIN_RING_SIZE: u64 = 1024;
+/// Envoy's Maglev default table size (a prime).
+const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+
+/// `consistentHash`, as Istio's `applyLoadBalancer` (the algorithm: `maglev`, else `ringHash`,
+/// else a ring of the deprecated `minimumRingSize` or 1024) and `consistentHashToHashPolicy`
+/// (the key) build it. A Maglev `tableSize` that is not a prime is validation's error; unset,
+/// it is Envoy's 65537.
+fn consistent_hash(
+    cx: &mut Ctx<'_>,
+    ch: &ConsistentHashLB,
+    dr: &Resource<DestinationRule>,
+    path: &str,
+) -> LbPolicy {
+    let mut keys: Vec<(&str, HashKey)> = Vec::new();
+    if let Some(name) = ch.http_header_name.as_ref().filter(|n| !n.is_empty()) {
+        keys.push((
+            "httpHeaderName",
+            HashKey::Header {
+                name: name.to_ascii_lowercase(),
+            },
+        ));
+    }
+    if let Some(c) = &ch.http_cookie {
+        keys.push((
+            "httpCookie",
+            HashKey::Cookie {
+                name: c.name.clone(),
+                path: c.path.clone().unwrap_or_default(),
+                ttl: c.ttl.map(|d| d.as_std()),
+                attributes: c
+                    .attributes
+                    .iter()
+                    .map(|a| CookieAttribute {
+                        name: a.name.clone(),
+                        value: a.value.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            },
+        ));
+    }
+    // `useSourceIp: false` is Envoy's `source_ip: false`: no hash.
+    if ch.use_source_ip == Some(true) {
+        keys.push(("useSourceIp", HashKey::SourceIp));
+    }
+    if let Some(name) = ch
+        .http_query_parameter_name
+        .as_ref()
+        .filter(|n| !n.is_empty())
+    {
+        keys.push((
+            "httpQueryParameterName",
+            HashKey::QueryParameter { name: name.clone() },
+        ));
+    }
+    if keys.len() > 1 {
+        let names: Vec<&str> = keys.iter().map(|(n, _)| *n).collect();
+        cx.report(
+            dr,
+            ADJUSTED,
+            Level::Warning,
+            path,
+            format!(
+                "the hash key is one of httpHeaderName, httpCookie, useSourceIp and httpQueryParameterName, \
+                 and {} are set: {} is used",
+                names.join(", "),
+                names[0]
+            ),
+        );
+    } else if keys.is_empty() {
+        cx.report(
+            dr,
+            ADJUSTED,
+            Level::Warning,
+            path,
+            "no hash key (httpHeaderName, httpCookie, useSourceIp: true, httpQueryParameterName): \
+             each request goes to a random endpoint, as in Envoy",
+        );
+    }
+    let algorithm = if let Some(m) = &ch.maglev {
+        HashAlgorithm::Maglev {
+            table_size: m
+                .table_size
+                .filter(|n| *n > 0)
+                .unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE),
+        }
+    } else {
+        let size = match &ch.ring_hash {
+            Some(r) => r.minimum_ring_size,
+            None => ch.minimum_ring_size,
+        };
+        HashAlgorithm::RingHash {
+            min_ring_size: size.filter(|n| *n > 0).unwrap_or(DEFAULT_MIN_RING_SIZE),
+        }
+    };
+    LbPolicy::ConsistentHash {
+        key: keys.into_iter().next().map(|(_, k)| k),
+        algorithm,
     }
 }
 
@@ -782,6 +884,9 @@ fn outlier(o: &OutlierDetection) -> Outlier {
             .min_health_percent
             .filter(|p| *p > 0)
             .and_then(|p| u32::try_from(p).ok()),
+        // Envoy's default `consecutive_local_origin_failure` is 5.
+        local_origin_failures: (o.split_external_local_origin_errors == Some(true))
+            .then(|| o.consecutive_local_origin_failures.unwrap_or(5)),
     }
 }
 

@@ -19,6 +19,11 @@
 //!   select where `typed_per_filter_config` is set; a later patch replaces an earlier one's
 //!   settings for the same filter.
 //!
+//! The global rate limit filter (`envoy.filters.http.ratelimit`) joins the chain the same way;
+//! `rate_limits` merged on virtual hosts and routes become the descriptor actions it evaluates,
+//! and the rate-limit service configurations (ConfigMap `config.yaml` or bare files) become the
+//! descriptor trees by domain.
+//!
 //! Patches sluice cannot apply are reported by validation (`validate/envoy_filter.rs`); they are
 //! skipped here without a second message.
 
@@ -26,13 +31,17 @@ use std::collections::BTreeMap;
 
 use sluice_model::networking::EnvoyFilter;
 use sluice_model::networking::envoy_filter::{
-    ApplyTo, EnvoyConfigObjectMatch, HeaderAppendAction, HeaderValueOption, LocalRateLimit,
-    LocalRateLimitPatch, PatchContext, PatchOperation, RouteAction as PatchRouteAction,
+    ApplyTo, EnvoyConfigObjectMatch, GlobalRateLimitFilter, HeaderAppendAction, HeaderMatch,
+    HeaderMatcher, HeaderValueOption, LocalRateLimit, LocalRateLimitPatch, PatchContext,
+    PatchOperation, RateLimit, RateLimitAction, RouteAction as PatchRouteAction,
 };
+use sluice_model::rate_limit_service::{Descriptor, RateLimitConfig, Unit};
 use sluice_model::{Level, Resource};
 use sluice_snapshot::listener::{App, Listener};
+use sluice_snapshot::matching::{Regex, StringMatcher};
 use sluice_snapshot::ratelimit::{
-    AppendAction, HeaderToAdd, HttpRateLimits, LocalRateLimit as SnapLimit, RateLimitFilter,
+    AppendAction, DescriptorAction, DescriptorNode, GlobalFilter, HeaderCondition, HeaderToAdd,
+    HttpRateLimits, Limit, LocalRateLimit as SnapLimit, RateLimitFilter, RateLimitPolicy,
     TokenBucket,
 };
 use sluice_snapshot::route::{Route, RouteAction, VirtualHost};
@@ -40,13 +49,22 @@ use sluice_snapshot::route::{Route, RouteAction, VirtualHost};
 use super::registry::istio_order;
 use super::{Ctx, NOT_SUPPORTED, Role};
 
-/// The rate limits of `listeners`' HTTP route configurations, by route configuration name.
-pub fn build(cx: &mut Ctx<'_>, listeners: &[Listener]) -> BTreeMap<String, HttpRateLimits> {
+/// Rate limits by domain: the rate-limit service's descriptor trees.
+pub type Domains = BTreeMap<String, Vec<DescriptorNode>>;
+
+/// The rate limits of `listeners`' HTTP route configurations, by route configuration name, and
+/// the rate-limit service's configuration by domain.
+pub fn build(
+    cx: &mut Ctx<'_>,
+    listeners: &[Listener],
+) -> (BTreeMap<String, HttpRateLimits>, Domains) {
+    let domains = domains(cx);
     let mut out: BTreeMap<String, HttpRateLimits> = BTreeMap::new();
     for r in selected(cx) {
         for patch in r.spec.local_rate_limit().into_iter().flatten() {
             let m = match &patch {
                 LocalRateLimitPatch::Filter(f) => &f.match_,
+                LocalRateLimitPatch::Global(g) => &g.match_,
                 LocalRateLimitPatch::Route(rt) => &rt.match_,
             };
             if !context_applies(cx, r, m.context, patch.index()) {
@@ -70,7 +88,8 @@ pub fn build(cx: &mut Ctx<'_>, listeners: &[Listener]) -> BTreeMap<String, HttpR
                             let App::Http { route_config, .. } = &chain.app else {
                                 continue;
                             };
-                            let filters = &mut out.entry(route_config.clone()).or_default().filters;
+                            let limits = out.entry(route_config.clone()).or_default();
+                            let filters = &mut limits.filters;
                             if filters
                                 .iter()
                                 .any(|x| x.origin == filter.origin && x.name == filter.name)
@@ -79,13 +98,23 @@ pub fn build(cx: &mut Ctx<'_>, listeners: &[Listener]) -> BTreeMap<String, HttpR
                             }
                             if f.operation == PatchOperation::InsertFirst {
                                 filters.insert(0, filter.clone());
+                                if let Some(g) = &mut limits.global {
+                                    g.position += 1;
+                                }
                             } else {
                                 filters.push(filter.clone());
                             }
                         }
                     }
                 }
+                LocalRateLimitPatch::Global(g) => {
+                    add_global(cx, r, &g, listeners, &domains, &mut out);
+                }
                 LocalRateLimitPatch::Route(rt) => {
+                    let policies = lower_policies(cx, r, rt.index, &rt.rate_limits);
+                    if !policies.is_empty() {
+                        merge_policies(&rt.match_, rt.apply_to, &policies, listeners, &mut out);
+                    }
                     let path = format!(
                         "spec.configPatches[{}].patch.value.typed_per_filter_config",
                         rt.index
@@ -140,8 +169,361 @@ pub fn build(cx: &mut Ctx<'_>, listeners: &[Listener]) -> BTreeMap<String, HttpR
         let names: Vec<String> = limits.filters.iter().map(|f| f.name.clone()).collect();
         limits.per_route.retain(|name, _| names.contains(name));
     }
-    out.retain(|_, l| !l.filters.is_empty());
+    for limits in out.values_mut() {
+        if limits.global.is_none() {
+            // Without the filter, `rate_limits` produce descriptors nobody reads.
+            limits.actions = Default::default();
+        }
+    }
+    out.retain(|_, l| !l.filters.is_empty() || l.global.is_some());
+    (out, domains)
+}
+
+/// Adds a global rate limit filter to the HTTP route configurations its patch matches.
+fn add_global(
+    cx: &mut Ctx<'_>,
+    r: &Resource<EnvoyFilter>,
+    g: &GlobalRateLimitFilter,
+    listeners: &[Listener],
+    domains: &Domains,
+    out: &mut BTreeMap<String, HttpRateLimits>,
+) {
+    let path = format!("spec.configPatches[{}].patch.value", g.index);
+    if !domains.contains_key(&g.config.domain) {
+        cx.report(
+            r,
+            NOT_SUPPORTED,
+            Level::Warning,
+            &format!("{path}.typed_config.domain"),
+            format!(
+                "no rate-limit service configuration (a ConfigMap with config.yaml, or a file \
+                 with `domain:` and `descriptors:`) has domain {:?}: this filter limits nothing",
+                g.config.domain
+            ),
+        );
+    }
+    if g.disabled {
+        cx.unsupported(
+            r,
+            &format!("{path}.disabled"),
+            "a disabled global rate limit filter",
+        );
+        return;
+    }
+    let c = &g.config;
+    let filter = GlobalFilter {
+        name: g.name.clone(),
+        origin: format!("{} configPatches[{}]", r.origin(), g.index),
+        position: 0,
+        domain: c.domain.clone(),
+        stage: c.stage,
+        timeout: c.timeout(),
+        failure_mode_deny: c.failure_mode_deny,
+        status: c
+            .rate_limited_status
+            .map(|s| s.code)
+            .filter(|c| *c >= 400)
+            .unwrap_or(429),
+        error_status: c.status_on_error.map(|s| s.code).unwrap_or(500),
+        x_envoy_ratelimited: !c.disable_x_envoy_ratelimited_header,
+        x_ratelimit_headers: c.enable_x_ratelimit_headers
+            == Some(
+                sluice_model::networking::envoy_filter::XRateLimitHeadersRfcVersion::DraftVersion03,
+            ),
+    };
+    for listener in listeners {
+        if !listener_matches(&g.match_, listener.port, &listener.name) {
+            continue;
+        }
+        for chain in &listener.chains {
+            let App::Http { route_config, .. } = &chain.app else {
+                continue;
+            };
+            let limits = out.entry(route_config.clone()).or_default();
+            match &limits.global {
+                Some(x) if x.origin == filter.origin => {} // one route configuration, two chains
+                Some(x) => cx.unsupported(
+                    r,
+                    &path,
+                    &format!(
+                        "a second global rate limit filter on {route_config} (the first is \
+                         {}): it",
+                        x.origin
+                    ),
+                ),
+                None => {
+                    let position = if g.operation == PatchOperation::InsertFirst {
+                        0
+                    } else {
+                        limits.filters.len()
+                    };
+                    limits.global = Some(GlobalFilter {
+                        position,
+                        ..filter.clone()
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Adds `policies` to the virtual hosts / routes a `VIRTUAL_HOST` / `HTTP_ROUTE` MERGE
+/// matches (a protobuf merge appends repeated fields).
+fn merge_policies(
+    m: &EnvoyConfigObjectMatch,
+    apply_to: ApplyTo,
+    policies: &[RateLimitPolicy],
+    listeners: &[Listener],
+    out: &mut BTreeMap<String, HttpRateLimits>,
+) {
+    for listener in listeners {
+        for chain in &listener.chains {
+            let App::Http {
+                route_config,
+                virtual_hosts,
+                ..
+            } = &chain.app
+            else {
+                continue;
+            };
+            if !route_config_matches(m, listener.port, route_config) {
+                continue;
+            }
+            let actions = &mut out.entry(route_config.clone()).or_default().actions;
+            for vh in virtual_hosts.iter().filter(|v| vhost_matches(m, v)) {
+                if apply_to == ApplyTo::VirtualHost {
+                    let list = actions.virtual_hosts.entry(vh.name.clone()).or_default();
+                    if !list.ends_with(policies) {
+                        list.extend(policies.iter().cloned());
+                    }
+                    continue;
+                }
+                for route in vh.routes.iter().filter(|x| route_matches(m, x)) {
+                    let list = actions
+                        .routes
+                        .entry(vh.name.clone())
+                        .or_default()
+                        .entry(route.name.clone())
+                        .or_default();
+                    if !list.ends_with(policies) {
+                        list.extend(policies.iter().cloned());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The model's `rate_limits` as the proxy evaluates them; actions sluice cannot evaluate are
+/// reported and drop their policy (a descriptor missing an entry would match other limits).
+fn lower_policies(
+    cx: &mut Ctx<'_>,
+    r: &Resource<EnvoyFilter>,
+    index: usize,
+    rate_limits: &[RateLimit],
+) -> Vec<RateLimitPolicy> {
+    let mut out = Vec::new();
+    'policy: for (i, rl) in rate_limits.iter().enumerate() {
+        let mut actions = Vec::with_capacity(rl.actions.len());
+        for (j, a) in rl.actions.iter().enumerate() {
+            let path =
+                format!("spec.configPatches[{index}].patch.value.rate_limits[{i}].actions[{j}]");
+            match lower_action(cx, a) {
+                Ok(a) => actions.push(a),
+                Err(why) => {
+                    cx.report(
+                        r,
+                        NOT_SUPPORTED,
+                        Level::Warning,
+                        &path,
+                        format!("{why}: this rate limit policy is left out"),
+                    );
+                    continue 'policy;
+                }
+            }
+        }
+        out.push(RateLimitPolicy {
+            stage: rl.stage,
+            actions,
+        });
+    }
     out
+}
+
+fn lower_action(cx: &Ctx<'_>, a: &RateLimitAction) -> Result<DescriptorAction, String> {
+    Ok(match a {
+        RateLimitAction::SourceCluster => DescriptorAction::SourceCluster {
+            value: source_cluster(cx),
+        },
+        RateLimitAction::DestinationCluster => DescriptorAction::DestinationCluster,
+        RateLimitAction::RequestHeaders {
+            header_name,
+            descriptor_key,
+            skip_if_absent,
+        } => DescriptorAction::RequestHeaders {
+            header: header_name.to_ascii_lowercase(),
+            key: descriptor_key.clone(),
+            skip_if_absent: *skip_if_absent,
+        },
+        RateLimitAction::RemoteAddress => DescriptorAction::RemoteAddress,
+        RateLimitAction::GenericKey {
+            descriptor_value,
+            descriptor_key,
+        } => DescriptorAction::GenericKey {
+            key: descriptor_key
+                .clone()
+                .unwrap_or_else(|| "generic_key".to_owned()),
+            value: descriptor_value.clone(),
+        },
+        RateLimitAction::MaskedRemoteAddress {
+            v4_prefix_mask_len,
+            v6_prefix_mask_len,
+        } => {
+            let v4 = v4_prefix_mask_len.unwrap_or(32);
+            let v6 = v6_prefix_mask_len.unwrap_or(128);
+            if v4 > 32 || v6 > 128 {
+                return Err(format!(
+                    "masked_remote_address prefix lengths {v4}/{v6} are out of range (32/128)"
+                ));
+            }
+            DescriptorAction::MaskedRemoteAddress {
+                v4_prefix: v4 as u8,
+                v6_prefix: v6 as u8,
+            }
+        }
+        RateLimitAction::HeaderValueMatch {
+            descriptor_key,
+            descriptor_value,
+            expect_match,
+            headers,
+        } => DescriptorAction::HeaderValueMatch {
+            key: descriptor_key
+                .clone()
+                .unwrap_or_else(|| "header_match".to_owned()),
+            value: descriptor_value.clone(),
+            expect_match: *expect_match,
+            headers: headers
+                .iter()
+                .map(header_condition)
+                .collect::<Result<_, _>>()?,
+        },
+        RateLimitAction::Expression {
+            descriptor_key,
+            text,
+            skip_if_error,
+        } => match text.trim() {
+            "source.principal" | "connection.uri_san_peer_certificate" => {
+                DescriptorAction::SourcePrincipal {
+                    key: descriptor_key.clone(),
+                    skip_if_absent: *skip_if_error,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "the CEL expression {other:?} is not supported (sluice evaluates \
+                     `source.principal` and `connection.uri_san_peer_certificate`)"
+                ));
+            }
+        },
+    })
+}
+
+/// Envoy's service cluster of this proxy (Istio: `<app label>.<namespace>`), the
+/// `source_cluster` entry's value.
+fn source_cluster(cx: &Ctx<'_>) -> String {
+    let labels = &cx.opts.labels;
+    let app = labels
+        .get("app")
+        .or_else(|| labels.get("istio"))
+        .map_or("sluice", String::as_str);
+    format!("{app}.{}", cx.opts.namespace)
+}
+
+fn header_condition(h: &HeaderMatcher) -> Result<HeaderCondition, String> {
+    let flags = if h.ignore_case { "(?si)" } else { "(?s)" };
+    let regex = |src: String| {
+        Regex::new(&src)
+            .map(StringMatcher::Regex)
+            .map_err(|e| format!("header {:?}: invalid regex: {e}", h.name))
+    };
+    let mut present = false;
+    let matcher = match &h.matcher {
+        HeaderMatch::Exact(v) => StringMatcher::Exact(v.clone()),
+        HeaderMatch::Prefix(v) => StringMatcher::Prefix(v.clone()),
+        HeaderMatch::Suffix(v) => regex(format!("{flags}.*{}", regex::escape(v)))?,
+        HeaderMatch::Contains(v) => regex(format!("{flags}.*{}.*", regex::escape(v)))?,
+        HeaderMatch::Regex(v) => regex(v.clone())?,
+        HeaderMatch::Present(p) => {
+            present = *p;
+            StringMatcher::Present
+        }
+    };
+    Ok(HeaderCondition {
+        name: h.name.clone(),
+        matcher,
+        present,
+        ignore_case: h.ignore_case,
+        invert: h.invert_match,
+        missing_as_empty: h.treat_missing_header_as_empty,
+    })
+}
+
+/// The rate-limit service configurations, by domain. A domain configured twice is an error
+/// (the service refuses to load); the first is kept.
+fn domains(cx: &mut Ctx<'_>) -> Domains {
+    let mut out = Domains::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for r in &cx.resources.rate_limit_configs {
+        let RateLimitConfig {
+            domain,
+            descriptors,
+        } = &r.spec;
+        if let Some(first) = seen.get(domain) {
+            let message = format!(
+                "domain {domain:?} is already configured by {first}; this configuration is \
+                 ignored (the rate-limit service refuses duplicate domains)"
+            );
+            cx.report(r, crate::validate::INVALID, Level::Error, "domain", message);
+            continue;
+        }
+        seen.insert(domain.clone(), r.origin());
+        out.insert(domain.clone(), descriptors.iter().map(node).collect());
+    }
+    out
+}
+
+fn node(d: &Descriptor) -> DescriptorNode {
+    DescriptorNode {
+        key: d.key.clone(),
+        value: d.value.clone().filter(|v| !v.is_empty()),
+        limit: d.rate_limit.as_ref().map(|l| {
+            let unit = l.unit.unwrap_or(Unit::Second);
+            Limit {
+                requests_per_unit: if l.unlimited {
+                    None
+                } else {
+                    Some(l.requests_per_unit.unwrap_or(0))
+                },
+                unit_seconds: unit_seconds(unit),
+                unit: unit.to_string(),
+                shadow_mode: d.shadow_mode,
+            }
+        }),
+        descriptors: d.descriptors.iter().map(node).collect(),
+    }
+}
+
+/// The service's unit lengths (`UnitToDivider`): a month is 30 days, a year 365.
+fn unit_seconds(unit: Unit) -> u64 {
+    match unit {
+        Unit::Second => 1,
+        Unit::Minute => 60,
+        Unit::Hour => 3600,
+        Unit::Day => 86_400,
+        Unit::Week => 7 * 86_400,
+        Unit::Month => 30 * 86_400,
+        Unit::Year => 365 * 86_400,
+    }
 }
 
 /// The EnvoyFilters that select this proxy, in Istio's order.
@@ -210,8 +592,7 @@ fn listener_matches(m: &EnvoyConfigObjectMatch, port: u16, name: &str) -> bool {
     let Some(l) = &m.listener else {
         return true;
     };
-    l.port_number.is_none_or(|p| p == u32::from(port))
-        && l.name.as_deref().is_none_or(|n| n == name)
+    l.port_number.is_none_or(|p| p == u32::from(port)) && set(&l.name).is_none_or(|n| n == name)
 }
 
 fn route_config_matches(m: &EnvoyConfigObjectMatch, port: u16, route_config: &str) -> bool {
@@ -219,7 +600,7 @@ fn route_config_matches(m: &EnvoyConfigObjectMatch, port: u16, route_config: &st
         return true;
     };
     rc.port_number.is_none_or(|p| p == u32::from(port))
-        && rc.name.as_deref().is_none_or(|n| n == route_config)
+        && set(&rc.name).is_none_or(|n| n == route_config)
 }
 
 fn vhost_matches(m: &EnvoyConfigObjectMatch, vh: &VirtualHost) -> bool {
@@ -230,10 +611,8 @@ fn vhost_matches(m: &EnvoyConfigObjectMatch, vh: &VirtualHost) -> bool {
     else {
         return true;
     };
-    v.name.as_deref().is_none_or(|n| n == vh.name)
-        && v.domain_name
-            .as_deref()
-            .is_none_or(|d| vh.domains.iter().any(|h| h.matches(d)))
+    set(&v.name).is_none_or(|n| n == vh.name)
+        && set(&v.domain_name).is_none_or(|d| vh.domains.iter().any(|h| h.matches(d)))
 }
 
 fn route_matches(m: &EnvoyConfigObjectMatch, route: &Route) -> bool {
@@ -255,7 +634,13 @@ fn route_matches(m: &EnvoyConfigObjectMatch, route: &Route) -> bool {
                 RouteAction::DirectResponse { .. }
             )
     );
-    action && rm.name.as_deref().is_none_or(|n| n == route.name)
+    action && set(&rm.name).is_none_or(|n| n == route.name)
+}
+
+/// A match field's value; empty is unset, as proto3 strings are in Istio (the task's
+/// `vhost: {name: ""}` matches every virtual host).
+fn set(field: &Option<String>) -> Option<&str> {
+    field.as_deref().filter(|s| !s.is_empty())
 }
 
 /// The model's configuration, with Envoy's defaults made explicit.
@@ -494,5 +879,192 @@ spec:
             .map(|f| f.config.stat_prefix.as_str())
             .collect();
         assert_eq!(names, ["c", "b", "d", "a"]);
+    }
+
+    /// Istio's global rate-limit task (`tasks/policy-enforcement/rate-limit`, files 01–05) as
+    /// written, at a gateway labelled `istio: ingressgateway`: the ConfigMap's descriptor tree,
+    /// the filter inserted before the router, the virtual-host `:path` action (matched with
+    /// `vhost.name: ""`, proto3's unset) and the route `api`'s `header_value_match`.
+    fn istio_global_task() -> (sluice_snapshot::Snapshot, Vec<sluice_model::Diagnostic>) {
+        let files = [
+            "istio-tasks/rate-limit/01-global_rate_limit_1.yaml",
+            "istio-tasks/rate-limit/02-global_rate_limit_3.yaml",
+            "istio-tasks/rate-limit/03-global_rate_limit_4.yaml",
+            "istio-tasks/rate-limit/04-global_rate_limit_advanced_case_1.yaml",
+            "istio-tasks/rate-limit/05-global_rate_limit_advanced_case_2.yaml",
+        ];
+        let mut yaml = String::from(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: productpage, namespace: default}
+spec:
+  hosts: [productpage.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: DNS
+"#,
+        );
+        for f in files {
+            yaml.push_str("---\n");
+            yaml.push_str(&acceptance(f));
+        }
+        let mut opts = CompileOptions::gateway();
+        opts.labels = BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())]);
+        opts.namespace = "istio-system".into();
+        compile(&load(&yaml), &opts)
+    }
+
+    #[test]
+    fn istio_global_rate_limit_task_is_lowered() {
+        let (s, diags) = istio_global_task();
+        let limits = &s.rate_limits["http.8080"];
+        let g = limits.global.as_ref().expect("the global filter");
+        assert_eq!(g.domain, "ratelimit");
+        assert!(g.failure_mode_deny);
+        assert_eq!(g.timeout, std::time::Duration::from_secs(10));
+        assert_eq!((g.status, g.error_status), (429, 500));
+        assert!(g.x_envoy_ratelimited);
+        // 03: every virtual host gets the `:path` action.
+        let vh = limits.actions.virtual_hosts.keys().next().expect("a vhost");
+        assert_eq!(vh, "*:8080");
+        let vh_policies = &limits.actions.virtual_hosts[vh];
+        assert_eq!(
+            vh_policies[0].actions,
+            [DescriptorAction::RequestHeaders {
+                header: ":path".into(),
+                key: "PATH".into(),
+                skip_if_absent: false
+            }]
+        );
+        // 05: the route `api` has its own policy, which overrides the virtual host's.
+        let api = limits.actions.lookup(vh, Some("api"));
+        assert!(
+            matches!(&api[0].actions[0], DescriptorAction::HeaderValueMatch { key, value, .. }
+                if key == "PATH" && value == "api"),
+            "{api:?}"
+        );
+        // 01: the ConfigMap's tree.
+        let tree = &s.rate_limit_domains["ratelimit"];
+        let lookup = |v: &str| {
+            sluice_snapshot::ratelimit::find_limit(tree, &[("PATH".to_owned(), v.to_owned())])
+                .and_then(|l| l.requests_per_unit)
+        };
+        assert_eq!(lookup("/productpage"), Some(1));
+        assert_eq!(lookup("api"), Some(2));
+        assert_eq!(lookup("/anything"), Some(100));
+        assert!(!diags.iter().any(|d| d.level == Level::Error), "{diags:#?}");
+    }
+
+    /// Envoy's filter outside a gateway context, two filters on one chain, actions sluice
+    /// cannot evaluate and a domain nobody configures are each said.
+    #[test]
+    fn global_rate_limit_findings_are_reported() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: grl, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match: {context: GATEWAY}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+          domain: nowhere
+  - applyTo: VIRTUAL_HOST
+    match: {context: GATEWAY}
+    patch:
+      operation: MERGE
+      value:
+        rate_limits:
+        - actions:
+          - extension:
+              name: custom
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor
+                descriptor_key: k
+                text: request.size > 10
+        - actions:
+          - generic_key: {descriptor_value: all}
+"#;
+        let (s, diags) = gateway_with(yaml);
+        let limits = &s.rate_limits["http.80"];
+        assert_eq!(limits.global.as_ref().expect("filter").domain, "nowhere");
+        // The expression policy is dropped; the generic key stays.
+        let vh = limits.actions.virtual_hosts.values().next().expect("vhost");
+        assert_eq!(vh.len(), 1);
+        let said = |path: &str, needle: &str| {
+            diags.iter().any(|d| {
+                d.code == NOT_SUPPORTED
+                    && d.path.as_deref().is_some_and(|p| p.ends_with(path))
+                    && d.message.contains(needle)
+            })
+        };
+        assert!(
+            said("rate_limits[0].actions[0]", "not supported"),
+            "{diags:#?}"
+        );
+        assert!(said("typed_config.domain", "limits nothing"), "{diags:#?}");
+    }
+
+    #[test]
+    fn source_principal_expression_is_the_peer_identity() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: grl, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match: {context: GATEWAY}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+          domain: egress
+  - applyTo: VIRTUAL_HOST
+    match: {context: GATEWAY}
+    patch:
+      operation: MERGE
+      value:
+        rate_limits:
+        - actions:
+          - extension:
+              name: principal
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor
+                descriptor_key: principal
+                text: source.principal
+---
+domain: egress
+descriptors:
+- key: principal
+  rate_limit: {unit: second, requests_per_unit: 100}
+"#;
+        let (s, _) = gateway_with(yaml);
+        let limits = &s.rate_limits["http.80"];
+        let vh = limits.actions.virtual_hosts.values().next().expect("vhost");
+        assert_eq!(
+            vh[0].actions,
+            [DescriptorAction::SourcePrincipal {
+                key: "principal".into(),
+                skip_if_absent: false
+            }]
+        );
+        assert!(s.rate_limit_domains.contains_key("egress"));
     }
 }

@@ -138,6 +138,8 @@ pub(crate) fn validate(r: &mut Report<'_, EnvoyFilter>) {
                 check_rate_limit(r, &f.config, &path, true);
                 rate_limit_filters.push((f.index, f.name.clone(), f.config.token_bucket.is_some()));
             }
+            // Its fields are checked by the model; the shared store is a serve-time matter.
+            Ok(LocalRateLimitPatch::Global(_)) => {}
             Ok(LocalRateLimitPatch::Route(rt)) => {
                 for (name, config) in &rt.per_filter_config {
                     let path = format!(
@@ -159,22 +161,22 @@ pub(crate) fn validate(r: &mut Report<'_, EnvoyFilter>) {
                     UnsupportedReason::InvalidConfig(msg) => r.error(
                         &format!("{path}.patch.value"),
                         format!(
-                            "invalid local rate limit configuration in this {what} patch: {msg} \
+                            "invalid rate limit configuration in this {what} patch: {msg} \
                              (Envoy rejects it as well)"
                         ),
                     ),
                     UnsupportedReason::ApplyTo(_) => r.not_supported(
                         &path,
                         format!(
-                            "sluice applies only the local_ratelimit HTTP filter; this patch \
-                             ({what}) is ignored"
+                            "sluice applies only the local_ratelimit and ratelimit HTTP filters; \
+                             this patch ({what}) is ignored"
                         ),
                     ),
                     reason => r.not_supported(
                         &path,
                         format!(
-                            "sluice applies only the local_ratelimit HTTP filter; this patch \
-                             ({what}) is ignored: {reason}"
+                            "sluice applies only the local_ratelimit and ratelimit HTTP filters; \
+                             this patch ({what}) is ignored: {reason}"
                         ),
                     ),
                 }
@@ -737,7 +739,7 @@ mod tests {
         assert!(
             ignored[0]
                 .message
-                .contains("sluice applies only the local_ratelimit HTTP filter")
+                .contains("sluice applies only the local_ratelimit and ratelimit HTTP filters")
         );
     }
 
@@ -754,7 +756,7 @@ mod tests {
             json!({"configPatches": [rate_limit(full(json!({"max_tokens": 5, "fill_interval": "0s"})))]}),
         );
         assert!(
-            has(&d, Level::Error, "invalid local rate limit configuration"),
+            has(&d, Level::Error, "invalid rate limit configuration"),
             "{d:?}"
         );
         let d = diags(

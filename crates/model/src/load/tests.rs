@@ -179,3 +179,70 @@ fn edit_distance_finds_typos() {
     );
     assert_eq!(did_you_mean("unknown field `zzz`, expected `hosts`"), None);
 }
+
+/// The rate-limit service's configuration: inside a ConfigMap (Istio's `ratelimit-config`) or
+/// as a bare file; a mistake inside `config.yaml` is located at that key and named by path.
+#[test]
+fn rate_limit_service_configs_are_read_from_config_maps_and_bare_files() {
+    let text = "\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ratelimit-config, namespace: default}
+data:
+  config.yaml: |
+    domain: ratelimit
+    descriptors:
+      - key: PATH
+        rate_limit: {unit: minute, requests_per_unit: 100}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated}
+data:
+  settings.yaml: |
+    colour: blue
+";
+    let loaded = load_str("cm.yaml", text);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    assert_eq!(loaded.resources.rate_limit_configs.len(), 1);
+    let rl = &loaded.resources.rate_limit_configs[0];
+    assert_eq!(rl.spec.domain, "ratelimit");
+    assert_eq!(rl.namespace(), "default");
+    assert_eq!(rl.name(), "ratelimit-config");
+    assert_eq!(
+        loaded.resources.others.len(),
+        1,
+        "the unrelated ConfigMap stays an other"
+    );
+
+    let bare = load_str(
+        "limits.yaml",
+        "domain: egress\ndescriptors:\n- key: generic_key\n  value: partner\n",
+    );
+    assert!(!bare.has_errors(), "{:?}", bare.diagnostics);
+    assert_eq!(bare.resources.rate_limit_configs[0].name(), "limits");
+
+    let bad = load_str(
+        "bad.yaml",
+        "\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ratelimit-config}
+data:
+  config.yaml: |
+    domain: d
+    descriptors:
+      - key: k
+        rate_limit: {unit: fortnight, requests_per_unit: 1}
+",
+    );
+    let d = bad
+        .diagnostics
+        .iter()
+        .find(|d| d.level == crate::Level::Error)
+        .expect("an error");
+    assert!(d.message.contains("fortnight"), "{d}");
+    assert!(d.to_string().contains("data.config.yaml"), "{d}");
+    let at = d.location.as_ref().expect("located");
+    assert_eq!((at.file.as_ref(), at.line), ("bad.yaml", 5), "{d}");
+}

@@ -402,6 +402,14 @@ pub const LOCAL_RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
 /// Envoy's proto type of the HTTP local rate limit configuration.
 pub const LOCAL_RATE_LIMIT_TYPE: &str =
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+/// The Envoy filter name of the global rate limit (and its older name).
+pub const GLOBAL_RATE_LIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
+const LEGACY_GLOBAL_RATE_LIMIT_FILTER: &str = "envoy.rate_limit";
+/// Envoy's proto type of the HTTP global rate limit configuration (and its v2 name).
+pub const GLOBAL_RATE_LIMIT_TYPE: &str = "envoy.extensions.filters.http.ratelimit.v3.RateLimit";
+const LEGACY_GLOBAL_RATE_LIMIT_TYPE: &str = "envoy.config.filter.http.rate_limit.v2.RateLimit";
+/// Envoy's default timeout of a rate-limit service call.
+pub const GLOBAL_RATE_LIMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(20);
 const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 const LEGACY_HTTP_CONNECTION_MANAGER: &str = "envoy.http_connection_manager";
 const EXPR_DESCRIPTOR_TYPE: &str = "envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor";
@@ -414,6 +422,8 @@ const MIN_FILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 pub enum LocalRateLimitPatch {
     /// The local rate limit HTTP filter, added to the HTTP connection manager (`HTTP_FILTER`).
     Filter(Box<LocalRateLimitFilter>),
+    /// The global rate limit HTTP filter (`envoy.filters.http.ratelimit`, `HTTP_FILTER`).
+    Global(Box<GlobalRateLimitFilter>),
     /// Per-route or per-virtual-host settings (`HTTP_ROUTE` / `VIRTUAL_HOST` `MERGE`).
     Route(Box<RouteLocalRateLimit>),
 }
@@ -423,6 +433,7 @@ impl LocalRateLimitPatch {
     pub fn index(&self) -> usize {
         match self {
             LocalRateLimitPatch::Filter(f) => f.index,
+            LocalRateLimitPatch::Global(g) => g.index,
             LocalRateLimitPatch::Route(r) => r.index,
         }
     }
@@ -448,6 +459,111 @@ pub struct LocalRateLimitFilter {
     /// The filter-level configuration. Without a `token_bucket` it limits nothing by itself
     /// (per-route settings then carry the buckets).
     pub config: LocalRateLimit,
+}
+
+/// An `HTTP_FILTER` patch that inserts the global rate limit filter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalRateLimitFilter {
+    /// Position of the patch in `configPatches`.
+    pub index: usize,
+    pub match_: EnvoyConfigObjectMatch,
+    pub operation: PatchOperation,
+    pub name: String,
+    pub disabled: bool,
+    pub config: GlobalRateLimit,
+}
+
+/// Envoy's `envoy.extensions.filters.http.ratelimit.v3.RateLimit`. sluice is its own rate-limit
+/// service (counters in Redis), so `rate_limit_service` is read but not dialled.
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalRateLimit {
+    /// The rate-limit service configuration's `domain` the descriptors are looked up in.
+    pub domain: String,
+    /// Only the route's `rate_limits` of this stage apply (0–10).
+    #[serde(default, deserialize_with = "u32_lenient")]
+    pub stage: u32,
+    /// `internal`, `external` or `both` (Envoy's default).
+    #[serde(
+        default,
+        alias = "requestType",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_type: Option<String>,
+    /// How long a check may take; Envoy's default is 20ms.
+    #[serde(
+        default,
+        deserialize_with = "opt_proto_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Refuse (500) instead of allowing when the service cannot answer.
+    #[serde(default, alias = "failureModeDeny")]
+    pub failure_mode_deny: bool,
+    #[serde(default, alias = "rateLimitedAsResourceExhausted")]
+    pub rate_limited_as_resource_exhausted: bool,
+    #[serde(
+        default,
+        alias = "rateLimitService",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limit_service: Option<Value>,
+    #[serde(
+        default,
+        alias = "enableXRatelimitHeaders",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_x_ratelimit_headers: Option<XRateLimitHeadersRfcVersion>,
+    #[serde(default, alias = "disableXEnvoyRatelimitedHeader")]
+    pub disable_x_envoy_ratelimited_header: bool,
+    /// Status of refusals; 429 unless set (Envoy ignores codes below 400).
+    #[serde(
+        default,
+        alias = "rateLimitedStatus",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limited_status: Option<HttpStatus>,
+    /// Status when the service fails and `failure_mode_deny` holds; 500 unless set.
+    #[serde(
+        default,
+        alias = "statusOnError",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status_on_error: Option<HttpStatus>,
+    #[serde(default, alias = "statPrefix", skip_serializing_if = "Option::is_none")]
+    pub stat_prefix: Option<String>,
+}
+
+impl GlobalRateLimit {
+    /// The check's timeout, with Envoy's default.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .map(|d| d.as_std())
+            .unwrap_or(GLOBAL_RATE_LIMIT_TIMEOUT)
+    }
+
+    fn check(&self, path: &str) -> Result<(), String> {
+        if self.domain.is_empty() {
+            return Err(format!("{path}domain: required"));
+        }
+        if self.stage > 10 {
+            return Err(format!(
+                "{path}stage: {} is above Envoy's maximum of 10",
+                self.stage
+            ));
+        }
+        match self.request_type.as_deref() {
+            None | Some("both") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{path}request_type: {other:?} is not supported (sluice cannot tell internal \
+                     from external requests): use \"both\""
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An `HTTP_ROUTE` or `VIRTUAL_HOST` `MERGE` patch: per-filter settings and/or the rate limit
@@ -872,6 +988,14 @@ pub enum RateLimitAction {
         descriptor_value: String,
         descriptor_key: Option<String>,
     },
+    /// `(descriptor_key or "header_match", descriptor_value)` when the request's headers match
+    /// `headers` (all of them) as `expect_match` says.
+    HeaderValueMatch {
+        descriptor_key: Option<String>,
+        descriptor_value: String,
+        expect_match: bool,
+        headers: Vec<HeaderMatcher>,
+    },
     /// `("masked_remote_address", <client address masked to a CIDR>)`.
     MaskedRemoteAddress {
         v4_prefix_mask_len: Option<u32>,
@@ -883,6 +1007,32 @@ pub enum RateLimitAction {
         text: String,
         skip_if_error: bool,
     },
+}
+
+/// Envoy's `config.route.v3.HeaderMatcher`, as rate limit actions use it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatcher {
+    /// The header (`:path`, `:method`, `:authority` and `:scheme` are the request's).
+    pub name: String,
+    pub matcher: HeaderMatch,
+    pub ignore_case: bool,
+    pub invert_match: bool,
+    pub treat_missing_header_as_empty: bool,
+}
+
+/// What a [`HeaderMatcher`] compares the header's value with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HeaderMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    /// RE2 syntax, matched against the whole value.
+    Regex(String),
+    /// `present_match`: the header is there (true) or absent (false).
+    Present(bool),
 }
 
 /// Why sluice does not apply a patch.
@@ -900,7 +1050,7 @@ pub struct UnsupportedPatch {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnsupportedReason {
     #[error(
-        "sluice applies only Envoy's local rate limit (HTTP_FILTER, HTTP_ROUTE and \
+        "sluice applies only Envoy's local and global rate limits (HTTP_FILTER, HTTP_ROUTE and \
          VIRTUAL_HOST patches); {0} patches are not supported"
     )]
     ApplyTo(ApplyTo),
@@ -937,7 +1087,7 @@ pub enum UnsupportedReason {
          envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
     )]
     FilterType(String),
-    #[error("invalid local rate limit configuration: {0}")]
+    #[error("invalid rate limit configuration: {0}")]
     InvalidConfig(String),
     #[error("rate limit action `{0}` is not supported")]
     RateLimitAction(String),
@@ -1020,18 +1170,30 @@ fn recognise(
             }
         }
         let filter = http_filter(value)?;
-        Ok(LocalRateLimitPatch::Filter(Box::new(
-            LocalRateLimitFilter {
-                index,
-                match_: m,
-                operation: patch.operation,
-                filter_class: patch.filter_class,
-                name: filter.0,
-                disabled: filter.1,
-                is_optional: filter.2,
-                config: filter.3,
-            },
-        )))
+        Ok(match filter.3 {
+            FilterConfig::Local(config) => {
+                LocalRateLimitPatch::Filter(Box::new(LocalRateLimitFilter {
+                    index,
+                    match_: m,
+                    operation: patch.operation,
+                    filter_class: patch.filter_class,
+                    name: filter.0,
+                    disabled: filter.1,
+                    is_optional: filter.2,
+                    config,
+                }))
+            }
+            FilterConfig::Global(config) => {
+                LocalRateLimitPatch::Global(Box::new(GlobalRateLimitFilter {
+                    index,
+                    match_: m,
+                    operation: patch.operation,
+                    name: filter.0,
+                    disabled: filter.1,
+                    config,
+                }))
+            }
+        })
     } else {
         if m.listener.is_some() {
             return Err(mismatch("a listener"));
@@ -1057,10 +1219,16 @@ fn recognise(
     }
 }
 
+/// The configuration of a rate limit filter sluice runs.
+enum FilterConfig {
+    Local(LocalRateLimit),
+    Global(GlobalRateLimit),
+}
+
 /// An Envoy `HttpFilter` value: name, disabled, is_optional, configuration.
 fn http_filter(
     value: &Map<String, Value>,
-) -> Result<(String, bool, bool, LocalRateLimit), UnsupportedReason> {
+) -> Result<(String, bool, bool, FilterConfig), UnsupportedReason> {
     let mut name = None;
     let mut typed_config = None;
     let mut disabled = false;
@@ -1081,13 +1249,33 @@ fn http_filter(
         .filter(|n| !n.is_empty())
         .ok_or_else(|| UnsupportedReason::InvalidConfig("the filter has no name".into()))?;
     let Some(typed_config) = typed_config else {
-        return Err(if name == LOCAL_RATE_LIMIT_FILTER {
-            UnsupportedReason::InvalidConfig("typed_config is required".into())
-        } else {
-            UnsupportedReason::FilterType(name.to_owned())
-        });
+        return Err(
+            if [
+                LOCAL_RATE_LIMIT_FILTER,
+                GLOBAL_RATE_LIMIT_FILTER,
+                LEGACY_GLOBAL_RATE_LIMIT_FILTER,
+            ]
+            .contains(&name)
+            {
+                UnsupportedReason::InvalidConfig("typed_config is required".into())
+            } else {
+                UnsupportedReason::FilterType(name.to_owned())
+            },
+        );
     };
-    let config = local_rate_limit_config(typed_config, "typed_config.")?;
+    let config = match unwrap_typed(typed_config, "typed_config.")? {
+        (LOCAL_RATE_LIMIT_TYPE, payload, at) => {
+            FilterConfig::Local(local_rate_limit_payload(payload, &at)?)
+        }
+        (GLOBAL_RATE_LIMIT_TYPE | LEGACY_GLOBAL_RATE_LIMIT_TYPE, payload, at) => {
+            let config: GlobalRateLimit = typed_payload(payload, &at)?;
+            config
+                .check(&at)
+                .map_err(UnsupportedReason::InvalidConfig)?;
+            FilterConfig::Global(config)
+        }
+        (other, _, _) => return Err(UnsupportedReason::FilterType(other.to_owned())),
+    };
     Ok((name.to_owned(), disabled, is_optional, config))
 }
 
@@ -1151,9 +1339,26 @@ fn route_value(
     Ok((per_filter, rate_limits))
 }
 
-/// Decodes a `typed_config` (or per-filter config) holding a `LocalRateLimit`, directly or in a
-/// `TypedStruct`.
+/// Decodes a per-filter config holding a `LocalRateLimit`, directly or in a `TypedStruct`.
 fn local_rate_limit_config(v: &Value, path: &str) -> Result<LocalRateLimit, UnsupportedReason> {
+    match unwrap_typed(v, path)? {
+        (LOCAL_RATE_LIMIT_TYPE, payload, at) => local_rate_limit_payload(payload, &at),
+        (other, _, _) => Err(UnsupportedReason::FilterType(other.to_owned())),
+    }
+}
+
+fn local_rate_limit_payload(payload: Value, at: &str) -> Result<LocalRateLimit, UnsupportedReason> {
+    let config: LocalRateLimit = typed_payload(payload, at)?;
+    config.check(at).map_err(UnsupportedReason::InvalidConfig)?;
+    Ok(config)
+}
+
+/// A `typed_config` written directly (`@type` and the fields) or as a `TypedStruct`: the
+/// message type's name, its fields, and the path of those fields for messages.
+fn unwrap_typed<'a>(
+    v: &'a Value,
+    path: &str,
+) -> Result<(&'a str, Value, String), UnsupportedReason> {
     let invalid = |msg: String| UnsupportedReason::InvalidConfig(format!("{path}{msg}"));
     let Value::Object(obj) = v else {
         return Err(invalid("expected an object with an @type".into()));
@@ -1161,7 +1366,7 @@ fn local_rate_limit_config(v: &Value, path: &str) -> Result<LocalRateLimit, Unsu
     let Some(ty) = obj.get("@type").and_then(Value::as_str) else {
         return Err(invalid("@type is missing".into()));
     };
-    let (payload, payload_path) = match type_name(ty) {
+    match type_name(ty) {
         "udpa.type.v1.TypedStruct" | "xds.type.v3.TypedStruct" => {
             let mut inner_type = None;
             let mut inner_value = None;
@@ -1176,24 +1381,27 @@ fn local_rate_limit_config(v: &Value, path: &str) -> Result<LocalRateLimit, Unsu
             let Some(inner_type) = inner_type else {
                 return Err(invalid("type_url is missing".into()));
             };
-            if type_name(inner_type) != LOCAL_RATE_LIMIT_TYPE {
-                return Err(UnsupportedReason::FilterType(inner_type.to_owned()));
-            }
             let payload = match inner_value {
                 None => Value::Object(Map::new()),
                 Some(v @ Value::Object(_)) => v.clone(),
                 Some(_) => return Err(invalid("value: expected an object".into())),
             };
-            (payload, format!("{path}value."))
+            Ok((type_name(inner_type), payload, format!("{path}value.")))
         }
-        LOCAL_RATE_LIMIT_TYPE => {
+        name => {
             let mut fields = obj.clone();
             fields.remove("@type");
-            (Value::Object(fields), path.to_owned())
+            Ok((name, Value::Object(fields), path.to_owned()))
         }
-        _ => return Err(UnsupportedReason::FilterType(ty.to_owned())),
-    };
-    let config: LocalRateLimit = serde_path_to_error::deserialize(payload).map_err(|e| {
+    }
+}
+
+/// Deserializes a filter's fields, naming the offending field on failure.
+fn typed_payload<T: serde::de::DeserializeOwned>(
+    payload: Value,
+    payload_path: &str,
+) -> Result<T, UnsupportedReason> {
+    serde_path_to_error::deserialize(payload).map_err(|e| {
         let at = e.path().to_string();
         let msg = e.into_inner().to_string();
         if at == "." {
@@ -1201,11 +1409,7 @@ fn local_rate_limit_config(v: &Value, path: &str) -> Result<LocalRateLimit, Unsu
         } else {
             UnsupportedReason::InvalidConfig(format!("{payload_path}{at}: {msg}"))
         }
-    })?;
-    config
-        .check(&payload_path)
-        .map_err(UnsupportedReason::InvalidConfig)?;
-    Ok(config)
+    })
 }
 
 /// `type.googleapis.com/a.b.C` → `a.b.C`.
@@ -1296,6 +1500,133 @@ struct EmptyAction {}
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+struct HeaderValueMatchAction {
+    #[serde(default, alias = "descriptorKey")]
+    descriptor_key: Option<String>,
+    #[serde(alias = "descriptorValue")]
+    descriptor_value: String,
+    #[serde(default, alias = "expectMatch")]
+    expect_match: Option<bool>,
+    headers: Vec<HeaderMatcherFields>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderMatcherFields {
+    name: String,
+    #[serde(default, alias = "exactMatch")]
+    exact_match: Option<String>,
+    #[serde(default, alias = "prefixMatch")]
+    prefix_match: Option<String>,
+    #[serde(default, alias = "suffixMatch")]
+    suffix_match: Option<String>,
+    #[serde(default, alias = "containsMatch")]
+    contains_match: Option<String>,
+    #[serde(default, alias = "safeRegexMatch")]
+    safe_regex_match: Option<RegexMatcherFields>,
+    #[serde(default, alias = "presentMatch")]
+    present_match: Option<bool>,
+    #[serde(default, alias = "stringMatch")]
+    string_match: Option<StringMatcherFields>,
+    #[serde(default, alias = "invertMatch")]
+    invert_match: bool,
+    #[serde(default, alias = "treatMissingHeaderAsEmpty")]
+    treat_missing_header_as_empty: bool,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegexMatcherFields {
+    #[serde(default, alias = "googleRe2")]
+    #[allow(dead_code)] // accepted as Envoy does; RE2 is the only engine
+    google_re2: Option<Value>,
+    regex: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StringMatcherFields {
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    suffix: Option<String>,
+    #[serde(default)]
+    contains: Option<String>,
+    #[serde(default, alias = "safeRegex")]
+    safe_regex: Option<RegexMatcherFields>,
+    #[serde(default, alias = "ignoreCase")]
+    ignore_case: bool,
+}
+
+impl HeaderMatcherFields {
+    fn into_matcher(self) -> Result<HeaderMatcher, String> {
+        let mut ignore_case = false;
+        let mut found = Vec::new();
+        if let Some(v) = self.exact_match {
+            found.push(HeaderMatch::Exact(v));
+        }
+        if let Some(v) = self.prefix_match {
+            found.push(HeaderMatch::Prefix(v));
+        }
+        if let Some(v) = self.suffix_match {
+            found.push(HeaderMatch::Suffix(v));
+        }
+        if let Some(v) = self.contains_match {
+            found.push(HeaderMatch::Contains(v));
+        }
+        if let Some(v) = self.safe_regex_match {
+            found.push(HeaderMatch::Regex(v.regex));
+        }
+        if let Some(v) = self.present_match {
+            found.push(HeaderMatch::Present(v));
+        }
+        if let Some(sm) = self.string_match {
+            ignore_case = sm.ignore_case;
+            let mut inner = Vec::new();
+            if let Some(v) = sm.exact {
+                inner.push(HeaderMatch::Exact(v));
+            }
+            if let Some(v) = sm.prefix {
+                inner.push(HeaderMatch::Prefix(v));
+            }
+            if let Some(v) = sm.suffix {
+                inner.push(HeaderMatch::Suffix(v));
+            }
+            if let Some(v) = sm.contains {
+                inner.push(HeaderMatch::Contains(v));
+            }
+            if let Some(v) = sm.safe_regex {
+                inner.push(HeaderMatch::Regex(v.regex));
+            }
+            if inner.len() != 1 {
+                return Err(
+                    "string_match: expected exactly one of exact, prefix, suffix, \
+                            contains, safe_regex"
+                        .into(),
+                );
+            }
+            found.extend(inner);
+        }
+        // Envoy: a matcher with no rule matches when the header is present.
+        let matcher = match found.len() {
+            0 => HeaderMatch::Present(true),
+            1 => found.remove(0),
+            _ => return Err("more than one match rule".into()),
+        };
+        Ok(HeaderMatcher {
+            name: self.name.to_ascii_lowercase(),
+            matcher,
+            ignore_case,
+            invert_match: self.invert_match,
+            treat_missing_header_as_empty: self.treat_missing_header_as_empty,
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ExprDescriptor {
     #[serde(alias = "descriptorKey")]
     descriptor_key: String,
@@ -1365,6 +1696,21 @@ fn rate_limit_action(path: &str, v: &Value) -> Result<RateLimitAction, Unsupport
             RateLimitAction::MaskedRemoteAddress {
                 v4_prefix_mask_len: a.v4_prefix_mask_len,
                 v6_prefix_mask_len: a.v6_prefix_mask_len,
+            }
+        }
+        "header_value_match" | "headerValueMatch" => {
+            let a: HeaderValueMatchAction = typed(path, kind, body)?;
+            let mut headers = Vec::with_capacity(a.headers.len());
+            for (i, h) in a.headers.into_iter().enumerate() {
+                headers.push(h.into_matcher().map_err(|e| {
+                    UnsupportedReason::InvalidConfig(format!("{path}.{kind}.headers[{i}]: {e}"))
+                })?);
+            }
+            RateLimitAction::HeaderValueMatch {
+                descriptor_key: a.descriptor_key.filter(|k| !k.is_empty()),
+                descriptor_value: a.descriptor_value,
+                expect_match: a.expect_match.unwrap_or(true),
+                headers,
             }
         }
         "extension" => expression_action(path, body)?,
@@ -1570,6 +1916,10 @@ fn parse_proto_duration(s: &str) -> Result<Duration, String> {
         padded.parse().map_err(|_| err("malformed number"))?
     };
     Ok(Duration(std::time::Duration::new(secs, nanos)))
+}
+
+fn opt_proto_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    proto_duration(d).map(Some)
 }
 
 fn proto_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1994,33 +2344,88 @@ mod tests {
         assert!(msg.contains("configPatches[0] (CLUSTER MERGE)"), "{msg}");
     }
 
+    /// The Istio task's global rate limit filter (02-global_rate_limit_3.yaml) and its
+    /// `header_value_match` action (05-global_rate_limit_advanced_case_2.yaml).
     #[test]
-    fn other_patches_are_unsupported_with_a_reason() {
-        // The global rate limit filter of the Istio task (02-global_rate_limit_3.yaml).
-        let e = unsupported(json!({"configPatches": [{
+    fn global_rate_limit_and_header_value_match_are_recognised() {
+        let ef = parse(json!({"configPatches": [{
             "applyTo": "HTTP_FILTER",
             "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}}},
             "patch": {"operation": "INSERT_BEFORE", "value": {
                 "name": "envoy.filters.http.ratelimit",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-                    "domain": "ratelimit"
+                    "domain": "ratelimit",
+                    "failure_mode_deny": true,
+                    "timeout": "10s"
+                }
+            }}
+        }, {
+            "applyTo": "HTTP_ROUTE",
+            "patch": {"operation": "MERGE", "value": {"route": {"rate_limits": [{"actions": [
+                {"header_value_match": {"descriptor_key": "PATH", "descriptor_value": "api", "headers": [
+                    {"name": ":path", "safe_regex_match": {"google_re2": {}, "regex": "/api/v1/products/[1-9]{1,2}"}}
+                ]}}
+            ]}]}}}
+        }]}))
+        .expect("parses");
+        let out = ef.local_rate_limit();
+        let Some(Ok(LocalRateLimitPatch::Global(g))) = out.first() else {
+            panic!("{out:?}");
+        };
+        assert_eq!(g.config.domain, "ratelimit");
+        assert!(g.config.failure_mode_deny);
+        assert_eq!(g.config.timeout(), std::time::Duration::from_secs(10));
+        let Some(Ok(LocalRateLimitPatch::Route(r))) = out.get(1) else {
+            panic!("{out:?}");
+        };
+        assert_eq!(
+            r.rate_limits[0].actions[0],
+            RateLimitAction::HeaderValueMatch {
+                descriptor_key: Some("PATH".into()),
+                descriptor_value: "api".into(),
+                expect_match: true,
+                headers: vec![HeaderMatcher {
+                    name: ":path".into(),
+                    matcher: HeaderMatch::Regex("/api/v1/products/[1-9]{1,2}".into()),
+                    ignore_case: false,
+                    invert_match: false,
+                    treat_missing_header_as_empty: false,
+                }],
+            }
+        );
+        // A global filter without a domain is Envoy's error too.
+        let e = unsupported(json!({"configPatches": [{
+            "applyTo": "HTTP_FILTER",
+            "patch": {"operation": "INSERT_BEFORE", "value": {
+                "name": "envoy.filters.http.ratelimit",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                    "domain": ""
                 }
             }}
         }]}));
         assert!(
-            matches!(&e.reason, UnsupportedReason::FilterType(t) if t.ends_with("ratelimit.v3.RateLimit"))
+            matches!(e.reason, UnsupportedReason::InvalidConfig(_)),
+            "{e}"
         );
-        // A header_value_match action (05-global_rate_limit_advanced_case_2.yaml).
+    }
+
+    #[test]
+    fn other_patches_are_unsupported_with_a_reason() {
+        // Another filter than the rate limits.
         let e = unsupported(json!({"configPatches": [{
-            "applyTo": "HTTP_ROUTE",
-            "patch": {"operation": "MERGE", "value": {"route": {"rate_limits": [{"actions": [
-                {"header_value_match": {"descriptor_value": "api", "headers": []}}
-            ]}]}}}
+            "applyTo": "HTTP_FILTER",
+            "patch": {"operation": "INSERT_BEFORE", "value": {
+                "name": "envoy.filters.http.ext_authz",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+                }
+            }}
         }]}));
-        assert_eq!(
-            e.reason,
-            UnsupportedReason::RateLimitAction("header_value_match".into())
+        assert!(
+            matches!(&e.reason, UnsupportedReason::FilterType(t) if t.ends_with("ExtAuthz")),
+            "{e}"
         );
         // Removing a filter.
         let e = unsupported(json!({"configPatches": [{

@@ -24,6 +24,7 @@ use crate::Error;
 use crate::flow::ConnCtx;
 use crate::telemetry::Record;
 use crate::upstream::ClusterRt;
+use crate::upstream::lb::consistent::{self, RequestKeys};
 use crate::upstream::lb::{Candidate, InflightGuard, Slot, pick_weighted};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{Body, BoxError, PooledBody, SendError};
@@ -49,6 +50,8 @@ struct Outgoing {
     host: Option<HeaderValue>,
     headers: HeaderMap,
     body: BodySource,
+    /// The request's hash for a consistent-hash cluster.
+    hash: Option<u64>,
 }
 
 enum BodySource {
@@ -57,6 +60,22 @@ enum BodySource {
 }
 
 impl Outgoing {
+    /// The request's hash under `policy`, and the `Set-Cookie` a generated cookie needs.
+    fn hash(
+        &self,
+        policy: &sluice_snapshot::LbPolicy,
+        peer: SocketAddr,
+    ) -> (Option<u64>, Option<HeaderValue>) {
+        let keys = RequestKeys {
+            method: self.method.as_str(),
+            authority: &self.authority,
+            path_and_query: self.path_and_query.as_str(),
+            headers: &self.headers,
+            peer,
+        };
+        consistent::request_hash(policy, &keys)
+    }
+
     fn replayable(&self) -> bool {
         matches!(self.body, BodySource::Buffered(_))
     }
@@ -103,6 +122,7 @@ impl Outgoing {
             host: None,
             headers: self.headers.clone(),
             body: BodySource::Buffered(b.clone()),
+            hash: None,
         })
     }
 }
@@ -130,15 +150,21 @@ pub async fn forward(
     rec: &mut Record,
 ) -> Result<(Response<Body>, Guards), Error> {
     if let Some(fault) = &fwd.fault {
+        // Envoy's fault filter counts under the connection manager's stat prefix, which Istio
+        // names `outbound_0.0.0.0_<port>`.
+        let stat_prefix = || format!("outbound_0.0.0.0_{}", ctx.info.listener_port);
+        let metrics = &ctx.shared.telemetry.metrics;
         if let Some(delay) = &fault.delay
             && roll(delay.percent)
         {
             rec.add_flag("DI");
+            metrics.fault_injected(&stat_prefix(), false);
             tokio::time::sleep(delay.delay).await;
         }
         if let Some(abort) = &fault.abort
             && roll(abort.percent)
         {
+            metrics.fault_injected(&stat_prefix(), true);
             return Err(Error::FaultAbort(abort.status));
         }
     }
@@ -210,7 +236,10 @@ pub async fn forward(
         host,
         headers: hdrs,
         body,
+        hash: None,
     };
+    let (hash, set_cookie) = out.hash(&c.cluster.lb, ctx.info.peer);
+    out.hash = hash;
     let dns_host = strip_port(&out.authority).to_owned();
 
     for m in &fwd.mirrors {
@@ -283,12 +312,26 @@ pub async fn forward(
     }
     headers::apply(&wc.response_headers, &mut head.headers);
     headers::apply(&route.response_headers, &mut head.headers);
+    if let Some(cookie) = set_cookie {
+        head.headers.append(header::SET_COOKIE, cookie);
+    }
     head.headers.insert(
         X_ENVOY_UPSTREAM_SERVICE_TIME,
         HeaderValue::from(service_time as u64),
     );
     head.version = Version::HTTP_11;
     let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+    // Envoy's route timeout runs until the response is complete: a body still streaming
+    // when it fires is cut.
+    let body = match fwd.timeout {
+        Some(t) if !switched => Deadline {
+            inner: body,
+            at: Box::pin(tokio::time::sleep_until(started + t)),
+            timeouts: state.stats.upstream_rq_timeout.clone(),
+        }
+        .boxed(),
+        _ => body,
+    };
     Ok((Response::from_parts(head, body), guards))
 }
 
@@ -378,6 +421,10 @@ fn envoy_substitution(s: &str) -> String {
     out
 }
 
+/// How [`reset_error`] ends the reason of a stream the upstream refused with HTTP/2's
+/// `REFUSED_STREAM`.
+const REFUSED_STREAM: &str = "(refused stream)";
+
 /// When to retry, from Envoy's `retry_on` conditions and retriable status codes.
 struct RetryOn<'a> {
     on: &'a [String],
@@ -407,17 +454,50 @@ impl<'a> RetryOn<'a> {
             || self.codes.contains(&s)
     }
 
+    /// Envoy's `wouldRetryFromHeaders`: the status, `x-envoy-ratelimited`, and the gRPC status
+    /// of a trailers-only response; never a response marked `x-envoy-overloaded`.
+    fn response<B>(&self, resp: &Response<B>) -> bool {
+        let h = resp.headers();
+        if h.contains_key("x-envoy-overloaded") {
+            return false;
+        }
+        let grpc = h
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .and_then(|code| match code {
+                1 => Some("cancelled"),
+                4 => Some("deadline-exceeded"),
+                8 => Some("resource-exhausted"),
+                13 => Some("internal"),
+                14 => Some("unavailable"),
+                _ => None,
+            });
+        self.status(resp.status().as_u16())
+            || (self.has("envoy-ratelimited") && h.contains_key("x-envoy-ratelimited"))
+            || grpc.is_some_and(|cond| self.has(cond))
+    }
+
+    /// Envoy's `wouldRetryFromReset`: `5xx`, `gateway-error` and `reset` retry any reset or
+    /// per-try timeout, `connect-failure` and `reset-before-request` only a failed connection
+    /// (nothing was sent), `refused-stream` only an HTTP/2 stream the upstream refused
+    /// (`REFUSED_STREAM`) — never a request that may have been processed.
     fn error(&self, e: &Error) -> bool {
         match e {
             Error::Connect { .. } | Error::UpstreamTls(_) => {
-                self.has("5xx") || self.has("gateway-error") || self.has("connect-failure")
-            }
-            Error::UpstreamReset(_) | Error::Timeout => {
                 self.has("5xx")
                     || self.has("gateway-error")
                     || self.has("reset")
-                    || self.has("refused-stream")
+                    || self.has("connect-failure")
+                    || self.has("reset-before-request")
             }
+            Error::UpstreamReset(reason) => {
+                self.has("5xx")
+                    || self.has("gateway-error")
+                    || self.has("reset")
+                    || (self.has("refused-stream") && reason.ends_with(REFUSED_STREAM))
+            }
+            Error::Timeout => self.has("5xx") || self.has("gateway-error") || self.has("reset"),
             _ => false,
         }
     }
@@ -441,26 +521,20 @@ async fn attempts(
     };
     let per_try = policy.and_then(|p| p.per_try_timeout);
     let mut n = 0u32;
+    // The retry in flight holds a slot of the cluster's `max_retries` (Envoy's retry circuit
+    // breaker) from the decision to retry until the next decision.
+    let mut _retry_slot: Option<Slot> = None;
+    let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
         n += 1;
         rec.attempts = n;
-        let _retry_slot = if n > 1 {
-            let Some(slot) =
-                Slot::try_take(state, |s| &s.retries, cluster.limits.max_retries, false)
-            else {
-                return Err(Error::Overflow("max_retries"));
-            };
-            state.stats.upstream_rq_retry.inc();
-            Some(slot)
-        } else {
-            None
-        };
         let mut picked = None;
-        let one = attempt(ctx, c, dns_host, out, upstream, &mut picked);
+        let one = attempt(ctx, c, dns_host, out, upstream, &mut picked, &tried);
         let r = match per_try {
             Some(t) => match tokio::time::timeout(t, one).await {
                 Ok(r) => r,
                 Err(_) => {
+                    state.stats.upstream_rq_per_try_timeout.inc();
                     if let (Some(d), Some(addr)) = (&state.outlier, picked) {
                         d.report(addr, Outcome::Timeout);
                     }
@@ -469,26 +543,36 @@ async fn attempts(
             },
             None => one.await,
         };
-        let last = n >= max_attempts;
-        match (r, &retry) {
-            (Ok((resp, guards)), Some(retry)) if retry.status(resp.status().as_u16()) => {
-                if last {
-                    if max_attempts > 1 {
-                        rec.add_flag("URX");
-                    }
-                    return Ok((resp, guards));
-                }
-            }
-            (Ok(ok), _) => return Ok(ok),
-            (Err(e), Some(retry)) if retry.error(&e) && !last => {
-                tracing::debug!(error = %e, attempt = n, "retrying");
-            }
-            (Err(e), Some(retry)) if retry.error(&e) && max_attempts > 1 => {
-                rec.add_flag("URX");
-                return Err(e);
-            }
-            (Err(e), _) => return Err(e),
+        tried.extend(picked);
+        let retriable = match (&r, &retry) {
+            (Ok((resp, _)), Some(retry)) => retry.response(resp),
+            (Err(e), Some(retry)) => retry.error(e),
+            (_, None) => false,
+        };
+        if !retriable {
+            return r;
         }
+        if n >= max_attempts {
+            if max_attempts > 1 {
+                rec.add_flag("URX");
+            }
+            return r;
+        }
+        // Envoy's `RetryStatus::NoOverflow`: the retry is not made, the attempt's own
+        // outcome (the upstream's response, or its failure) is the answer, flagged `UO`.
+        _retry_slot = None;
+        let Some(slot) = Slot::try_take(state, |s| &s.retries, cluster.limits.max_retries, false)
+        else {
+            state.stats.upstream_rq_retry_overflow.inc();
+            rec.add_flag("UO");
+            return r;
+        };
+        _retry_slot = Some(slot);
+        state.stats.upstream_rq_retry.inc();
+        if let Err(e) = &r {
+            tracing::debug!(error = %e, attempt = n, "retrying");
+        }
+        drop(r);
         // Envoy's backoff: 25ms base, doubling, jittered, at most 250ms.
         let base = 25u64 << (n - 1).min(4);
         let wait = rand::rng().random_range(0..=base.min(250));
@@ -496,7 +580,13 @@ async fn attempts(
     }
 }
 
-/// One attempt: an endpoint, a connection, the request, the response head.
+/// Istio's `HostSelectionRetryMaxAttempts`: a retry picks again up to this many times while
+/// the load balancer keeps choosing an endpoint already tried (the `previous_hosts` predicate
+/// Istio sets unless `retryIgnorePreviousHosts: false`), then takes the last choice.
+const HOST_SELECTION_RETRIES: usize = 5;
+
+/// One attempt: an endpoint (preferably not one of `tried`), a connection, the request, the
+/// response head.
 async fn attempt(
     ctx: &Arc<ConnCtx>,
     c: &ClusterRt,
@@ -504,6 +594,7 @@ async fn attempt(
     out: &mut Outgoing,
     upstream: &mut Upstream,
     picked: &mut Option<SocketAddr>,
+    tried: &[SocketAddr],
 ) -> Result<(Response<PooledBody>, Guards), Error> {
     let (cluster, state) = (&c.cluster, &c.state);
     let ups = &ctx.shared.upstreams;
@@ -511,9 +602,25 @@ async fn attempt(
     let candidates = ups
         .endpoints(c, Some(dns_host), ctx.info.original_dst, requested)
         .await?;
-    let (candidate, inflight) = state
-        .pick(cluster.lb, &candidates)
-        .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
+    let untried = candidates.iter().any(|c| !tried.contains(&c.addr));
+    let mut choice = None;
+    for i in 0..=HOST_SELECTION_RETRIES {
+        // A consistent hash would pick the same endpoint again: Envoy's Maglev mutates the
+        // hash per host-selection attempt (most bits flipped), which moves a ring lookup too.
+        let hash = match i {
+            0 => out.hash,
+            i => out.hash.map(|h| h ^ (u64::MAX - i as u64 + 1)),
+        };
+        let (candidate, inflight) = state
+            .pick(&cluster.lb, &candidates, hash)
+            .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
+        let again = untried && tried.contains(&candidate.addr);
+        choice = Some((candidate, inflight));
+        if !again {
+            break;
+        }
+    }
+    let (candidate, inflight) = choice.ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
     upstream.host = Some(candidate.addr);
     *picked = Some(candidate.addr);
     let r = exchange(ctx, c, candidate, inflight, out, upstream).await;
@@ -664,9 +771,47 @@ fn reset_error(e: &hyper::Error) -> Error {
         {
             return Error::UpstreamTls(tls.to_string());
         }
+        // h2's `Reason` for REFUSED_STREAM, as it prints (h2 is not a direct dependency).
+        if s.to_string()
+            .ends_with("refused stream before processing any application logic")
+        {
+            return Error::UpstreamReset(format!("{e} {REFUSED_STREAM}"));
+        }
         source = s.source();
     }
     Error::UpstreamReset(e.to_string())
+}
+
+/// A response body cut with an error (the downstream stream is reset) once the route timeout
+/// fires, counted in `upstream_rq_timeout`.
+struct Deadline {
+    inner: Body,
+    at: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeouts: prometheus_client::metrics::counter::Counter,
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        if self.at.as_mut().poll(cx).is_ready() {
+            self.timeouts.inc();
+            return std::task::Poll::Ready(Some(Err("upstream request timeout".into())));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Sends a copy of the request to `cluster`, ignoring the result (Envoy's shadowing).
@@ -681,12 +826,21 @@ fn spawn_mirror(
         let Some(c) = ctx.runtime.cluster(&cluster).cloned() else {
             return;
         };
+        out.hash = out.hash(&c.cluster.lb, ctx.info.peer).0;
         let mut upstream = Upstream::default();
         let limit = timeout.unwrap_or(Duration::from_secs(30));
         let run = async {
             let mut picked = None;
-            let (resp, _guards) =
-                attempt(&ctx, &c, &dns_host, &mut out, &mut upstream, &mut picked).await?;
+            let (resp, _guards) = attempt(
+                &ctx,
+                &c,
+                &dns_host,
+                &mut out,
+                &mut upstream,
+                &mut picked,
+                &[],
+            )
+            .await?;
             let _ = resp.into_body().collect().await;
             Ok::<(), Error>(())
         };
@@ -774,5 +928,75 @@ mod tests {
         };
         let r = RetryOn::new(&p5);
         assert!(r.status(500) && r.error(&Error::Timeout));
+    }
+
+    /// Envoy's `wouldRetryFromReset` / `wouldRetryFromHeaders`, condition by condition.
+    #[test]
+    fn retry_conditions_follow_envoy() {
+        let on = |conds: &[&str]| RetryPolicy {
+            attempts: 1,
+            per_try_timeout: None,
+            retry_on: conds.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        let connect = Error::Connect {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            reason: "refused".into(),
+        };
+        let reset = Error::UpstreamReset("connection closed before message completed".into());
+        let refused = Error::UpstreamReset(format!("http2 error {REFUSED_STREAM}"));
+        // (conditions, connect failure, reset, refused stream, per-try timeout)
+        let table: [(&[&str], bool, bool, bool, bool); 6] = [
+            (&["5xx"], true, true, true, true),
+            (&["gateway-error"], true, true, true, true),
+            (&["reset"], true, true, true, true),
+            (&["connect-failure"], true, false, false, false),
+            (&["reset-before-request"], true, false, false, false),
+            (&["refused-stream"], false, false, true, false),
+        ];
+        for (conds, c, r, rs, t) in table {
+            let p = on(conds);
+            let retry = RetryOn::new(&p);
+            assert_eq!(
+                [
+                    retry.error(&connect),
+                    retry.error(&reset),
+                    retry.error(&refused),
+                    retry.error(&Error::Timeout)
+                ],
+                [c, r, rs, t],
+                "{conds:?}"
+            );
+        }
+        let resp = |status: u16, headers: &[(&str, &str)]| {
+            let mut b = Response::builder().status(status);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).expect("response")
+        };
+        let grpc = on(&[
+            "cancelled",
+            "deadline-exceeded",
+            "internal",
+            "resource-exhausted",
+            "unavailable",
+        ]);
+        let retry = RetryOn::new(&grpc);
+        for code in ["1", "4", "8", "13", "14"] {
+            assert!(
+                retry.response(&resp(200, &[("grpc-status", code)])),
+                "{code}"
+            );
+        }
+        assert!(!retry.response(&resp(200, &[("grpc-status", "2")])));
+        assert!(!retry.response(&resp(503, &[])));
+        let p = on(&["envoy-ratelimited", "5xx"]);
+        let retry = RetryOn::new(&p);
+        assert!(retry.response(&resp(429, &[("x-envoy-ratelimited", "true")])));
+        assert!(retry.response(&resp(503, &[])));
+        assert!(!retry.response(&resp(503, &[("x-envoy-overloaded", "true")])));
+        let p = on(&["retriable-4xx"]);
+        let retry = RetryOn::new(&p);
+        assert!(retry.response(&resp(409, &[])) && !retry.response(&resp(404, &[])));
     }
 }

@@ -86,6 +86,17 @@ pub struct StatPrefixLabels {
     pub stat_prefix: String,
 }
 
+/// Counter handles of the global rate limit for one routed cluster (Envoy's
+/// `cluster.<name>.ratelimit.*`).
+#[derive(Clone)]
+pub struct GlobalRateLimitStats {
+    pub ok: Counter,
+    pub over_limit: Counter,
+    pub error: Counter,
+    pub failure_mode_allowed: Counter,
+    pub shadow_over_limit: Counter,
+}
+
 /// Counter handles of one local rate limit stat prefix.
 #[derive(Clone)]
 pub struct RateLimitStats {
@@ -122,7 +133,12 @@ pub struct ClusterStats {
     pub upstream_rq_total: Counter,
     pub upstream_rq_retry: Counter,
     pub upstream_rq_pending_overflow: Counter,
+    /// Connections not opened because `max_connections` was reached.
+    pub upstream_cx_overflow: Counter,
+    /// Retries not made because `max_retries` retries were in flight.
+    pub upstream_rq_retry_overflow: Counter,
     pub upstream_rq_timeout: Counter,
+    pub upstream_rq_per_try_timeout: Counter,
     pub outlier_ejections_active: Gauge,
     pub outlier_ejections_enforced: Counter,
 }
@@ -142,15 +158,25 @@ pub struct Metrics {
     rq_total: Family<ClusterLabels, Counter>,
     rq_retry: Family<ClusterLabels, Counter>,
     rq_pending_overflow: Family<ClusterLabels, Counter>,
+    cx_overflow: Family<ClusterLabels, Counter>,
+    rq_retry_overflow: Family<ClusterLabels, Counter>,
     rq_timeout: Family<ClusterLabels, Counter>,
+    rq_per_try_timeout: Family<ClusterLabels, Counter>,
     od_active: Family<ClusterLabels, Gauge>,
     od_enforced: Family<ClusterLabels, Counter>,
+    grl_ok: Family<ClusterLabels, Counter>,
+    grl_over_limit: Family<ClusterLabels, Counter>,
+    grl_error: Family<ClusterLabels, Counter>,
+    grl_failure_mode_allowed: Family<ClusterLabels, Counter>,
+    grl_shadow: Family<ClusterLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
     authz_dry_run: Family<DryRunLabels, Counter>,
     rl_enabled: Family<StatPrefixLabels, Counter>,
     rl_ok: Family<StatPrefixLabels, Counter>,
     rl_rate_limited: Family<StatPrefixLabels, Counter>,
     rl_enforced: Family<StatPrefixLabels, Counter>,
+    fault_delays: Family<StatPrefixLabels, Counter>,
+    fault_aborts: Family<StatPrefixLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
@@ -191,15 +217,25 @@ impl Metrics {
             rq_total: Family::default(),
             rq_retry: Family::default(),
             rq_pending_overflow: Family::default(),
+            cx_overflow: Family::default(),
+            rq_retry_overflow: Family::default(),
             rq_timeout: Family::default(),
+            rq_per_try_timeout: Family::default(),
             od_active: Family::default(),
             od_enforced: Family::default(),
+            grl_ok: Family::default(),
+            grl_over_limit: Family::default(),
+            grl_error: Family::default(),
+            grl_failure_mode_allowed: Family::default(),
+            grl_shadow: Family::default(),
             authz: Family::default(),
             authz_dry_run: Family::default(),
             rl_enabled: Family::default(),
             rl_ok: Family::default(),
             rl_rate_limited: Family::default(),
             rl_enforced: Family::default(),
+            fault_delays: Family::default(),
+            fault_aborts: Family::default(),
             refused: Family::default(),
             access_log_dropped: Counter::default(),
         };
@@ -280,9 +316,24 @@ impl Metrics {
             m.rq_pending_overflow.clone(),
         );
         registry.register(
+            "envoy_cluster_upstream_cx_overflow",
+            "Upstream connections not opened because the cluster's maximum was reached",
+            m.cx_overflow.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq_retry_overflow",
+            "Retries not made because the cluster's maximum of retries in flight was reached",
+            m.rq_retry_overflow.clone(),
+        );
+        registry.register(
             "envoy_cluster_upstream_rq_timeout",
             "Upstream requests that timed out",
             m.rq_timeout.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq_per_try_timeout",
+            "Upstream request attempts that hit the per-try timeout",
+            m.rq_per_try_timeout.clone(),
         );
         registry.register(
             "envoy_cluster_outlier_detection_ejections_active",
@@ -293,6 +344,31 @@ impl Metrics {
             "envoy_cluster_outlier_detection_ejections_enforced",
             "Endpoints ejected by outlier detection",
             m.od_enforced.clone(),
+        );
+        registry.register(
+            "envoy_cluster_ratelimit_ok",
+            "Requests the global rate limit let through, by the routed cluster",
+            m.grl_ok.clone(),
+        );
+        registry.register(
+            "envoy_cluster_ratelimit_over_limit",
+            "Requests over the global rate limit, by the routed cluster",
+            m.grl_over_limit.clone(),
+        );
+        registry.register(
+            "envoy_cluster_ratelimit_error",
+            "Global rate limit checks the shared store failed or was too slow for",
+            m.grl_error.clone(),
+        );
+        registry.register(
+            "envoy_cluster_ratelimit_failure_mode_allowed",
+            "Requests let through because the store failed and failure_mode_deny is off",
+            m.grl_failure_mode_allowed.clone(),
+        );
+        registry.register(
+            "sluice_cluster_ratelimit_shadow_over_limit",
+            "Requests over a shadow_mode limit (counted, not refused), by the routed cluster",
+            m.grl_shadow.clone(),
         );
         registry.register(
             "sluice_authz_decisions",
@@ -325,6 +401,16 @@ impl Metrics {
             m.rl_enforced.clone(),
         );
         registry.register(
+            "envoy_http_fault_delays_injected",
+            "Requests fault injection delayed, by stat_prefix",
+            m.fault_delays.clone(),
+        );
+        registry.register(
+            "envoy_http_fault_aborts_injected",
+            "Requests fault injection aborted, by stat_prefix",
+            m.fault_aborts.clone(),
+        );
+        registry.register(
             "sluice_access_log_dropped_lines",
             "Access-log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
@@ -343,7 +429,10 @@ impl Metrics {
             upstream_rq_total: self.rq_total.get_or_create_owned(&l),
             upstream_rq_retry: self.rq_retry.get_or_create_owned(&l),
             upstream_rq_pending_overflow: self.rq_pending_overflow.get_or_create_owned(&l),
+            upstream_cx_overflow: self.cx_overflow.get_or_create_owned(&l),
+            upstream_rq_retry_overflow: self.rq_retry_overflow.get_or_create_owned(&l),
             upstream_rq_timeout: self.rq_timeout.get_or_create_owned(&l),
+            upstream_rq_per_try_timeout: self.rq_per_try_timeout.get_or_create_owned(&l),
             outlier_ejections_active: self.od_active.get_or_create_owned(&l),
             outlier_ejections_enforced: self.od_enforced.get_or_create_owned(&l),
         }
@@ -367,6 +456,19 @@ impl Metrics {
     }
 
     /// The local rate limit counters of `stat_prefix`.
+    pub fn global_rate_limit(&self, cluster: &str) -> GlobalRateLimitStats {
+        let l = ClusterLabels {
+            cluster_name: cluster.to_owned(),
+        };
+        GlobalRateLimitStats {
+            ok: self.grl_ok.get_or_create_owned(&l),
+            over_limit: self.grl_over_limit.get_or_create_owned(&l),
+            error: self.grl_error.get_or_create_owned(&l),
+            failure_mode_allowed: self.grl_failure_mode_allowed.get_or_create_owned(&l),
+            shadow_over_limit: self.grl_shadow.get_or_create_owned(&l),
+        }
+    }
+
     pub fn local_rate_limit(&self, stat_prefix: &str) -> RateLimitStats {
         let l = StatPrefixLabels {
             stat_prefix: stat_prefix.to_owned(),
@@ -377,6 +479,20 @@ impl Metrics {
             rate_limited: self.rl_rate_limited.get_or_create_owned(&l),
             enforced: self.rl_enforced.get_or_create_owned(&l),
         }
+    }
+
+    /// Counts one fault injected on a route served under `stat_prefix` (Envoy's
+    /// `http.<stat_prefix>.fault.delays_injected` / `aborts_injected`).
+    pub fn fault_injected(&self, stat_prefix: &str, abort: bool) {
+        let l = StatPrefixLabels {
+            stat_prefix: stat_prefix.to_owned(),
+        };
+        let family = if abort {
+            &self.fault_aborts
+        } else {
+            &self.fault_delays
+        };
+        family.get_or_create(&l).inc();
     }
 
     pub fn authz(&self, labels: &AuthzLabels) {

@@ -1,6 +1,9 @@
 //! Per-cluster runtime state (load-balancer counters, in-flight requests, circuit-breaker
 //! counts, the connection pool) and picking: a weighted cluster of a route, an endpoint of a
-//! cluster (LEAST_REQUEST with power of two choices, ROUND_ROBIN, RANDOM).
+//! cluster (LEAST_REQUEST with power of two choices, ROUND_ROBIN, RANDOM, and consistent
+//! hashing on a ring or a Maglev table, [`consistent`]).
+
+pub mod consistent;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
-use sluice_snapshot::cluster::LbPolicy;
+use sluice_snapshot::cluster::{HashAlgorithm, LbPolicy};
 use sluice_snapshot::route::WeightedCluster;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::outlier::Detector;
 use super::pool::Pool;
 use crate::telemetry::metrics::ClusterStats;
+use consistent::Table;
 
 /// Picks a weighted cluster (weights sum to 100, or to whatever they sum to).
 pub fn pick_weighted(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
@@ -68,7 +72,13 @@ pub struct ClusterState {
     pub pool: Arc<Pool>,
     /// Outlier detection, when the cluster has `outlierDetection`.
     pub outlier: Option<Detector>,
+    /// Consistent-hash tables of the endpoint sets picked from lately, newest first: built
+    /// when the endpoints change (a new snapshot, a DNS answer), not per request.
+    hash_tables: Mutex<Vec<Arc<Table>>>,
 }
+
+/// How many endpoint sets' tables a cluster keeps (DYNAMIC_DNS picks among each host's own).
+const HASH_TABLES_KEPT: usize = 4;
 
 impl ClusterState {
     pub fn new(
@@ -92,7 +102,36 @@ impl ClusterState {
             stats,
             pool: Arc::new(Pool::default()),
             outlier,
+            hash_tables: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The consistent-hash table of `candidates`, built when this endpoint set is new.
+    fn hash_table(&self, algorithm: HashAlgorithm, candidates: &[Candidate]) -> Arc<Table> {
+        let lock = || self.hash_tables.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut tables = lock();
+            if let Some(i) = tables.iter().position(|t| t.fits(algorithm, candidates)) {
+                let t = tables[i].clone();
+                if i > 0 {
+                    tables[..=i].rotate_right(1);
+                }
+                return t;
+            }
+        }
+        let built = Arc::new(Table::build(algorithm, candidates));
+        let mut tables = lock();
+        tables.insert(0, built.clone());
+        tables.truncate(HASH_TABLES_KEPT);
+        built
+    }
+
+    /// Every endpoint picked so far, with its requests in flight now.
+    pub fn active_requests(&self) -> Vec<(SocketAddr, usize)> {
+        let map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(a, n)| (*a, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     fn inflight_of(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
@@ -105,20 +144,34 @@ impl ClusterState {
 
     /// Picks an endpoint and counts a request in flight to it until the guard is dropped.
     /// Endpoints outlier detection ejected are skipped, unless too few would be left.
+    /// `hash`: the request's hash, for a consistent-hash policy (`None`: a random one, as
+    /// Envoy does when the request lacks the key); an endpoint skipped hands its hashes to the
+    /// next one on the ring (in the table).
     pub fn pick<'a>(
         &self,
-        policy: LbPolicy,
+        policy: &LbPolicy,
         candidates: &'a [Candidate],
+        hash: Option<u64>,
     ) -> Option<(&'a Candidate, InflightGuard)> {
+        let hashed = match policy {
+            LbPolicy::ConsistentHash { algorithm, .. } if candidates.len() > 1 => Some((
+                self.hash_table(*algorithm, candidates),
+                hash.unwrap_or_else(|| rand::rng().random()),
+            )),
+            _ => None,
+        };
+        let hashed = hashed.as_ref().map(|(t, h)| (&**t, *h));
         let chosen = match &self.outlier {
-            None => self.choose(policy, candidates)?,
+            None => self.choose(policy, candidates, hashed)?,
             Some(detector) => {
                 let picking = detector.picking(candidates.len());
                 match picking.healthy(candidates.iter().map(|c| c.addr)) {
-                    None => self.choose(policy, candidates)?,
-                    Some(healthy) => self.choose_among(policy, candidates, healthy, |c| {
-                        !picking.is_ejected(c.addr)
-                    })?,
+                    None => self.choose(policy, candidates, hashed)?,
+                    Some(healthy) => {
+                        self.choose_among(policy, candidates, hashed, healthy, |c| {
+                            !picking.is_ejected(c.addr)
+                        })?
+                    }
                 }
             }
         };
@@ -127,7 +180,12 @@ impl ClusterState {
         Some((chosen, InflightGuard(counter)))
     }
 
-    fn choose<'a>(&self, policy: LbPolicy, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
+    fn choose<'a>(
+        &self,
+        policy: &LbPolicy,
+        candidates: &'a [Candidate],
+        hashed: Option<(&Table, u64)>,
+    ) -> Option<&'a Candidate> {
         Some(match candidates.len() {
             0 => return None,
             1 => &candidates[0],
@@ -141,6 +199,10 @@ impl ClusterState {
                     let (a, b) = two_choices(n);
                     self.less_loaded(&candidates[a], &candidates[b])
                 }
+                LbPolicy::ConsistentHash { .. } => match hashed {
+                    Some((table, hash)) => candidates.get(table.walk(hash).next()?)?,
+                    None => weighted_random(candidates),
+                },
             },
         })
     }
@@ -149,8 +211,9 @@ impl ClusterState {
     /// allocating.
     fn choose_among<'a>(
         &self,
-        policy: LbPolicy,
+        policy: &LbPolicy,
         candidates: &'a [Candidate],
+        hashed: Option<(&Table, u64)>,
         n: usize,
         ok: impl Fn(&Candidate) -> bool,
     ) -> Option<&'a Candidate> {
@@ -179,6 +242,15 @@ impl ClusterState {
                 let (a, b) = two_choices(n);
                 Some(self.less_loaded(nth(a)?, nth(b)?))
             }
+            // The next point (entry) whose endpoint takes traffic.
+            (_, LbPolicy::ConsistentHash { .. }) => match hashed {
+                Some((table, hash)) => table
+                    .walk(hash)
+                    .filter_map(|i| candidates.get(i))
+                    .find(|c| ok(c))
+                    .or_else(|| nth(0)),
+                None => nth(0),
+            },
         }
     }
 
@@ -310,7 +382,7 @@ mod tests {
         let c = candidates(3);
         let picks: Vec<u16> = (0..6)
             .map(|_| {
-                s.pick(LbPolicy::RoundRobin, &c)
+                s.pick(&LbPolicy::RoundRobin, &c, None)
                     .map(|(c, _)| c.addr.port())
                     .unwrap_or(0)
             })
@@ -330,10 +402,44 @@ mod tests {
             })
             .collect();
         for _ in 0..20 {
-            let (picked, _g) = s.pick(LbPolicy::LeastRequest, &c).expect("pick");
+            let (picked, _g) = s.pick(&LbPolicy::LeastRequest, &c, None).expect("pick");
             assert_eq!(picked.addr, c[1].addr);
         }
         drop(busy);
+    }
+
+    #[test]
+    fn consistent_hash_sticks_and_builds_a_table_per_endpoint_set() {
+        use sluice_snapshot::cluster::HashKey;
+        let s = state();
+        let c = candidates(4);
+        let policy = LbPolicy::ConsistentHash {
+            key: Some(HashKey::SourceIp),
+            algorithm: HashAlgorithm::Maglev { table_size: 251 },
+        };
+        let pick = |c: &[Candidate], h| {
+            s.pick(&policy, c, Some(h))
+                .map(|(c, _)| c.addr.port())
+                .unwrap_or(0)
+        };
+        let mut seen = std::collections::HashSet::new();
+        for h in 0..40u64 {
+            let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let first = pick(&c, h);
+            seen.insert(first);
+            for _ in 0..3 {
+                assert_eq!(pick(&c, h), first);
+            }
+        }
+        assert!(seen.len() > 1, "{seen:?}");
+        let tables = || s.hash_tables.lock().map(|t| t.len()).unwrap_or(0);
+        assert_eq!(tables(), 1, "built once");
+        pick(&c[..3], 1);
+        assert_eq!(tables(), 2, "a new endpoint set, a new table");
+        pick(&c, 1);
+        assert_eq!(tables(), 2, "the first one kept");
+        // Without a hash: any endpoint, still.
+        assert!(s.pick(&policy, &c, None).is_some());
     }
 
     #[test]

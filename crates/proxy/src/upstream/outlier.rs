@@ -5,6 +5,9 @@
 //!   failures count as Envoy counts them without `split_external_local_origin_errors`: a
 //!   connect failure or reset as a 503, a timeout as a 504, a TCP connect success as a 200;
 //!   any other response resets both counters (a non-gateway 5xx resets the gateway one);
+//! - with `split_external_local_origin_errors`, local failures count apart, as consecutive
+//!   local-origin failures (ejecting at `consecutive_local_origin_failure`, default 5), reset
+//!   by a connect success or any response; the 5xx and gateway counters see responses only;
 //! - reaching a threshold ejects the endpoint at once, unless that would put more than
 //!   `max_ejection_percent` of the cluster's endpoints out (one endpoint may always be
 //!   ejected); the counter starts again from zero;
@@ -80,6 +83,7 @@ struct Inner {
 struct Host {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    consecutive_local: u32,
     ejected_at: Option<Instant>,
     /// When the endpoint last came back (the backoff decays from then on).
     returned_at: Option<Instant>,
@@ -91,6 +95,7 @@ impl Host {
     fn idle(&self) -> bool {
         self.consecutive_5xx == 0
             && self.consecutive_gateway == 0
+            && self.consecutive_local == 0
             && self.ejected_at.is_none()
             && self.backoff == 0
     }
@@ -157,6 +162,16 @@ impl Detector {
         inner
     }
 
+    /// Every endpoint the detector holds a record of, and whether it is ejected now.
+    pub fn endpoints(&self) -> Vec<(SocketAddr, bool)> {
+        let inner = self.lock(Instant::now());
+        inner
+            .hosts
+            .iter()
+            .map(|(a, h)| (*a, h.ejected_at.is_some()))
+            .collect()
+    }
+
     /// Locks the detector for a pick among `total` endpoints.
     pub fn picking(&self, total: usize) -> Picking<'_> {
         self.picking_at(total, Instant::now())
@@ -181,6 +196,28 @@ impl Detector {
         let status = outcome.status();
         let mut inner = self.lock(now);
         let inner = &mut *inner;
+        if let Some(limit) = s.local_origin_failures {
+            match outcome {
+                Outcome::ConnectFailed | Outcome::Timeout => {
+                    let h = inner.hosts.entry(addr).or_default();
+                    h.consecutive_local += 1;
+                    if limit > 0 && h.consecutive_local >= limit {
+                        h.consecutive_local = 0;
+                        self.eject(inner, addr, now);
+                    }
+                    return;
+                }
+                // The connection held: the local-origin run ends.
+                Outcome::Connected | Outcome::Status(_) => {
+                    if let Some(h) = inner.hosts.get_mut(&addr) {
+                        h.consecutive_local = 0;
+                    }
+                    if outcome == Outcome::Connected {
+                        return;
+                    }
+                }
+            }
+        }
         if !(500..600).contains(&status) {
             if let Some(h) = inner.hosts.get_mut(&addr) {
                 h.consecutive_5xx = 0;
@@ -295,6 +332,7 @@ mod tests {
             base_ejection_time: Duration::from_secs(10),
             max_ejection_percent: 100,
             min_health_percent: None,
+            local_origin_failures: None,
         }
     }
 
@@ -352,6 +390,32 @@ mod tests {
         assert!(t.ejected(2, 0).is_empty());
         t.report(addr(1), Outcome::ConnectFailed, 1, 0);
         assert_eq!(t.ejected(2, 0), [1]);
+    }
+
+    /// Envoy's `split_external_local_origin_errors`: connect failures and timeouts count
+    /// apart from responses, a response or a connect success ends their run, and responses
+    /// alone feed the 5xx count.
+    #[test]
+    fn local_origin_failures_count_apart_when_split() {
+        let mut s = settings();
+        s.local_origin_failures = Some(2);
+        let t = T::new(s);
+        t.report(addr(1), Outcome::ConnectFailed, 1, 0);
+        t.report(addr(1), Outcome::Status(200), 1, 0);
+        t.report(addr(1), Outcome::Timeout, 1, 0);
+        t.report(addr(1), Outcome::Connected, 1, 0);
+        t.report(addr(1), Outcome::ConnectFailed, 1, 0);
+        assert!(
+            t.ejected(2, 0).is_empty(),
+            "every run of local failures was ended"
+        );
+        // Two 500s, then local failures that do not count as 5xx: no 5xx ejection (3 needed).
+        t.report(addr(2), Outcome::Status(500), 2, 0);
+        t.report(addr(2), Outcome::Timeout, 1, 0);
+        t.report(addr(2), Outcome::Status(500), 1, 0);
+        assert_eq!(t.ejected(2, 0), [2], "the third 500 in a row ejects");
+        t.report(addr(1), Outcome::Timeout, 1, 0);
+        assert_eq!(t.ejected(2, 0), [1, 2], "two local failures in a row eject");
     }
 
     #[test]

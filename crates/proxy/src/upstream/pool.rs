@@ -6,7 +6,9 @@
 //! its response body has been read to the end — from the body itself, with no task spawned
 //! per request — and is reused up to `max_requests_per_connection`, for at most the idle
 //! timeout. A response body dropped early takes its connection with it (its framing is
-//! unknown). HTTP/2 connections are shared by concurrent requests.
+//! unknown). HTTP/2 connections are shared by concurrent requests; one is no longer handed out
+//! once it has carried `max_requests_per_connection` streams or no stream has started on it
+//! for the idle timeout (it closes when its last stream ends).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +51,10 @@ struct Idle {
 struct Shared2 {
     tx: http2::SendRequest<Body>,
     local: Option<SocketAddr>,
+    /// Streams started on it.
+    served: u32,
+    /// When the last stream started.
+    since: Instant,
 }
 
 enum Sender {
@@ -84,22 +90,30 @@ pub struct Pool {
 
 impl Pool {
     /// A ready connection for `key`, if one is pooled. `idle_timeout`: older ones are closed.
+    /// `max_requests`: an HTTP/2 connection that reaches it is handed out no more.
     pub async fn checkout(
         &self,
         key: &PoolKey,
         http2: bool,
         idle_timeout: Duration,
+        max_requests: Option<u32>,
     ) -> Option<Pooled> {
         if http2 {
             let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = h2.get(key) {
-                if !s.tx.is_closed() {
-                    return Some(Pooled {
+            if let Some(s) = h2.get_mut(key) {
+                if !s.tx.is_closed() && s.since.elapsed() < idle_timeout {
+                    s.served = s.served.saturating_add(1);
+                    s.since = Instant::now();
+                    let pooled = Pooled {
                         key: key.clone(),
                         sender: Sender::H2(s.tx.clone()),
                         reused: true,
                         local: s.local,
-                    });
+                    };
+                    if max_requests.is_some_and(|m| s.served >= m) {
+                        h2.remove(key);
+                    }
+                    return Some(pooled);
                 }
                 h2.remove(key);
             }
@@ -140,13 +154,15 @@ impl Pool {
     }
 
     /// Starts HTTP on a freshly dialed connection. `guard` (the cluster's connection slot and
-    /// gauge) is held while the connection lives.
+    /// gauge) is held while the connection lives. An HTTP/2 connection is shared from then on,
+    /// unless `max_requests` is 1.
     pub async fn handshake(
         &self,
         key: &PoolKey,
         http2: bool,
         dialed: Dialed,
         guard: impl Send + 'static,
+        max_requests: Option<u32>,
     ) -> Result<Pooled, hyper::Error> {
         let is_tls = key.server_name.is_some();
         let local = dialed.local;
@@ -163,14 +179,18 @@ impl Pool {
                 }
                 drop(guard);
             });
-            let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            h2.insert(
-                key.clone(),
-                Shared2 {
-                    tx: tx.clone(),
-                    local,
-                },
-            );
+            if max_requests.is_none_or(|m| m > 1) {
+                let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+                h2.insert(
+                    key.clone(),
+                    Shared2 {
+                        tx: tx.clone(),
+                        local,
+                        served: 1,
+                        since: Instant::now(),
+                    },
+                );
+            }
             return Ok(Pooled {
                 key: key.clone(),
                 sender: Sender::H2(tx),
@@ -205,7 +225,7 @@ impl Pool {
         });
         drop(idle);
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        h2.retain(|_, s| !s.tx.is_closed());
+        h2.retain(|_, s| !s.tx.is_closed() && s.since.elapsed() < idle_timeout);
     }
 }
 

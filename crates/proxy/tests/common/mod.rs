@@ -75,6 +75,24 @@ impl Running {
         text
     }
 
+    /// The value of the series `name{labels}` (`labels` as printed, e.g.
+    /// `cluster_name="outbound|80||a.test"`), 0 when it is absent.
+    pub fn metric(&self, name: &str, labels: &str) -> u64 {
+        let prefix = format!("{name}{{{labels}}} ");
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse().expect("metric value"))
+    }
+
+    /// How many access-log lines so far contain every needle.
+    pub fn count_lines(&self, needles: &[&str]) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| needles.iter().all(|x| l.contains(x)))
+            .count()
+    }
+
     /// Publishes a new snapshot (the access log keeps pointing at this proxy's file).
     pub fn publish(&self, mut snapshot: Value) {
         snapshot["access_log"] = json!({"path": self.log.to_string_lossy(), "json": false});

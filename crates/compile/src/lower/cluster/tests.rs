@@ -466,6 +466,7 @@ fn limits_outlier_and_timeouts() {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_percent: 10,
             min_health_percent: None,
+            local_origin_failures: None,
         })
     );
     let mesh = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: m, namespace: istio-system}\nspec: {meshConfig: {connectTimeout: 2s}}\n";
@@ -495,9 +496,16 @@ fn load_balancers_map_and_report_what_they_cannot() {
             None,
         ),
         (
-            json!({"consistentHash": {"httpHeaderName": "x-user"}}),
-            LbPolicy::LeastRequest,
-            Some("consistent-hash"),
+            json!({"consistentHash": {"httpHeaderName": "X-User"}}),
+            LbPolicy::ConsistentHash {
+                key: Some(HashKey::Header {
+                    name: "x-user".into(),
+                }),
+                algorithm: HashAlgorithm::RingHash {
+                    min_ring_size: 1024,
+                },
+            },
+            None,
         ),
         (
             json!({"simple": "RANDOM", "localityLbSetting": {"enabled": true}}),
@@ -523,7 +531,183 @@ fn load_balancers_map_and_report_what_they_cannot() {
         }
         if let Some(needle) = diag {
             assert!(has(&d, "SLC0006", needle), "{lb}: {d:#?}");
+        } else {
+            assert!(!d.iter().any(|x| x.code == "SLC0006"), "{lb}: {d:#?}");
         }
+    }
+}
+
+#[test]
+fn consistent_hash_keys_and_algorithms_follow_istio() {
+    let host = "a.example.com";
+    let ring = |n| HashAlgorithm::RingHash { min_ring_size: n };
+    let ch = |key: Option<HashKey>, algorithm| LbPolicy::ConsistentHash { key, algorithm };
+    let header = || {
+        Some(HashKey::Header {
+            name: "x-user".into(),
+        })
+    };
+    // (consistentHash, lowered, finding)
+    let table = [
+        (
+            json!({"httpHeaderName": "x-user", "maglev": {"tableSize": 251}}),
+            ch(header(), HashAlgorithm::Maglev { table_size: 251 }),
+            None,
+        ),
+        (
+            json!({"httpHeaderName": "x-user", "maglev": {}}),
+            ch(header(), HashAlgorithm::Maglev { table_size: 65537 }),
+            None,
+        ),
+        (
+            json!({"httpHeaderName": "x-user", "ringHash": {"minimumRingSize": 4096}}),
+            ch(header(), ring(4096)),
+            None,
+        ),
+        (
+            json!({"httpHeaderName": "x-user", "ringHash": {}}),
+            ch(header(), ring(1024)),
+            None,
+        ),
+        (
+            json!({"httpHeaderName": "x-user", "minimumRingSize": 2048}),
+            ch(header(), ring(2048)),
+            None,
+        ),
+        (
+            json!({"httpCookie": {"name": "sticky", "path": "/app", "ttl": "90s",
+                   "attributes": [{"name": "SameSite", "value": "Strict"}, {"name": "Secure"}]}}),
+            ch(
+                Some(HashKey::Cookie {
+                    name: "sticky".into(),
+                    path: "/app".into(),
+                    ttl: Some(Duration::from_secs(90)),
+                    attributes: vec![
+                        CookieAttribute {
+                            name: "SameSite".into(),
+                            value: "Strict".into(),
+                        },
+                        CookieAttribute {
+                            name: "Secure".into(),
+                            value: String::new(),
+                        },
+                    ],
+                }),
+                ring(1024),
+            ),
+            None,
+        ),
+        (
+            json!({"httpCookie": {"name": "sticky"}}),
+            ch(
+                Some(HashKey::Cookie {
+                    name: "sticky".into(),
+                    path: String::new(),
+                    ttl: None,
+                    attributes: Vec::new(),
+                }),
+                ring(1024),
+            ),
+            None,
+        ),
+        (
+            json!({"useSourceIp": true}),
+            ch(Some(HashKey::SourceIp), ring(1024)),
+            None,
+        ),
+        (
+            json!({"httpQueryParameterName": "user"}),
+            ch(
+                Some(HashKey::QueryParameter {
+                    name: "user".into(),
+                }),
+                ring(1024),
+            ),
+            None,
+        ),
+        (
+            json!({"useSourceIp": false}),
+            ch(None, ring(1024)),
+            Some("random endpoint"),
+        ),
+        (
+            json!({"httpHeaderName": "x-user", "useSourceIp": true}),
+            ch(header(), ring(1024)),
+            Some("httpHeaderName is used"),
+        ),
+    ];
+    for (hash, want, finding) in table {
+        let rules = dr(
+            "r",
+            "default",
+            host,
+            json!({"trafficPolicy": {"loadBalancer": {"consistentHash": hash}}}),
+        );
+        let (c, d) = cluster_for(Role::Gateway, dns_entry(host), &rules, host, 443, "");
+        assert_eq!(c.lb, want, "{hash}: {d:#?}");
+        assert!(
+            !d.iter().any(|x| x.code == "SLC0006"),
+            "{hash}: supported: {d:#?}"
+        );
+        match finding {
+            Some(needle) => assert!(has(&d, "SLC0205", needle), "{hash}: {d:#?}"),
+            None => assert!(!d.iter().any(|x| x.code == "SLC0205"), "{hash}: {d:#?}"),
+        }
+    }
+}
+
+#[test]
+fn consistent_hash_per_port_and_subset_like_other_load_balancers() {
+    let host = "a.example.com";
+    let spec = json!({
+        "trafficPolicy": {
+            "loadBalancer": {"consistentHash": {"httpHeaderName": "x-top"}},
+            "portLevelSettings": [{"port": {"number": 8443},
+                "loadBalancer": {"consistentHash": {"useSourceIp": true, "maglev": {"tableSize": 65537}}}}],
+        },
+        "subsets": [
+            {"name": "inherit", "labels": {}},
+            {"name": "simple", "labels": {}, "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}},
+            {"name": "own", "labels": {}, "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpQueryParameterName": "q"}}}},
+        ],
+    });
+    let entry = json!({"hosts": [host], "resolution": "DNS", "ports": [
+        {"number": 443, "name": "tls", "protocol": "TLS"},
+        {"number": 8443, "name": "tls-alt", "protocol": "TLS"}]});
+    let rules = dr("r", "default", host, spec);
+    let ring = HashAlgorithm::RingHash {
+        min_ring_size: 1024,
+    };
+    let top = LbPolicy::ConsistentHash {
+        key: Some(HashKey::Header {
+            name: "x-top".into(),
+        }),
+        algorithm: ring,
+    };
+    let table = [
+        ("", 443, top.clone()),
+        ("inherit", 443, top),
+        ("simple", 443, LbPolicy::RoundRobin),
+        (
+            "own",
+            443,
+            LbPolicy::ConsistentHash {
+                key: Some(HashKey::QueryParameter { name: "q".into() }),
+                algorithm: ring,
+            },
+        ),
+        (
+            "",
+            8443,
+            LbPolicy::ConsistentHash {
+                key: Some(HashKey::SourceIp),
+                algorithm: HashAlgorithm::Maglev { table_size: 65537 },
+            },
+        ),
+    ];
+    for (subset, port, want) in table {
+        let (c, d) = cluster_for(Role::Gateway, entry.clone(), &rules, host, port, subset);
+        assert_eq!(c.lb, want, "{subset} {port}: {d:#?}");
     }
 }
 

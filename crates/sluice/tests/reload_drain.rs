@@ -1,0 +1,189 @@
+//! Reloads and drains of a running `sluice gateway`, as an operator drives them: SIGHUP
+//! reloads at once (a bad config is rejected and counted, the last good one keeps serving),
+//! `--reload-interval 0` is refused, and SIGTERM fails readiness first, lets the request in
+//! flight finish, and exits 0. Loopback only; every process stopped by its PID.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{bin, gateway};
+use sluice_test_support::client::http_get;
+use sluice_test_support::{DnsServer, HttpUpstream, TempDir, free_loopback_addr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config(hosts: &[&str], upstream: IpAddr) -> String {
+    let mut out = String::from(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#,
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        out.push_str(&format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: se{i}, namespace: istio-system}}
+spec:
+  hosts: ["{h}"]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: "{upstream}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs{i}, namespace: istio-system}}
+spec:
+  hosts: ["{h}"]
+  gateways: [egress]
+  http:
+  - route: [{{destination: {{host: "{h}", port: {{number: 80}}}}}}]
+"#
+        ));
+    }
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_at_once_and_bad_configs_are_rejected_and_counted() {
+    let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
+        .await
+        .expect("upstream");
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let dir = TempDir::new("sighup");
+    let file = dir.join("config.yaml");
+    let ip = upstream.addr().ip();
+    std::fs::write(&file, config(&["a.partner.test"], ip)).expect("write");
+    // Polling is an hour away: only the signal can reload within the test.
+    let (gw, bind) = gateway(
+        &[file.display().to_string()],
+        dns.addr(),
+        &[("SLUICE_RELOAD_INTERVAL", "1h")],
+    )
+    .await;
+    let addr = SocketAddr::new(bind, 80);
+    let status =
+        |host: &'static str| async move { http_get(addr, host, "/").await.expect("request").0 };
+    assert_eq!(status("a.partner.test").await, 200);
+    assert_eq!(status("b.partner.test").await, 404);
+
+    std::fs::write(&file, config(&["a.partner.test", "b.partner.test"], ip)).expect("write");
+    gw.signal("HUP").expect("SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status("b.partner.test").await != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload within 5s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.wait_for_stderr("SIGHUP: reloading", Duration::from_secs(5))
+        .or_else(|_| gw.wait_for_log("SIGHUP: reloading", Duration::from_secs(1)))
+        .expect("the reload is logged");
+
+    std::fs::write(&file, "kind: [unclosed").expect("write");
+    gw.signal("HUP").expect("SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, stats) = gw.admin_get("/stats/prometheus").expect("stats");
+        if metric(&stats, "sluice_config_reloads_total{result=\"rejected\"}") >= 1.0 {
+            assert_eq!(
+                metric(&stats, "sluice_config_reloads_total{result=\"applied\"}"),
+                1.0
+            );
+            assert_eq!(metric(&stats, "sluice_config_generation"), 2.0);
+            assert!(metric(&stats, "sluice_config_last_reload_seconds") > 1.6e9);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bad config was not counted:\n{stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last good configuration still serves.
+    assert_eq!(status("b.partner.test").await, 200);
+}
+
+#[test]
+fn a_zero_reload_interval_is_refused() {
+    let out = std::process::Command::new(bin())
+        .args(["gateway", "-c", "/nonexistent", "--reload-interval", "0s"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be above 0"), "{err}");
+}
+
+/// SIGTERM during a request: `/ready` fails at once, the request in flight finishes, the
+/// process exits 0 within the drain timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
+    // An upstream that answers after 1.5 s.
+    let slow = tokio::net::TcpListener::bind(SocketAddr::new(free_loopback_addr(), 80))
+        .await
+        .expect("bind");
+    let slow_addr = slow.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+                    .await;
+            });
+        }
+    });
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let dir = TempDir::new("drain");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config(&["slow.partner.test"], slow_addr.ip())).expect("write");
+    let (mut gw, bind) = gateway(&[file.display().to_string()], dns.addr(), &[]).await;
+    let addr = SocketAddr::new(bind, 80);
+    let in_flight = tokio::spawn(async move { http_get(addr, "slow.partner.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    gw.signal("TERM").expect("SIGTERM");
+    // Readiness drops while the request is still in flight.
+    let mut not_ready = false;
+    while signalled.elapsed() < Duration::from_millis(1200) {
+        match gw.admin_get("/ready") {
+            Ok((200, _)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => {
+                not_ready = true;
+                break;
+            }
+        }
+    }
+    assert!(not_ready, "/ready still 200 after SIGTERM");
+    let reply = in_flight
+        .await
+        .expect("join")
+        .expect("the in-flight request completes");
+    assert_eq!((reply.0, reply.2.as_str()), (200, "slow"));
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("wait")
+        .expect("exited");
+    assert!(status.success(), "{status:?}");
+}
