@@ -280,13 +280,14 @@ impl Upstreams {
     /// The candidates the IP guard lets `c` dial, in their order (so the first permitted
     /// address of a DNS answer is used first); refused when none is left.
     fn guarded(&self, c: &ClusterRt, all: Arc<[Candidate]>) -> Result<Arc<[Candidate]>, Error> {
-        let mut kept: Option<Vec<Candidate>> = None;
-        let mut first_denied = None;
+        let guard = self.guard.checker();
+        // Only once something is refused: the kept candidates, and the first refusal.
+        let mut refused: Option<(Vec<Candidate>, guard::Denied)> = None;
         for (i, cand) in all.iter().enumerate() {
-            match self.guard.check(cand.addr, &c.named) {
+            match guard.check(cand.addr, &c.named) {
                 Ok(()) => {
-                    if let Some(k) = kept.as_mut() {
-                        k.push(cand.clone());
+                    if let Some((kept, _)) = refused.as_mut() {
+                        kept.push(cand.clone());
                     }
                 }
                 Err(denied) => {
@@ -300,16 +301,14 @@ impl Upstreams {
                     self.telemetry
                         .metrics
                         .refused("destination_ip", denied.reason_name());
-                    kept.get_or_insert_with(|| all[..i].to_vec());
-                    first_denied.get_or_insert(denied);
+                    refused.get_or_insert_with(|| (all[..i].to_vec(), denied));
                 }
             }
         }
-        match (kept, first_denied) {
-            (None, _) => Ok(all),
-            (Some(k), _) if !k.is_empty() => Ok(k.into()),
-            (Some(_), Some(denied)) => Err(Error::DestinationDenied(Box::new(denied))),
-            (Some(_), None) => Ok(all),
+        match refused {
+            None => Ok(all),
+            Some((kept, _)) if !kept.is_empty() => Ok(kept.into()),
+            Some((_, denied)) => Err(Error::DestinationDenied(Box::new(denied))),
         }
     }
 

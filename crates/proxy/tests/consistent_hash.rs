@@ -18,8 +18,7 @@ use common::*;
 use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use sluice_compile::lower::{CompileOptions, compile};
-use sluice_model::{Level, load_str};
+use sluice_model::Level;
 use sluice_test_support::{HttpUpstream, TcpUpstream, UpstreamOptions};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -161,18 +160,14 @@ async fn setup(key: &str, algorithm: &str, outlier: Option<&str>) -> Setup {
         &format!("{{consistentHash: {{{key}{algorithm}}}}}"),
         outlier,
     );
-    let loaded = load_str("consistent-hash.yaml", &yaml);
-    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
-    let (snapshot, diags) = compile(&loaded.resources, &CompileOptions::gateway());
+    let (snapshot, diags) = compile_gateway(&yaml);
     let findings: Vec<_> = diags
         .iter()
         .filter(|d| d.level != Level::Info && d.message.contains("consistent"))
-        .chain(diags.iter().filter(|d| d.level == Level::Error))
         .collect();
     assert!(findings.is_empty(), "{findings:#?}");
-    let json = serde_json::to_value(&snapshot).expect("snapshot json");
     Setup {
-        gw: start(json, None).await,
+        gw: start_snapshot(&snapshot).await,
         http,
         _tcp: tcp,
     }

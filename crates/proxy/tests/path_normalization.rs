@@ -18,8 +18,6 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_compile::lower::{CompileOptions, compile};
-use sluice_model::{Level, load_str};
 use sluice_test_support::HttpUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,49 +30,27 @@ const DENIED: (u16, &str) = (403, "RBAC: access denied");
 /// A gateway HTTP server for `HOST` routed to `upstream`, a DENY on `/admin/*`, and the
 /// meshConfig `pathNormalization` when `mode` is given.
 fn config(upstream: SocketAddr, mode: Option<&str>) -> String {
-    let mut yaml = format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: istio-system}}
-spec:
-  selector: {{istio: egressgateway}}
-  servers:
-  - port: {{number: {PORT}, name: http, protocol: HTTP}}
-    hosts: ["{HOST}"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: api, namespace: istio-system}}
-spec:
-  hosts: ["{HOST}"]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: "{ip}", ports: {{http: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: api, namespace: istio-system}}
-spec:
-  hosts: ["{HOST}"]
-  gateways: [gw]
-  http:
-  - name: api
-    route: [{{destination: {{host: "{HOST}", port: {{number: 80}}}}}}]
----
+    let mut yaml = one_host_yaml(
+        PORT,
+        HOST,
+        "HTTP",
+        &[upstream],
+        &route_rule(HOST, "name: api"),
+        "",
+    );
+    yaml.push_str(
+        r#"---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {{name: deny-admin, namespace: istio-system}}
+metadata: {name: deny-admin, namespace: istio-system}
 spec:
-  selector: {{matchLabels: {{istio: egressgateway}}}}
+  selector: {matchLabels: {istio: egressgateway}}
   action: DENY
   rules:
   - to:
     - operation:
         paths: ["/admin/*"]
 "#,
-        ip = upstream.ip(),
-        port = upstream.port()
     );
     if let Some(mode) = mode {
         yaml.push_str(&format!(
@@ -95,14 +71,9 @@ async fn gateway(mode: Option<&str>) -> (Running, HttpUpstream) {
     let upstream = HttpUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)), "api")
         .await
         .expect("upstream");
-    let loaded = load_str("paths.yaml", &config(upstream.addr(), mode));
-    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
-    let (snapshot, diags) = compile(&loaded.resources, &CompileOptions::gateway());
-    let errors: Vec<_> = diags.iter().filter(|d| d.level == Level::Error).collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    let (snapshot, _) = compile_gateway(&config(upstream.addr(), mode));
     assert!(!snapshot.authz.is_empty(), "the policy applies");
-    let json = serde_json::to_value(&snapshot).expect("snapshot json");
-    (start(json, None).await, upstream)
+    (start_snapshot(&snapshot).await, upstream)
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -12,8 +12,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sluice_compile::lower::{CompileOptions, compile};
-use sluice_model::{Level, load_str};
 use sluice_test_support::HttpUpstream;
 use sluice_test_support::client::http_get;
 
@@ -22,38 +20,13 @@ const HOST: &str = "api.example.com";
 
 /// A gateway HTTP server on `PORT` routing `HOST` to the upstream at `upstream`.
 fn routing(upstream: SocketAddr) -> String {
-    format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: istio-system}}
-spec:
-  selector: {{istio: egressgateway}}
-  servers:
-  - port: {{number: {PORT}, name: http, protocol: HTTP}}
-    hosts: ["{HOST}"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: api, namespace: istio-system}}
-spec:
-  hosts: ["{HOST}"]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: "{ip}", ports: {{http: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: api, namespace: istio-system}}
-spec:
-  hosts: ["{HOST}"]
-  gateways: [gw]
-  http:
-  - name: api
-    route: [{{destination: {{host: "{HOST}", port: {{number: 80}}}}}}]
-"#,
-        ip = upstream.ip(),
-        port = upstream.port()
+    one_host_yaml(
+        PORT,
+        HOST,
+        "HTTP",
+        &[upstream],
+        &route_rule(HOST, "name: api"),
+        "",
     )
 }
 
@@ -68,14 +41,9 @@ async fn gateway_with(filter: &str) -> (Running, HttpUpstream) {
         .await
         .expect("upstream");
     let yaml = format!("{}\n---\n{filter}", routing(upstream.addr()));
-    let loaded = load_str("rate-limit.yaml", &yaml);
-    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
-    let (snapshot, diags) = compile(&loaded.resources, &CompileOptions::gateway());
-    let errors: Vec<_> = diags.iter().filter(|d| d.level == Level::Error).collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    let (snapshot, _) = compile_gateway(&yaml);
     assert!(!snapshot.rate_limits.is_empty(), "the filter applies");
-    let json = serde_json::to_value(&snapshot).expect("snapshot json");
-    (start(json, None).await, upstream)
+    (start_snapshot(&snapshot).await, upstream)
 }
 
 async fn get(gw: &Running) -> (u16, http::HeaderMap, String) {

@@ -25,8 +25,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use sluice_compile::lower::codes::NOT_SUPPORTED;
-use sluice_compile::lower::{CompileOptions, compile};
-use sluice_model::{Level, load_str};
 use sluice_test_support::TcpUpstream;
 use sluice_test_support::client::{Reply, http_get, http_request};
 use tokio::io::AsyncReadExt;
@@ -238,73 +236,20 @@ impl Drop for Upstream {
 /// One VirtualService HTTP rule routing to [`HOST`]: `fields` are more flow-mapping entries
 /// (`match`, `retries`, `timeout`, `fault`), or empty.
 fn rule(fields: &str) -> String {
-    let sep = if fields.is_empty() { "" } else { ", " };
-    format!(
-        "  - {{{fields}{sep}route: [{{destination: {{host: {HOST}, port: {{number: 80}}}}}}]}}\n"
-    )
+    route_rule(HOST, fields)
 }
 
-/// A gateway HTTP server on [`PORT`] for [`HOST`]; a ServiceEntry registering it on port 80
-/// (`protocol`) at `endpoints`; a VirtualService with the `rules`; a DestinationRule with the
-/// `policy` (a flow mapping: its `trafficPolicy`) unless empty.
 fn istio(protocol: &str, endpoints: &[SocketAddr], rules: &str, policy: &str) -> String {
-    let eps: Vec<String> = endpoints
-        .iter()
-        .map(|a| format!("{{address: \"{}\", ports: {{web: {}}}}}", a.ip(), a.port()))
-        .collect();
-    let mut yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: istio-system}}
-spec:
-  selector: {{istio: egressgateway}}
-  servers:
-  - port: {{number: {PORT}, name: http, protocol: HTTP}}
-    hosts: ["{HOST}"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: api, namespace: istio-system}}
-spec:
-  hosts: ["{HOST}"]
-  ports: [{{number: 80, name: web, protocol: {protocol}}}]
-  resolution: STATIC
-  endpoints: [{eps}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: api, namespace: istio-system}}
-spec:
-  hosts: ["{HOST}"]
-  gateways: [gw]
-  http:
-{rules}"#,
-        eps = eps.join(", ")
-    );
-    if !policy.is_empty() {
-        yaml.push_str(&format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: istio-system}}\nspec:\n  host: {HOST}\n  trafficPolicy: {policy}\n"
-        ));
-    }
-    yaml
+    one_host_yaml(PORT, HOST, protocol, endpoints, rules, policy)
 }
 
 /// Compiles `yaml` for the gateway — no errors, and nothing reported as not supported: every
 /// field these tests use is enforced — and starts a proxy running it.
 async fn gateway(yaml: &str) -> Running {
-    let loaded = load_str("resilience.yaml", yaml);
-    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
-    let (snapshot, diags) = compile(&loaded.resources, &CompileOptions::gateway());
-    let bad: Vec<_> = diags
-        .iter()
-        .filter(|d| d.level == Level::Error || d.code == NOT_SUPPORTED)
-        .collect();
-    assert!(bad.is_empty(), "{bad:#?}");
-    start(
-        serde_json::to_value(&snapshot).expect("snapshot json"),
-        None,
-    )
-    .await
+    let (snapshot, diags) = compile_gateway(yaml);
+    let unsupported: Vec<_> = diags.iter().filter(|d| d.code == NOT_SUPPORTED).collect();
+    assert!(unsupported.is_empty(), "{unsupported:#?}");
+    start_snapshot(&snapshot).await
 }
 
 async fn get(gw: &Running, path: &str) -> Reply {

@@ -450,12 +450,23 @@ async fn one_keep_alive_connection_routes_each_request_by_its_own_host() {
     let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
         .await
         .expect("dns");
-    let sidecar = start_sidecar(
-        &sidecar_snapshot(gateway_ip),
-        Some(mesh.sleep()),
-        dns.addr(),
-    )
-    .await;
+    let snapshot = sidecar_snapshot(gateway_ip);
+    let sidecar = start_sidecar(&snapshot, Some(mesh.sleep()), dns.addr()).await;
+    // Istio's route decorator for httpbin.example (`host:port/*`), which Envoy's egress
+    // connection manager propagates upstream.
+    let operation = snapshot
+        .listeners
+        .iter()
+        .flat_map(|l| &l.chains)
+        .filter_map(|c| match &c.app {
+            sluice_snapshot::listener::App::Http { virtual_hosts, .. } => Some(virtual_hosts),
+            _ => None,
+        })
+        .flatten()
+        .find(|vh| vh.name.starts_with("httpbin.example"))
+        .and_then(|vh| vh.routes.first())
+        .and_then(|r| r.operation.clone())
+        .expect("a decorator for httpbin.example");
 
     let tcp = TcpStream::connect(sidecar.addr(PROXY_PORT))
         .await
@@ -465,6 +476,7 @@ async fn one_keep_alive_connection_routes_each_request_by_its_own_host() {
         .expect("handshake");
     let conn = tokio::spawn(conn);
     let mut statuses = Vec::new();
+    let mut first_body = None;
     for url in [
         "http://httpbin.example/one",
         "http://unknown.example/",
@@ -485,11 +497,17 @@ async fn one_keep_alive_connection_routes_each_request_by_its_own_host() {
             .expect("in time")
             .expect("response");
         statuses.push(resp.status().as_u16());
-        let _ = resp.into_body().collect().await;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        first_body.get_or_insert_with(|| String::from_utf8_lossy(&body).into_owned());
     }
     conn.abort();
     // httpbin.example:8080 is on no virtual listener: refused like any unregistered port.
     assert_eq!(statuses, vec![200, 502, 502, 200]);
+    let echo = common::echo(&first_body.unwrap_or_default());
+    assert_eq!(
+        echo["headers"]["x-envoy-decorator-operation"], operation,
+        "{echo}"
+    );
     assert_eq!(httpbin.requests(), 2);
 }
 

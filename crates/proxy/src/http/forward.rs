@@ -30,6 +30,8 @@ use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::{Body, BoxError, PooledBody, SendError};
 
 const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+const X_ENVOY_DECORATOR_OPERATION: HeaderName =
+    HeaderName::from_static("x-envoy-decorator-operation");
 const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 
@@ -224,6 +226,16 @@ pub async fn forward(
         .is_some_and(|h| h.as_bytes() != new_authority.as_bytes())
     {
         host = None;
+    }
+    // Envoy on an egress connection manager (Istio's sidecar outbound) propagates the route's
+    // decorator to the upstream: `x-envoy-decorator-operation: httpbin.org:80/*`.
+    if ctx.runtime.snapshot.role == sluice_snapshot::Role::Sidecar
+        && let Some(v) = route
+            .operation
+            .as_deref()
+            .and_then(|op| HeaderValue::from_str(op).ok())
+    {
+        hdrs.insert(X_ENVOY_DECORATOR_OPERATION, v);
     }
     headers::apply(&route.request_headers, &mut hdrs);
     headers::apply(&wc.request_headers, &mut hdrs);

@@ -365,17 +365,34 @@ impl Guard {
     /// May `addr` be dialed? `named` are the addresses the cluster's ServiceEntry names
     /// explicitly (allow ranges of their own prefix length).
     pub fn check(&self, addr: SocketAddr, named: &[IpNet]) -> Result<(), Denied> {
+        self.checker().check(addr, named)
+    }
+
+    /// The guard with its view of the proxy's own sockets taken once, for checking every
+    /// address of one answer.
+    pub fn checker(&self) -> Checker<'_> {
+        Checker {
+            guard: self,
+            own: self.own.read().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+}
+
+/// [`Guard::checker`]: the guard, its own sockets read-locked.
+pub struct Checker<'a> {
+    guard: &'a Guard,
+    own: std::sync::RwLockReadGuard<'a, Own>,
+}
+
+impl Checker<'_> {
+    /// [`Guard::check`].
+    pub fn check(&self, addr: SocketAddr, named: &[IpNet]) -> Result<(), Denied> {
         let addr = SocketAddr::new(canonical(addr.ip()), addr.port());
         let denied = |reason| Err(Denied { addr, reason });
-        if self
-            .own
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(addr)
-        {
+        if self.own.contains(addr) {
             return denied(Reason::Own);
         }
-        let operator = self.ranges.iter().find(|(r, _)| r.matches(addr));
+        let operator = self.guard.ranges.iter().find(|(r, _)| r.matches(addr));
         let explicit = named
             .iter()
             .filter(|n| n.contains(&addr.ip()))

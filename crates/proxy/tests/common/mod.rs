@@ -300,3 +300,87 @@ pub async fn read_request_head(tcp: &mut tokio::net::TcpStream) -> Option<String
     }
     Some(String::from_utf8_lossy(&head).into_owned())
 }
+
+/// One rule of a VirtualService's `http` list routing everything to `host` port 80, with
+/// more `fields` of the rule (`name: api`, `retries: {…}`) in flow style.
+pub fn route_rule(host: &str, fields: &str) -> String {
+    let sep = if fields.is_empty() { "" } else { ", " };
+    format!(
+        "  - {{{fields}{sep}route: [{{destination: {{host: {host}, port: {{number: 80}}}}}}]}}\n"
+    )
+}
+
+/// Istio YAML for one host at the gateway (`istio: egressgateway`, istio-system): an HTTP
+/// server on `port` for `host`; a STATIC ServiceEntry registering `host` on port 80
+/// (`protocol`) at `endpoints`; a VirtualService with the `http` `rules` ([`route_rule`]); a
+/// DestinationRule with the `policy` (a flow mapping: its `trafficPolicy`) unless empty.
+pub fn one_host_yaml(
+    port: u16,
+    host: &str,
+    protocol: &str,
+    endpoints: &[SocketAddr],
+    rules: &str,
+    policy: &str,
+) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("{{address: \"{}\", ports: {{web: {}}}}}", a.ip(), a.port()))
+        .collect();
+    let mut yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["{host}"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: istio-system}}
+spec:
+  hosts: ["{host}"]
+  ports: [{{number: 80, name: web, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints: [{eps}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: istio-system}}
+spec:
+  hosts: ["{host}"]
+  gateways: [gw]
+  http:
+{rules}"#,
+        eps = eps.join(", ")
+    );
+    if !policy.is_empty() {
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: istio-system}}\nspec:\n  host: {host}\n  trafficPolicy: {policy}\n"
+        ));
+    }
+    yaml
+}
+
+/// Compiles Istio `yaml` for the gateway (`istio: egressgateway` in istio-system); a load
+/// error or an Error-level finding fails the test. The other findings are returned.
+pub fn compile_gateway(yaml: &str) -> (Snapshot, Vec<sluice_model::Diagnostic>) {
+    let loaded = sluice_model::load_str("test.yaml", yaml);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let (snapshot, diags) = sluice_compile::lower::compile(
+        &loaded.resources,
+        &sluice_compile::lower::CompileOptions::gateway(),
+    );
+    let errors: Vec<_> = diags
+        .iter()
+        .filter(|d| d.level == sluice_model::Level::Error)
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    (snapshot, diags)
+}
+
+/// Starts a proxy running `snapshot` (no DNS server).
+pub async fn start_snapshot(snapshot: &Snapshot) -> Running {
+    start(serde_json::to_value(snapshot).expect("snapshot json"), None).await
+}
