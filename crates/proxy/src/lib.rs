@@ -66,6 +66,9 @@ use upstream::Upstreams;
 /// How often idle pooled connections are swept and TLS files checked for changes.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often a listener that could not be bound is tried again.
+const BIND_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct Proxy {
     shared: Arc<Shared>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -144,8 +147,12 @@ impl Proxy {
         current.send_replace(Some(runtime.clone()));
         let mut manager =
             listener::Manager::new(shared.clone(), runtimes_rx.clone(), tracker, hard_stop_rx);
-        manager.reconcile(&runtime.snapshot).await?;
-        ready.send_replace(true);
+        // A port that cannot be bound (in use, not permitted) does not stop the proxy: it is
+        // retried until it binds, and readiness waits for every listener.
+        let _ = manager.reconcile(&runtime.snapshot).await;
+        ready.send_replace(manager.all_bound());
+        let mut retry = tokio::time::interval(BIND_RETRY_INTERVAL);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let upkeep_shared = shared.clone();
         let mut upkeep_runtimes = runtimes_rx;
@@ -165,6 +172,10 @@ impl Proxy {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = retry.tick(), if !manager.all_bound() => {
+                    let snapshot = runtimes.borrow().snapshot.clone();
+                    ready.send_replace(manager.retry_unbound(&snapshot).await);
+                }
                 changed = snapshots.changed(), if updates_open => {
                     if changed.is_err() {
                         // No more snapshots: keep serving the last one until shutdown.
@@ -181,6 +192,7 @@ impl Proxy {
                     if let Err(e) = manager.reconcile(&next.snapshot).await {
                         tracing::error!(error = %e, "applying the new snapshot's listeners");
                     }
+                    ready.send_replace(manager.all_bound());
                 }
             }
         }

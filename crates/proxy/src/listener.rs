@@ -50,6 +50,9 @@ pub struct Manager {
     explicit_proxy: Option<oneshot::Sender<()>>,
     /// Where the explicit proxy is bound (its port may have been chosen by the system).
     explicit_addr: Option<SocketAddr>,
+    /// Ports the snapshot wants that could not be bound, with why; retried by
+    /// [`Manager::retry_unbound`] until they bind.
+    unbound: BTreeMap<u16, String>,
 }
 
 impl Manager {
@@ -67,7 +70,27 @@ impl Manager {
             bound: BTreeMap::new(),
             explicit_proxy: None,
             explicit_addr: None,
+            unbound: BTreeMap::new(),
         }
+    }
+
+    /// Whether every listener the snapshot wants is bound (readiness waits for it).
+    pub fn all_bound(&self) -> bool {
+        self.unbound.is_empty()
+    }
+
+    /// Ports that could not be bound yet, with the last error.
+    pub fn unbound(&self) -> &BTreeMap<u16, String> {
+        &self.unbound
+    }
+
+    /// Tries the ports that could not be bound again; true when they all are now.
+    pub async fn retry_unbound(&mut self, snapshot: &Snapshot) -> bool {
+        if self.unbound.is_empty() {
+            return true;
+        }
+        let _ = self.reconcile(snapshot).await;
+        self.unbound.is_empty()
     }
 
     /// Makes the bound ports those of `snapshot`. Every port that can be bound is; the
@@ -94,6 +117,7 @@ impl Manager {
             }
             keep
         });
+        self.unbound.retain(|port, _| want.contains(port));
         for port in want {
             if self.bound.contains_key(&port) {
                 continue;
@@ -116,9 +140,17 @@ impl Manager {
                         self.hard_stop.clone(),
                     ));
                     self.bound.insert(port, stop_tx);
+                    if self.unbound.remove(&port).is_some() {
+                        tracing::info!(%addr, "listener bound after earlier failures");
+                    }
                 }
                 Err(source) => {
-                    tracing::error!(%addr, error = %source, "cannot bind listener");
+                    // Said once per failure kind, then retried quietly.
+                    let why = source.to_string();
+                    if self.unbound.get(&port) != Some(&why) {
+                        tracing::error!(%addr, error = %source, "cannot bind listener; retrying");
+                    }
+                    self.unbound.insert(port, why);
                     first_err.get_or_insert(Error::Bind { addr, source });
                 }
             }

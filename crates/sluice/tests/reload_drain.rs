@@ -187,3 +187,55 @@ async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
         .expect("exited");
     assert!(status.success(), "{status:?}");
 }
+
+/// A listener port that cannot be bound (another process holds it) does not stop the gateway:
+/// it is reported, `/ready` stays 503, and it is retried until it binds; then traffic flows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_in_use_is_retried_and_readiness_waits_for_it() {
+    let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
+        .await
+        .expect("upstream");
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let dir = TempDir::new("port-in-use");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config(&["a.partner.test"], upstream.addr().ip())).expect("write");
+    let bind = free_loopback_addr();
+    let squatter = std::net::TcpListener::bind(SocketAddr::new(bind, 80)).expect("hold port 80");
+    let admin = SocketAddr::new(bind, 15000);
+    let mut child = std::process::Command::new(bin())
+        .args(["gateway", "-c", &file.display().to_string()])
+        .args(["--bind", &bind.to_string(), "--admin", &admin.to_string()])
+        .args(["--dns-server", &dns.addr().to_string()])
+        .args(["--allow-range", "127.0.0.0/8"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let ready = || sluice_test_support::process::blocking_get(admin, "/ready").map(|r| r.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready().is_err() {
+        assert!(Instant::now() < deadline, "admin never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the gateway exited"
+    );
+    assert_eq!(ready().ok(), Some(503), "not ready while port 80 is taken");
+    drop(squatter);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready().ok() != Some(200) {
+        assert!(Instant::now() < deadline, "port 80 was not bound once free");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reply = http_get(SocketAddr::new(bind, 80), "a.partner.test", "/")
+        .await
+        .expect("request");
+    assert_eq!(reply.0, 200);
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("reap");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot bind listener; retrying"), "{err}");
+}
