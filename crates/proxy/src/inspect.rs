@@ -17,10 +17,25 @@ use tokio::sync::watch;
 
 use crate::runtime::Runtime;
 
-/// A handle on the proxy's current runtime, for the admin API.
+/// A handle on the proxy's current runtime and listeners, for the admin API.
 #[derive(Clone)]
 pub struct Inspector {
     runtime: watch::Receiver<Option<Arc<Runtime>>>,
+    listeners: watch::Receiver<Vec<ListenerStatus>>,
+}
+
+/// One listening socket the snapshot wants, as bound (or not) now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    /// The snapshot port, or `explicit_proxy` for the sidecar's front end.
+    pub name: String,
+    /// The address bound (or tried): the `--bind` / `--listen` address, never a wildcard
+    /// standing for it.
+    pub address: SocketAddr,
+    pub bound: bool,
+    /// Why it is not bound (retried every second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One cluster at run time.
@@ -45,8 +60,16 @@ pub struct EndpointHealth {
 }
 
 impl Inspector {
-    pub(crate) fn new(runtime: watch::Receiver<Option<Arc<Runtime>>>) -> Inspector {
-        Inspector { runtime }
+    pub(crate) fn new(
+        runtime: watch::Receiver<Option<Arc<Runtime>>>,
+        listeners: watch::Receiver<Vec<ListenerStatus>>,
+    ) -> Inspector {
+        Inspector { runtime, listeners }
+    }
+
+    /// The listeners of the current snapshot, bound or not, by port.
+    pub fn listeners(&self) -> Vec<ListenerStatus> {
+        self.listeners.borrow().clone()
     }
 
     /// Every cluster of the current snapshot, by name; empty before the first is applied.
@@ -116,6 +139,23 @@ pub fn render_text(clusters: &[ClusterHealth]) -> String {
                 "healthy"
             };
             let _ = writeln!(out, "{n}::{a}::health_flags::{flags}");
+        }
+    }
+    out
+}
+
+/// Envoy's `/listeners` text: one line per listener, `name::address`, with the reason when it
+/// is not bound.
+pub fn render_listeners(listeners: &[ListenerStatus]) -> String {
+    let mut out = String::new();
+    for l in listeners {
+        match &l.error {
+            None => {
+                let _ = writeln!(out, "{}::{}", l.name, l.address);
+            }
+            Some(e) => {
+                let _ = writeln!(out, "{}::{}::not_bound::{e}", l.name, l.address);
+            }
         }
     }
     out

@@ -74,8 +74,9 @@ pub struct Proxy {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: watch::Sender<bool>,
     drain: watch::Sender<bool>,
-    /// The runtime in use, for [`Proxy::inspector`].
+    /// The runtime in use and the listeners bound, for [`Proxy::inspector`].
     current: watch::Sender<Option<Arc<Runtime>>>,
+    listeners: watch::Sender<Vec<inspect::ListenerStatus>>,
 }
 
 impl Proxy {
@@ -105,18 +106,20 @@ impl Proxy {
         });
         let (ready, _) = watch::channel(false);
         let (current, _) = watch::channel(None);
+        let (listeners, _) = watch::channel(Vec::new());
         Ok(Proxy {
             shared,
             snapshots,
             ready,
             drain,
             current,
+            listeners,
         })
     }
 
     /// The running data plane's clusters and endpoints, for the admin API's `/clusters`.
     pub fn inspector(&self) -> inspect::Inspector {
-        inspect::Inspector::new(self.current.subscribe())
+        inspect::Inspector::new(self.current.subscribe(), self.listeners.subscribe())
     }
 
     /// Becomes true once the listeners of the first snapshot are bound.
@@ -137,6 +140,7 @@ impl Proxy {
             ready,
             drain,
             current,
+            listeners,
         } = self;
         let (tracker, mut tracked) = mpsc::channel::<()>(1);
         let (hard_stop, hard_stop_rx) = watch::channel(false);
@@ -145,8 +149,13 @@ impl Proxy {
         let runtime = Arc::new(Runtime::build_blocking(first, None, shared.clone()).await);
         let (runtimes, runtimes_rx) = watch::channel(runtime.clone());
         current.send_replace(Some(runtime.clone()));
-        let mut manager =
-            listener::Manager::new(shared.clone(), runtimes_rx.clone(), tracker, hard_stop_rx);
+        let mut manager = listener::Manager::new(
+            shared.clone(),
+            runtimes_rx.clone(),
+            tracker,
+            hard_stop_rx,
+            listeners,
+        );
         // A port that cannot be bound (in use, not permitted) does not stop the proxy: it is
         // retried until it binds, and readiness waits for every listener.
         let _ = manager.reconcile(&runtime.snapshot).await;

@@ -53,6 +53,8 @@ pub struct Manager {
     /// Ports the snapshot wants that could not be bound, with why; retried by
     /// [`Manager::retry_unbound`] until they bind.
     unbound: BTreeMap<u16, String>,
+    /// What the admin API shows (`/listeners`).
+    status: watch::Sender<Vec<crate::inspect::ListenerStatus>>,
 }
 
 impl Manager {
@@ -61,6 +63,7 @@ impl Manager {
         runtimes: watch::Receiver<Arc<Runtime>>,
         tracker: mpsc::Sender<()>,
         hard_stop: watch::Receiver<bool>,
+        status: watch::Sender<Vec<crate::inspect::ListenerStatus>>,
     ) -> Manager {
         Manager {
             shared,
@@ -71,7 +74,38 @@ impl Manager {
             explicit_proxy: None,
             explicit_addr: None,
             unbound: BTreeMap::new(),
+            status,
         }
+    }
+
+    /// Publishes what is bound now, for `/listeners`.
+    fn publish(&self) {
+        use crate::inspect::ListenerStatus;
+        let bind = self.shared.config.bind;
+        let mut all: Vec<ListenerStatus> = self
+            .bound
+            .keys()
+            .map(|port| ListenerStatus {
+                name: port.to_string(),
+                address: SocketAddr::new(bind, *port),
+                bound: true,
+                error: None,
+            })
+            .chain(self.unbound.iter().map(|(port, why)| ListenerStatus {
+                name: port.to_string(),
+                address: SocketAddr::new(bind, *port),
+                bound: false,
+                error: Some(why.clone()),
+            }))
+            .chain(self.explicit_addr.map(|address| ListenerStatus {
+                name: "explicit_proxy".to_owned(),
+                address,
+                bound: true,
+                error: None,
+            }))
+            .collect();
+        all.sort_by_key(|l| (l.address.port(), l.name.clone()));
+        self.status.send_replace(all);
     }
 
     /// Whether every listener the snapshot wants is bound (readiness waits for it).
@@ -156,6 +190,7 @@ impl Manager {
             }
         }
         self.tell_guard();
+        self.publish();
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -211,7 +246,10 @@ impl Manager {
     pub fn close_all(&mut self) {
         self.bound.clear();
         self.explicit_proxy = None;
+        self.explicit_addr = None;
         self.tracker = None;
+        self.unbound.clear();
+        self.publish();
     }
 }
 

@@ -1,5 +1,6 @@
 //! The admin API (default 127.0.0.1:15000): `/ready`, `/healthz`, `/stats/prometheus`,
-//! `/config_dump`, `/clusters` (endpoint health; `?format=json`). Served on its own listener so it keeps answering while traffic is heavy.
+//! `/config_dump`, `/clusters` (endpoint health), `/listeners` (addresses bound; both also
+//! `?format=json`). Served on its own listener so it keeps answering while traffic is heavy.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -123,9 +124,28 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 )
             }
         }
+        "/listeners" => {
+            let listeners = state
+                .inspector
+                .as_ref()
+                .map(|i| i.listeners())
+                .unwrap_or_default();
+            if req.uri().query() == Some("format=json") {
+                match serde_json::to_string_pretty(&listeners) {
+                    Ok(json) => with_type(StatusCode::OK, "application/json", json + "\n"),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
+            } else {
+                text(
+                    StatusCode::OK,
+                    sluice_proxy::inspect::render_listeners(&listeners),
+                )
+            }
+        }
         "/" => text(
             StatusCode::OK,
-            "sluice admin: /ready /healthz /stats/prometheus /config_dump /clusters\n".into(),
+            "sluice admin: /ready /healthz /stats/prometheus /config_dump /clusters /listeners\n"
+                .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }

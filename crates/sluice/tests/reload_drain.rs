@@ -224,6 +224,16 @@ async fn a_port_in_use_is_retried_and_readiness_waits_for_it() {
         "the gateway exited"
     );
     assert_eq!(ready().ok(), Some(503), "not ready while port 80 is taken");
+    let listeners = || {
+        sluice_test_support::process::blocking_get(admin, "/listeners")
+            .expect("/listeners")
+            .1
+    };
+    let text = listeners();
+    assert!(
+        text.contains(&format!("80::{bind}:80::not_bound::")),
+        "{text}"
+    );
     drop(squatter);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ready().ok() != Some(200) {
@@ -234,6 +244,12 @@ async fn a_port_in_use_is_retried_and_readiness_waits_for_it() {
         .await
         .expect("request");
     assert_eq!(reply.0, 200);
+    // The address actually bound, not a wildcard.
+    assert!(
+        listeners().contains(&format!("80::{bind}:80\n")),
+        "{}",
+        listeners()
+    );
     let _ = child.kill();
     let out = child.wait_with_output().expect("reap");
     let err = String::from_utf8_lossy(&out.stderr);
