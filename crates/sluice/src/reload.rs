@@ -198,9 +198,19 @@ impl Triggers {
     }
 }
 
+/// How long files must stay unchanged before a change is read: an editor or `kubectl cp`
+/// writing a file in pieces is never read half-written.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// How long a configuration that would drop every listener or every authorization policy
+/// must stay as it is before it is applied: an emptied or truncated file is far more often an
+/// accident (a failed write, a ConfigMap being replaced) than the intent.
+pub const HOLD: Duration = Duration::from_secs(5);
+
 /// Polls the config every `interval` and reloads at once on SIGHUP; on a change (or a
-/// signal), rebuilds off the async threads and publishes the new snapshot, or keeps the last
-/// good one and says why.
+/// signal), once the files are stable, rebuilds off the async threads and publishes the new
+/// snapshot, or keeps the last good one and says why. A snapshot that would drop every
+/// listener or every authorization policy the running one has is held back for [`HOLD`].
 #[allow(clippy::too_many_arguments)] // the serve command's settings, passed through once
 pub async fn watch_config(
     paths: Vec<PathBuf>,
@@ -212,37 +222,77 @@ pub async fn watch_config(
     mut triggers: Triggers,
 ) {
     let mut last = fingerprint(&paths);
+    // A drastic configuration seen, by its files' fingerprint, and since when.
+    let mut held: Option<(u64, std::time::Instant)> = None;
     loop {
         let signalled = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
             _ = triggers.hangup() => true,
         };
-        let p = paths.clone();
-        let now = match tokio::task::spawn_blocking(move || fingerprint(&p)).await {
-            Ok(f) => f,
-            Err(_) => continue,
+        let fp = |paths: &Vec<PathBuf>| {
+            let p = paths.clone();
+            tokio::task::spawn_blocking(move || fingerprint(&p))
         };
+        let Ok(now) = fp(&paths).await else { continue };
         if now == last && !signalled {
             continue;
+        }
+        // Read once the files are stable; a write still going on is seen next time.
+        tokio::time::sleep(SETTLE).await;
+        match fp(&paths).await {
+            Ok(again) if again == now => {}
+            _ => continue,
         }
         if signalled {
             tracing::info!("SIGHUP: reloading the configuration");
         }
-        last = now;
         let (p, o) = (paths.clone(), options.clone());
         match tokio::task::spawn_blocking(move || build(&p, &o, rate_limit_store)).await {
             Ok(Ok(built)) => {
+                if let Some(what) = drops_everything(&tx.borrow(), &built.snapshot) {
+                    match held {
+                        Some((f, since)) if f == now && since.elapsed() >= HOLD => {
+                            tracing::warn!(
+                                "applying the configuration without {what}: it stayed so for {HOLD:?}"
+                            );
+                        }
+                        Some((f, _)) if f == now => continue,
+                        _ => {
+                            tracing::warn!(
+                                "the new configuration has no {what}; holding it back until the files stay so for {HOLD:?}"
+                            );
+                            held = Some((now, std::time::Instant::now()));
+                            continue;
+                        }
+                    }
+                }
+                held = None;
+                last = now;
                 log_diagnostics(&built.diagnostics);
                 tracing::info!("configuration reloaded");
                 tx.send_replace(Arc::new(built.snapshot));
                 metrics.count("applied");
             }
             Ok(Err(diags)) => {
+                held = None;
+                last = now;
                 log_diagnostics(&diags);
                 tracing::error!("configuration has errors; keeping the last good one");
                 metrics.count("rejected");
             }
             Err(e) => tracing::error!("reload task failed: {e}"),
         }
+    }
+}
+
+/// What `next` drops that `running` has entirely: every listener (gateway), or every
+/// authorization policy (a DENY policy that vanishes opens traffic).
+fn drops_everything(running: &Snapshot, next: &Snapshot) -> Option<&'static str> {
+    if !running.listeners.is_empty() && next.listeners.is_empty() {
+        Some("listeners")
+    } else if !running.authz.is_empty() && next.authz.is_empty() {
+        Some("authorization policies")
+    } else {
+        None
     }
 }

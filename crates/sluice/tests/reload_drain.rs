@@ -255,3 +255,49 @@ async fn a_port_in_use_is_retried_and_readiness_waits_for_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot bind listener; retrying"), "{err}");
 }
+
+/// An emptied config file (a failed write, a ConfigMap being replaced) would close every
+/// listener: it is held back, traffic keeps flowing, and it applies only once the files have
+/// stayed so for the hold time.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_config_is_held_back_before_it_closes_every_listener() {
+    let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
+        .await
+        .expect("upstream");
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let dir = TempDir::new("emptied");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config(&["a.partner.test"], upstream.addr().ip())).expect("write");
+    let (gw, bind) = gateway(
+        &[file.display().to_string()],
+        dns.addr(),
+        &[("SLUICE_RELOAD_INTERVAL", "200ms")],
+    )
+    .await;
+    let addr = SocketAddr::new(bind, 80);
+    std::fs::write(&file, "").expect("truncate");
+    let emptied = Instant::now();
+    // Well inside the 5 s hold: still served.
+    while emptied.elapsed() < Duration::from_secs(3) {
+        let reply = http_get(addr, "a.partner.test", "/")
+            .await
+            .expect("still served");
+        assert_eq!(reply.0, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gw.wait_for_stderr("holding it back", Duration::from_secs(1))
+        .or_else(|_| gw.wait_for_log("holding it back", Duration::from_secs(1)))
+        .expect("the hold is logged");
+    // Past the hold, the files still empty: applied, the listener closes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(addr, "a.partner.test", "/").await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the empty configuration never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(emptied.elapsed() >= Duration::from_secs(5));
+}
