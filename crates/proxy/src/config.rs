@@ -17,6 +17,8 @@ pub const DEFAULT_TUNNEL_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600)
 /// A client that has sent nothing for this long is not going to.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's own default for a request head.
+/// Envoy's HTTP connection manager `idle_timeout` default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
@@ -54,6 +56,9 @@ pub struct ProxyConfig {
     /// An HTTP/1 request head must arrive whole within this time once the connection waits for
     /// one (also the keep-alive idle time between requests).
     pub request_head_timeout: Duration,
+    /// An HTTP/2 client connection with no request for this long is closed gracefully
+    /// (GOAWAY; streams in flight finish): Envoy's `idle_timeout`, 1h by default.
+    pub idle_timeout: Duration,
     /// The shared counter store of global rate limits (`redis://HOST:PORT[/DB]`).
     pub rate_limit_redis: Option<String>,
 }
@@ -81,6 +86,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("max_connections", &self.max_connections)
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("request_head_timeout", &self.request_head_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field(
                 "rate_limit_redis",
                 // The URL may carry a password.
@@ -107,6 +113,7 @@ impl Default for ProxyConfig {
             max_connections: crate::accept::DEFAULT_MAX_CONNECTIONS,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             request_head_timeout: DEFAULT_REQUEST_HEAD_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             rate_limit_redis: None,
         }
     }

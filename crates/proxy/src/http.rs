@@ -118,14 +118,32 @@ where
     } else {
         builder.http1_only()
     };
+    // When the connection last started a request (HTTP/2's idle timeout); HTTP/1's idle time
+    // between requests is the head timeout above.
+    let idle = Arc::new(Idle::default());
     let svc_ctx = ctx.clone();
+    let svc_idle = idle.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
+        svc_idle.touch();
         async move { Ok::<_, Infallible>(handle(req, ctx).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.shared.drain.clone();
+    let idle_timeout = ctx.shared.config.idle_timeout;
+    let idled = async {
+        if !h2 {
+            return std::future::pending().await;
+        }
+        loop {
+            let deadline = idle.last() + idle_timeout;
+            tokio::time::sleep_until(deadline).await;
+            if idle.last() + idle_timeout <= tokio::time::Instant::now() {
+                return;
+            }
+        }
+    };
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -138,6 +156,43 @@ where
                 tracing::debug!(error = %e, "http connection during drain");
             }
         }
+        () = idled => {
+            // GOAWAY: streams still in flight finish, no new one starts.
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection at its idle timeout");
+            }
+        }
+    }
+}
+
+/// When a connection last started a request.
+struct Idle {
+    start: tokio::time::Instant,
+    /// Milliseconds from `start`.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Idle {
+    fn default() -> Idle {
+        Idle {
+            start: tokio::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Idle {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start
+            + std::time::Duration::from_millis(
+                self.last_ms.load(std::sync::atomic::Ordering::Relaxed),
+            )
     }
 }
 
@@ -260,7 +315,8 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         Ok(a) => (a, request_shape(&parts)),
         Err((raw, e)) => (raw, Err(e)),
     };
-    let logged = ctx.log.is_some();
+    // A log, or a Telemetry tag value, may read the request's method, path and headers.
+    let logged = ctx.log.as_ref().is_some_and(|s| s.capture);
 
     // A client could write any identity here; sluice never reads it, and nothing behind the
     // proxy should either (Envoy's `forward_client_cert_details: SANITIZE`).
@@ -307,7 +363,8 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         },
         protocol: protocol(parts.version),
         authority: authority.clone(),
-        request_headers: if ctx.log.is_some() {
+        scheme: ctx.scheme(),
+        request_headers: if logged {
             parts.headers.clone()
         } else {
             Default::default()
@@ -338,6 +395,11 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
     };
     // The route, once: the rate limit and the router both use it.
     let found = find_route(&ctx, &parts, &authority);
+    if ctx.log.as_ref().is_some_and(|s| s.routed_host) {
+        rec.routed_host = found
+            .as_ref()
+            .and_then(|f| routed_host(f.vhost, &authority));
+    }
     // Then the rate limits, which Istio's EnvoyFilters insert before the router, in chain
     // order: local filters, the global one, local filters inserted after it.
     let side = crate::ratelimit::Side::BeforeGlobal;
@@ -380,7 +442,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
     }
     rec.response_code = resp.status().as_u16();
     if let Some(h) = rec.http.as_mut()
-        && ctx.log.is_some()
+        && logged
     {
         h.response_headers = resp.headers().clone();
     }
@@ -401,6 +463,18 @@ pub(crate) struct Found<'a> {
 }
 
 /// The virtual host (most specific domain) and the first route that matches.
+/// The request's host when its virtual host names it exactly (not by a wildcard or `*`): the
+/// only host a metric label may carry, so that clients cannot mint label values.
+fn routed_host(vhost: &VirtualHost, authority: &str) -> Option<Arc<str>> {
+    let host = route::strip_port(authority);
+    vhost.domains.iter().find_map(|d| match d {
+        sluice_snapshot::HostMatch::Exact(e) if e.eq_ignore_ascii_case(host) => {
+            Some(Arc::from(e.as_str()))
+        }
+        _ => None,
+    })
+}
+
 fn find_route<'a>(ctx: &'a ConnCtx, parts: &Parts, authority: &str) -> Option<Found<'a>> {
     let vhost = ctx.virtual_host(route::strip_port(authority))?;
     let view = route::RequestView {

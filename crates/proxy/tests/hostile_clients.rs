@@ -224,3 +224,35 @@ async fn smuggling_shapes_are_refused() {
         "a smuggling shape reached the upstream"
     );
 }
+
+/// An HTTP/2 client that keeps its connection open without sending requests is closed at the
+/// idle timeout (Envoy's `idle_timeout`) with a GOAWAY, after its request was answered.
+#[tokio::test]
+async fn idle_h2_connections_are_closed_at_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "api")
+        .await
+        .expect("upstream");
+    let gw = start_with(http_snapshot(up.addr()), |c| {
+        c.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let tcp = TcpStream::connect(gw.addr(PORT)).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://api.example.com/")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    let idle_from = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+    assert!(idle_from.elapsed() >= Duration::from_millis(300));
+}

@@ -169,6 +169,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
             max_connections: sluice_proxy::accept::DEFAULT_MAX_CONNECTIONS,
             first_byte_timeout: sluice_proxy::config::DEFAULT_FIRST_BYTE_TIMEOUT,
             request_head_timeout: sluice_proxy::config::DEFAULT_REQUEST_HEAD_TIMEOUT,
+            idle_timeout: sluice_proxy::config::DEFAULT_IDLE_TIMEOUT,
             tunnel_max_lifetime: sluice_proxy::config::DEFAULT_TUNNEL_MAX_LIFETIME,
             rate_limit_redis: None,
         },

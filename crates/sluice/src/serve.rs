@@ -68,6 +68,10 @@ pub struct CommonArgs {
     /// time between requests).
     #[arg(long, default_value = "30s", env = "SLUICE_REQUEST_HEAD_TIMEOUT", value_parser = crate::gateway::parse_duration)]
     pub request_head_timeout: Duration,
+    /// An HTTP/2 client connection without a new request for this long is closed gracefully
+    /// (GOAWAY; requests in flight finish). Envoy's idle_timeout.
+    #[arg(long, default_value = "1h", env = "SLUICE_IDLE_TIMEOUT", value_parser = crate::gateway::parse_duration)]
+    pub idle_timeout: Duration,
     /// TCP and TLS streams are closed this long after they opened, busy or not; 0 for never.
     #[arg(long, default_value = "24h", env = "SLUICE_TUNNEL_MAX_LIFETIME", value_parser = crate::gateway::parse_duration)]
     pub tunnel_max_lifetime: Duration,
@@ -118,6 +122,7 @@ pub async fn run(
     plan.proxy.max_connections = plan.common.max_connections;
     plan.proxy.first_byte_timeout = plan.common.first_byte_timeout;
     plan.proxy.request_head_timeout = plan.common.request_head_timeout;
+    plan.proxy.idle_timeout = plan.common.idle_timeout;
     plan.proxy.tunnel_max_lifetime = Some(plan.common.tunnel_max_lifetime).filter(|d| !d.is_zero());
     plan.proxy.rate_limit_redis = plan.common.rate_limit_redis.clone();
     let rate_limit_store = plan.proxy.rate_limit_redis.is_some();
