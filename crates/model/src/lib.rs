@@ -6,6 +6,7 @@
 //! encodings again. Errors are [`Diagnostic`]s that name file, line, column and field path.
 
 pub mod diag;
+pub mod kube;
 pub mod load;
 pub mod mesh;
 pub mod networking;

@@ -108,6 +108,7 @@ impl Loader {
         keep_last_definition(&mut r.authorization_policies, d);
         keep_last_definition(&mut r.peer_authentications, d);
         keep_last_definition(&mut r.telemetries, d);
+        r.kube_services = crate::kube::services_as_entries(&r.others);
         self.loaded
     }
 

@@ -243,6 +243,9 @@ pub struct Resources {
     pub mesh_configs: Vec<Resource<MeshConfig>>,
     /// Rate-limit service configurations (global rate limits), from ConfigMaps or bare files.
     pub rate_limit_configs: Vec<Resource<RateLimitConfig>>,
+    /// Kubernetes Services among the inputs, as the ServiceEntries Istio's Kubernetes
+    /// registry would make of them ([`crate::kube`]). Not counted as resources.
+    pub kube_services: Vec<Resource<ServiceEntry>>,
     pub others: Vec<Resource<OtherObject>>,
 }
 

@@ -90,9 +90,16 @@ fn cluster(cx: &mut Ctx<'_>, key: &ClusterKey, origin: &Origin) -> Cluster {
         ));
         return black_hole(cx, key);
     };
+    // A Kubernetes Service among the inputs registers its own name (resolved by DNS).
+    let from_service = cx
+        .resources
+        .kube_services
+        .iter()
+        .any(|k| std::ptr::eq(k, se));
     if key
         .host
         .ends_with(&format!(".svc.{}", hosts::DOMAIN_SUFFIX))
+        && !from_service
         && (se.spec.location() != Location::MeshInternal
             || se.spec.resolution() != Resolution::Static)
     {

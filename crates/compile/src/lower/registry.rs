@@ -71,8 +71,10 @@ impl<'a> Registry<'a> {
         root_ns: &str,
         labels: &'a BTreeMap<String, String>,
     ) -> Self {
+        // The inputs' ServiceEntries first: they win over a Kubernetes Service of one host.
         let entries = sorted(&resources.service_entries)
             .into_iter()
+            .chain(sorted(&resources.kube_services))
             .filter(|se| {
                 hosts::visible(
                     &se.spec.export_to,

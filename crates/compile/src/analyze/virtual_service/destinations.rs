@@ -47,8 +47,8 @@ fn destination(
                 format!(
                     "destination host {host:?} is a Kubernetes service name that no ServiceEntry \
                      registers: outside Kubernetes sluice resolves it only through a ServiceEntry \
-                     with location MESH_INTERNAL, resolution STATIC and endpoints (inside \
-                     Kubernetes, ignore this if the Service exists)"
+                     with location MESH_INTERNAL, resolution STATIC and endpoints, or the \
+                     `kind: Service` itself among the inputs (`kubectl get svc -A -o yaml`)"
                 ),
             )
         } else {
