@@ -71,16 +71,6 @@ fn assert_reported(diags: &[Diagnostic], path: &str, what: &str) {
 fn traffic_policy_fields_left_out_are_reported() {
     for (policy, path, what) in [
         (
-            "{connectionPool: {tcp: {tcpKeepalive: {time: 60s}}}}",
-            "connectionPool.tcp.tcpKeepalive",
-            "TCP keepalive settings",
-        ),
-        (
-            "{connectionPool: {tcp: {maxConnectionDuration: 1h}}}",
-            "connectionPool.tcp.maxConnectionDuration",
-            "a maximum connection duration",
-        ),
-        (
             "{connectionPool: {http: {useClientProtocol: true}}}",
             "connectionPool.http.useClientProtocol",
             "using the client's HTTP version upstream",

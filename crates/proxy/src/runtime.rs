@@ -120,7 +120,9 @@ impl Runtime {
     pub fn maintain(&self, shared: &Shared) {
         shared.upstreams.guard.refresh_local();
         for c in self.clusters.values() {
-            c.state.pool.sweep(c.idle_timeout());
+            c.state
+                .pool
+                .sweep(c.idle_timeout(), c.cluster.limits.max_connection_duration);
             c.reload_tls(&shared.upstreams, false);
         }
     }

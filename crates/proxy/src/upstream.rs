@@ -420,7 +420,13 @@ impl Upstreams {
         tls: Option<Origination>,
     ) -> Result<Dialed, Error> {
         state.stats.upstream_cx_total.inc();
-        let r = connect::dial(addr, cluster.connect_timeout, tls).await;
+        let r = connect::dial(
+            addr,
+            cluster.connect_timeout,
+            cluster.limits.tcp_keepalive.as_ref(),
+            tls,
+        )
+        .await;
         if r.is_err() {
             state.stats.upstream_cx_connect_fail.inc();
         }
@@ -450,7 +456,13 @@ impl Upstreams {
         loop {
             if let Some(p) = state
                 .pool
-                .checkout(&key, cluster.http2, idle_timeout, per_connection)
+                .checkout(
+                    &key,
+                    cluster.http2,
+                    idle_timeout,
+                    per_connection,
+                    cluster.limits.max_connection_duration,
+                )
                 .await
             {
                 return Ok(p);

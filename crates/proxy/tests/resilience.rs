@@ -437,6 +437,55 @@ async fn requests_per_connection_and_idle_timeout_retire_connections() {
     }
 }
 
+/// `tcp.maxConnectionDuration`: a connection older than this takes no new request (HTTP/1.1
+/// and HTTP/2), though it is neither idle past its timeout nor at its request cap.
+#[tokio::test]
+async fn max_connection_duration_retires_old_connections() {
+    for policy in [
+        "{connectionPool: {tcp: {maxConnectionDuration: 0.4s}}}",
+        "{connectionPool: {tcp: {maxConnectionDuration: 0.4s}, http: {h2UpgradePolicy: UPGRADE}}}",
+    ] {
+        let up = Upstream::start().await;
+        let gw = gateway(&istio("HTTP", &[up.addr], &rule(""), policy)).await;
+        assert_eq!(get(&gw, "/one").await.0, 200);
+        assert_eq!(get(&gw, "/two").await.0, 200);
+        assert_eq!(up.connections(), 1, "{policy}: reused while young");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(get(&gw, "/three").await.0, 200);
+        assert_eq!(
+            up.connections(),
+            2,
+            "{policy}: an old connection is not reused"
+        );
+    }
+}
+
+/// `tcp.tcpKeepalive`: the gateway's upstream sockets carry SO_KEEPALIVE, as `ss` shows for
+/// the pooled connection (`timer:(keepalive,…)`).
+#[tokio::test]
+async fn tcp_keepalive_is_set_on_upstream_connections() {
+    let up = Upstream::start().await;
+    let gw = gateway(&istio(
+        "HTTP",
+        &[up.addr],
+        &rule(""),
+        "{connectionPool: {tcp: {tcpKeepalive: {time: 45s, interval: 5s, probes: 3}}}}",
+    ))
+    .await;
+    assert_eq!(get(&gw, "/one").await.0, 200);
+    let out = std::process::Command::new("ss")
+        .args(["-tno", "state", "established"])
+        .arg(format!("dport = :{}", up.addr.port()))
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains(&up.addr.to_string()))
+        .unwrap_or_else(|| panic!("no connection to {} in:\n{text}", up.addr));
+    assert!(row.contains("timer:(keepalive"), "{row}");
+}
+
 /// `tcp.connectTimeout` bounds the dial, TLS handshake included: an upstream that accepts and
 /// never answers the ClientHello fails the request (503 `UF`) after 0.3 s, not Istio's 10 s.
 #[tokio::test]

@@ -140,6 +140,35 @@ pub struct Limits {
         with = "crate::route::opt_duration"
     )]
     pub idle_timeout: Option<Duration>,
+    /// `tcp.maxConnectionDuration`: a connection made longer ago takes no new request.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::route::opt_duration"
+    )]
+    pub max_connection_duration: Option<Duration>,
+    /// `tcp.tcpKeepalive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// SO_KEEPALIVE settings on upstream connections; `None` fields keep the system's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct TcpKeepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::route::opt_duration"
+    )]
+    pub time: Option<Duration>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::route::opt_duration"
+    )]
+    pub interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

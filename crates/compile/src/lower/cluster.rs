@@ -16,7 +16,7 @@ use sluice_model::networking::destination_rule::{
 use sluice_model::networking::service_entry::{Location, Protocol, Resolution, ServicePort};
 use sluice_model::{Level, Resource};
 use sluice_snapshot::cluster::{
-    CookieAttribute, HashAlgorithm, HashKey, Limits, Outlier, Trust, UpstreamTlsMode,
+    CookieAttribute, HashAlgorithm, HashKey, Limits, Outlier, TcpKeepalive, Trust, UpstreamTlsMode,
 };
 use sluice_snapshot::{Cluster, Discovery, Endpoint, LbPolicy, Role, UpstreamTls};
 
@@ -357,24 +357,6 @@ fn report_unsupported(cx: &mut Ctx<'_>, p: &Policy<'_>) {
         }
     }
     if let Some((pool, dr, path)) = &p.pool {
-        if let Some(tcp) = &pool.tcp {
-            for (set, field, what) in [
-                (
-                    tcp.tcp_keepalive.is_some(),
-                    "tcp.tcpKeepalive",
-                    "TCP keepalive settings",
-                ),
-                (
-                    tcp.max_connection_duration.is_some(),
-                    "tcp.maxConnectionDuration",
-                    "a maximum connection duration",
-                ),
-            ] {
-                if set {
-                    cx.unsupported(*dr, &format!("{path}.{field}"), what);
-                }
-            }
-        }
         if let Some(h) = &pool.http {
             for (set, field, what) in [
                 (
@@ -862,6 +844,15 @@ fn limits(cx: &Ctx<'_>, pool: Option<&ConnectionPoolSettings>) -> (Limits, Durat
     }
     if let Some(t) = &pool.tcp {
         out.max_connections = positive(t.max_connections);
+        out.max_connection_duration = t
+            .max_connection_duration
+            .map(|d| d.as_std())
+            .filter(|d| !d.is_zero());
+        out.tcp_keepalive = t.tcp_keepalive.as_ref().map(|k| TcpKeepalive {
+            probes: k.probes.filter(|n| *n > 0),
+            time: k.time.map(|d| d.as_std()).filter(|d| !d.is_zero()),
+            interval: k.interval.map(|d| d.as_std()).filter(|d| !d.is_zero()),
+        });
         if let Some(d) = t.connect_timeout {
             timeout = d.as_std();
         }

@@ -40,6 +40,7 @@ pub struct Origination {
 pub async fn dial(
     addr: SocketAddr,
     timeout: Duration,
+    keepalive: Option<&sluice_snapshot::cluster::TcpKeepalive>,
     tls: Option<Origination>,
 ) -> Result<Dialed, Error> {
     let attempt = async {
@@ -48,6 +49,9 @@ pub async fn dial(
             reason: connect_reason(&e),
         })?;
         let _ = tcp.set_nodelay(true);
+        if let Some(k) = keepalive {
+            set_keepalive(&tcp, k);
+        }
         let local = tcp.local_addr().ok();
         let Some(tls) = tls else {
             return Ok(Dialed {
@@ -141,5 +145,23 @@ impl AsyncWrite for Io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// `connectionPool.tcp.tcpKeepalive`: SO_KEEPALIVE with the given time, interval and probe
+/// count (each unset one stays the system's default, as in Istio).
+fn set_keepalive(tcp: &TcpStream, k: &sluice_snapshot::cluster::TcpKeepalive) {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        ka = ka.with_time(t);
+    }
+    if let Some(i) = k.interval {
+        ka = ka.with_interval(i);
+    }
+    if let Some(n) = k.probes {
+        ka = ka.with_retries(n);
+    }
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "setting TCP keepalive");
     }
 }

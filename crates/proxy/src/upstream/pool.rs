@@ -44,6 +44,8 @@ pub struct PoolKey {
 struct Idle {
     tx: http1::SendRequest<Body>,
     since: Instant,
+    /// When the connection was made (`maxConnectionDuration`).
+    born: Instant,
     served: u32,
     local: Option<SocketAddr>,
 }
@@ -55,12 +57,15 @@ struct Shared2 {
     served: u32,
     /// When the last stream started.
     since: Instant,
+    /// When the connection was made.
+    born: Instant,
 }
 
 enum Sender {
     H1 {
         tx: http1::SendRequest<Body>,
         served: u32,
+        born: Instant,
     },
     H2(http2::SendRequest<Body>),
 }
@@ -91,17 +96,21 @@ pub struct Pool {
 impl Pool {
     /// A ready connection for `key`, if one is pooled. `idle_timeout`: older ones are closed.
     /// `max_requests`: an HTTP/2 connection that reaches it is handed out no more.
+    /// `max_age` (`maxConnectionDuration`): a connection made longer ago takes no new
+    /// request; it closes once its requests are done.
     pub async fn checkout(
         &self,
         key: &PoolKey,
         http2: bool,
         idle_timeout: Duration,
         max_requests: Option<u32>,
+        max_age: Option<Duration>,
     ) -> Option<Pooled> {
+        let young = |born: Instant| max_age.is_none_or(|m| born.elapsed() < m);
         if http2 {
             let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = h2.get_mut(key) {
-                if !s.tx.is_closed() && s.since.elapsed() < idle_timeout {
+                if !s.tx.is_closed() && s.since.elapsed() < idle_timeout && young(s.born) {
                     s.served = s.served.saturating_add(1);
                     s.since = Instant::now();
                     let pooled = Pooled {
@@ -128,7 +137,7 @@ impl Pool {
                 }
                 c?
             };
-            if c.tx.is_closed() || c.since.elapsed() >= idle_timeout {
+            if c.tx.is_closed() || c.since.elapsed() >= idle_timeout || !young(c.born) {
                 continue;
             }
             // A connection returned as its response body ended is ready as soon as its driver
@@ -141,6 +150,7 @@ impl Pool {
                 sender: Sender::H1 {
                     tx: c.tx,
                     served: c.served,
+                    born: c.born,
                 },
                 reused: true,
                 local: c.local,
@@ -188,6 +198,7 @@ impl Pool {
                         local,
                         served: 1,
                         since: Instant::now(),
+                        born: Instant::now(),
                     },
                 );
             }
@@ -210,22 +221,27 @@ impl Pool {
         });
         Ok(Pooled {
             key: key.clone(),
-            sender: Sender::H1 { tx, served: 0 },
+            sender: Sender::H1 {
+                tx,
+                served: 0,
+                born: Instant::now(),
+            },
             reused: false,
             local,
         })
     }
 
-    /// Drops idle connections past `idle_timeout` and closed ones.
-    pub fn sweep(&self, idle_timeout: Duration) {
+    /// Drops idle connections past `idle_timeout` or `max_age`, and closed ones.
+    pub fn sweep(&self, idle_timeout: Duration, max_age: Option<Duration>) {
+        let young = |born: Instant| max_age.is_none_or(|m| born.elapsed() < m);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
+            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout && young(c.born));
             !list.is_empty()
         });
         drop(idle);
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        h2.retain(|_, s| !s.tx.is_closed() && s.since.elapsed() < idle_timeout);
+        h2.retain(|_, s| !s.tx.is_closed() && s.since.elapsed() < idle_timeout && young(s.born));
     }
 }
 
@@ -248,7 +264,11 @@ impl Pooled {
                 let resp = tx.try_send_request(req).await.map_err(unsent)?;
                 Ok(resp.map(|inner| PooledBody { inner, back: None }))
             }
-            Sender::H1 { mut tx, served } => {
+            Sender::H1 {
+                mut tx,
+                served,
+                born,
+            } => {
                 let upgrade = req.headers().contains_key(http::header::UPGRADE);
                 let resp = tx.try_send_request(req).await.map_err(unsent)?;
                 let served = served.saturating_add(1);
@@ -261,6 +281,7 @@ impl Pooled {
                     idle: Idle {
                         tx,
                         since: Instant::now(),
+                        born,
                         served,
                         local,
                     },
