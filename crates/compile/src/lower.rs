@@ -31,7 +31,8 @@
 //! Layout: `gateway` and `sidecar` build listeners for the two roles, `http` and `tcp`
 //! the routes inside them, `destination` turns route destinations into cluster references,
 //! `cluster` builds every referenced cluster from ServiceEntries and DestinationRules,
-//! `mesh` reads mesh-wide settings, `registry` and `hosts` hold Istio's lookups.
+//! `mesh` reads mesh-wide settings, `telemetry` the Telemetry resources, `registry` and
+//! `hosts` hold Istio's lookups.
 
 mod cluster;
 mod destination;
@@ -43,6 +44,7 @@ mod ratelimit;
 mod registry;
 mod sidecar;
 mod tcp;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -146,6 +148,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
         }
     };
     let access_log = mesh::access_log(&cx);
+    let telemetry = telemetry::build(&mut cx);
     let path_normalization = mesh::path_normalization(&cx);
     mesh::report_unlowered(&mut cx);
     let (authz, authz_diags) = crate::authz::compile_policies(
@@ -162,6 +165,7 @@ pub fn compile(resources: &Resources, options: &CompileOptions) -> (Snapshot, Ve
         clusters,
         outbound_policy,
         access_log,
+        telemetry,
         authz,
         rate_limits,
         rate_limit_domains,

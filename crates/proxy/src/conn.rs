@@ -23,7 +23,7 @@ use crate::rewind::Rewind;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
 use crate::sni::{self, Peek};
-use crate::telemetry::{Kind, LogTarget, Record};
+use crate::telemetry::{Kind, Record, Sinks};
 use crate::{Error, authz, http, tcp, tls};
 
 /// ALPN values only mesh mTLS offers: Istio's sidecars offer both, sluice's sidecar `istio`.
@@ -55,7 +55,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snapshot = runtime.snapshot.clone();
-    let log = shared.telemetry.log_target(&snapshot.access_log);
+    let log = runtime.sinks.clone();
     let rec = Record::new(
         shared.telemetry.clone(),
         log.clone(),
@@ -163,7 +163,7 @@ pub async fn serve_fallback_stream<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let log = shared.telemetry.log_target(&runtime.snapshot.access_log);
+    let log = runtime.sinks.clone();
     let rec = Record::new(
         shared.telemetry.clone(),
         log.clone(),
@@ -187,7 +187,7 @@ struct Flow {
     info: ConnInfo,
     runtime: Arc<Runtime>,
     shared: Arc<Shared>,
-    log: Option<Arc<LogTarget>>,
+    log: Option<Arc<Sinks>>,
     /// The connection's record: logged when TLS/TCP ends or the connection is refused;
     /// disarmed when HTTP takes over (each request has its own).
     rec: Record,

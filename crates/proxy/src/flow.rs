@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::runtime::Runtime;
 use crate::shared::Shared;
-use crate::telemetry::LogTarget;
+use crate::telemetry::Sinks;
 
 /// What is known about a connection.
 #[derive(Debug, Clone)]
@@ -74,7 +74,8 @@ pub struct ConnCtx {
     pub info: ConnInfo,
     pub runtime: Arc<Runtime>,
     pub shared: Arc<Shared>,
-    pub log: Option<Arc<LogTarget>>,
+    /// Where the snapshot's records are written (`Runtime::sinks`).
+    pub log: Option<Arc<Sinks>>,
     pub routes: Routes,
     /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection.
     pub peer_ip: HeaderValue,
@@ -85,7 +86,7 @@ impl ConnCtx {
         info: ConnInfo,
         runtime: Arc<Runtime>,
         shared: Arc<Shared>,
-        log: Option<Arc<LogTarget>>,
+        log: Option<Arc<Sinks>>,
         routes: Routes,
     ) -> ConnCtx {
         let peer_ip = HeaderValue::try_from(info.peer.ip().to_string())

@@ -1,5 +1,6 @@
 //! A snapshot at run time: what the request path needs, resolved once when the snapshot is
-//! applied instead of per request — each cluster's state, pool and TLS configuration.
+//! applied instead of per request — each cluster's state, pool and TLS configuration, and
+//! where its records are written (access logs with their filters, metric changes).
 //!
 //! State that must outlive a snapshot (pools, load-balancer and circuit-breaker counters) is
 //! carried over from the previous runtime by cluster identity: the same name with the same
@@ -12,10 +13,14 @@ use std::sync::Arc;
 use sluice_snapshot::{HostMatch, Snapshot};
 
 use crate::shared::Shared;
+use crate::telemetry::Sinks;
 use crate::upstream::ClusterRt;
 
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
+    /// Where this snapshot's records go (access logs, Telemetry's metric changes), with their
+    /// CEL expressions parsed: `None` when only Istio's standard metrics are recorded.
+    pub sinks: Option<Arc<Sinks>>,
     clusters: HashMap<String, Arc<ClusterRt>>,
     /// The ports each registered host declares (the sidecar snapshot's
     /// `fallback.registered`): a sidecar refuses the others.
@@ -59,8 +64,10 @@ impl Runtime {
             })
             .collect();
         let registry = Registry::of(&snapshot);
+        let sinks = shared.telemetry.sinks(&snapshot);
         Runtime {
             snapshot,
+            sinks,
             clusters,
             registry,
         }

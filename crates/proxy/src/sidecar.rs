@@ -69,7 +69,7 @@ use crate::flow::{ConnCtx, ConnInfo, Routes};
 use crate::runtime::Runtime;
 use crate::shared::{Shared, wait_true};
 use crate::sni::{self, Peek};
-use crate::telemetry::{Kind, LogTarget, Record};
+use crate::telemetry::{Kind, Record, Sinks};
 use crate::upstream::pool::BoxError;
 
 /// Where the explicit proxy listens unless `--listen` says otherwise.
@@ -94,7 +94,7 @@ struct Conn {
     peer: SocketAddr,
     runtime: Arc<Runtime>,
     shared: Arc<Shared>,
-    log: Option<Arc<LogTarget>>,
+    log: Option<Arc<Sinks>>,
     /// Inside a CONNECT tunnel: its host and port (every request goes to that virtual
     /// listener, and must name that host).
     tunnel: Option<(Host, u16)>,
@@ -118,7 +118,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let log = shared.telemetry.log_target(&runtime.snapshot.access_log);
+    let log = runtime.sinks.clone();
     let conn = Arc::new(Conn {
         local,
         peer,

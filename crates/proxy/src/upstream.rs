@@ -473,7 +473,23 @@ impl Upstreams {
                 cluster.limits.max_connections,
                 true,
             ) {
-                drop(pending);
+                // Envoy counts a request waiting for its new connection as pending too: with
+                // the pending limit reached, it overflows rather than dial.
+                let _pending = match pending.take() {
+                    Some(p) => p,
+                    None => match Slot::try_take(
+                        state,
+                        |s| &s.pending,
+                        cluster.limits.max_pending_requests,
+                        false,
+                    ) {
+                        Some(p) => p,
+                        None => {
+                            state.stats.upstream_rq_pending_overflow.inc();
+                            return Err(Error::Overflow("max_pending_requests"));
+                        }
+                    },
+                };
                 let dialed = self
                     .dial(cluster, state, candidate.addr, origination.take())
                     .await?;

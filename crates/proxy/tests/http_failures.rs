@@ -108,7 +108,7 @@ async fn faults_mirrors_limits_and_refusals() {
                 "limited.test",
                 80,
                 static_endpoints(&[main.addr()]),
-                json!({"limits": {"max_connections": 1, "max_pending_requests": 0}}),
+                json!({"limits": {"max_connections": 1, "max_pending_requests": 1}}),
             ),
             cluster(
                 "closed",
@@ -146,22 +146,31 @@ async fn faults_mirrors_limits_and_refusals() {
     wait_until(|| shadow.requests() >= 1).await;
     assert_eq!(shadow.requests(), 1, "the mirror got its copy");
 
-    // One connection, no pending requests: a second concurrent request overflows.
+    // One connection, one pending request: a third concurrent request overflows. (A request
+    // waiting for its own new connection counts as pending too, as in Envoy, so the limit is
+    // 1 rather than 0 here: with 0 even the first request would overflow.)
     let before = main.requests();
-    let slow = tokio::spawn(async move { http_get(addr, "limited.test", "/delay/400").await });
+    let slow = tokio::spawn(async move { http_get(addr, "limited.test", "/delay/800").await });
     // Once the slow request is at the upstream, it holds the cluster's only connection (for
-    // the 400 ms of its delay, the scenario's window for the second request).
+    // the 800 ms of its delay, the scenario's window).
     wait_until(|| main.requests() > before).await;
     assert_eq!(
         main.requests(),
         before + 1,
         "the slow request reached the upstream"
     );
+    let waiting = tokio::spawn(async move { http_get(addr, "limited.test", "/waits").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, _, _) = http_get(addr, "limited.test", "/").await.expect("overflow");
     assert_eq!(status, 503);
     proxy.log_line(&["limited.test", " 503 UO "]).await;
     let (status, _, _) = slow.await.expect("join").expect("slow");
     assert_eq!(status, 200);
+    let (status, _, _) = waiting.await.expect("join").expect("pending one");
+    assert_eq!(
+        status, 200,
+        "the pending request got the connection once it was free"
+    );
 
     let (status, _, body) = http_get(addr, "closed.test", "/").await.expect("closed");
     assert_eq!(status, 503);

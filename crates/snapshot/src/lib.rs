@@ -7,11 +7,13 @@
 //! `/config_dump` and `sluice proxy-config` print it as it is.
 
 pub mod authz;
+pub mod cel;
 pub mod cluster;
 pub mod listener;
 pub mod matching;
 pub mod ratelimit;
 pub mod route;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -82,6 +84,10 @@ pub struct AccessLog {
     pub format: Option<String>,
     /// Emit JSON objects instead of text.
     pub json: bool,
+    /// A CEL expression (Telemetry `accessLogging[].filter.expression`): an entry is written
+    /// when it is true, and not when it is false or fails. `None`: every entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +101,10 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Cluster>,
     pub outbound_policy: OutboundPolicy,
     pub access_log: AccessLog,
+    /// What the Telemetry resources that apply to this proxy configure: access logs that
+    /// replace `access_log`, changes to Istio's metrics.
+    #[serde(default, skip_serializing_if = "telemetry::Telemetry::is_default")]
+    pub telemetry: telemetry::Telemetry,
     /// AuthorizationPolicies that apply to this proxy's workload, compiled.
     #[serde(default)]
     pub authz: authz::Policies,
@@ -141,6 +151,7 @@ impl Snapshot {
             clusters: BTreeMap::new(),
             outbound_policy: OutboundPolicy::AllowAny,
             access_log: AccessLog::default(),
+            telemetry: telemetry::Telemetry::default(),
             authz: authz::Policies::default(),
             rate_limits: BTreeMap::new(),
             rate_limit_domains: BTreeMap::new(),

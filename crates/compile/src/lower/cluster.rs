@@ -356,23 +356,23 @@ fn report_unsupported(cx: &mut Ctx<'_>, p: &Policy<'_>) {
             }
         }
     }
-    if let Some((pool, dr, path)) = &p.pool {
-        if let Some(h) = &pool.http {
-            for (set, field, what) in [
-                (
-                    h.use_client_protocol.is_some(),
-                    "http.useClientProtocol",
-                    "using the client's HTTP version upstream",
-                ),
-                (
-                    h.max_concurrent_streams.is_some(),
-                    "http.maxConcurrentStreams",
-                    "a limit of concurrent HTTP/2 streams",
-                ),
-            ] {
-                if set {
-                    cx.unsupported(*dr, &format!("{path}.{field}"), what);
-                }
+    if let Some((pool, dr, path)) = &p.pool
+        && let Some(h) = &pool.http
+    {
+        for (set, field, what) in [
+            (
+                h.use_client_protocol.is_some(),
+                "http.useClientProtocol",
+                "using the client's HTTP version upstream",
+            ),
+            (
+                h.max_concurrent_streams.is_some(),
+                "http.maxConcurrentStreams",
+                "a limit of concurrent HTTP/2 streams",
+            ),
+        ] {
+            if set {
+                cx.unsupported(*dr, &format!("{path}.{field}"), what);
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Mesh-wide settings: the outbound traffic policy (meshConfig, overridden for a sidecar by its
-//! Sidecar resource), access logging, the default retry policy, and the kinds the compiler
-//! does not lower into the snapshot.
+//! Sidecar resource), meshConfig's access log (Telemetry resources replace it: `telemetry`),
+//! the default retry policy, and the kinds the compiler does not lower into the snapshot.
 
 use sluice_model::mesh::{AccessLogEncoding, OutboundTrafficPolicyMode};
 use sluice_model::networking::Sidecar;
@@ -101,6 +101,7 @@ pub fn access_log(cx: &Ctx<'_>) -> AccessLog {
         path: cx.mesh.access_log_file.clone().filter(|p| !p.is_empty()),
         format: cx.mesh.access_log_format.clone().filter(|f| !f.is_empty()),
         json: cx.mesh.access_log_encoding == Some(AccessLogEncoding::Json),
+        filter: None,
     }
 }
 
@@ -163,14 +164,8 @@ pub fn report_unlowered(cx: &mut Ctx<'_>) {
         );
     }
     // EnvoyFilters: the local rate limit is lowered (`ratelimit`); validation reports every
-    // other patch.
-    for r in res.telemetries.iter().filter(|r| applies(r.namespace())) {
-        warn(
-            cx,
-            r,
-            "Telemetry is not lowered into the snapshot yet (meshConfig access logging is)",
-        );
-    }
+    // other patch. Telemetry is lowered (`telemetry`): it and validation report what of it
+    // is not applied (tracing, targetRefs, custom metrics, providers sluice lacks).
     for r in &res.workload_entries {
         warn(
             cx,
@@ -284,6 +279,7 @@ mod tests {
                     path: Some("/dev/stdout".into()),
                     format: None,
                     json: false,
+                    filter: None,
                 },
             ),
             (
@@ -294,6 +290,7 @@ mod tests {
                     path: Some("/var/log/a.log".into()),
                     format: Some("%RESPONSE_CODE%".into()),
                     json: true,
+                    filter: None,
                 },
             ),
             (mesh("{accessLogFile: ''}"), AccessLog::default()),

@@ -4,7 +4,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{
+    EncodeLabelKey, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,7 +26,7 @@ const SIZE_BUCKETS: [f64; 8] = [
 
 /// Istio's label set for request metrics (the subset a gateway knows). Built per request, so
 /// its values are shared (`Arc<str>`) or static, never copied.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct RequestLabels {
     pub reporter: &'static str,
     pub source_workload: &'static str,
@@ -37,9 +39,11 @@ pub struct RequestLabels {
     pub response_code: u16,
     pub response_flags: Cow<'static, str>,
     pub connection_security_policy: &'static str,
+    /// Telemetry's tag overrides (none: Istio's labels as they are).
+    pub tags: Tags,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct TcpLabels {
     pub reporter: &'static str,
     pub source_workload: &'static str,
@@ -51,7 +55,116 @@ pub struct TcpLabels {
     pub request_protocol: &'static str,
     pub response_flags: Cow<'static, str>,
     pub connection_security_policy: &'static str,
+    pub tags: Tags,
 }
+
+/// Telemetry's tag overrides applied to one label set, sorted by label name: the label's new
+/// value, or `None` when it is removed (not exported: the series has one label fewer). A
+/// standard label overridden here is cleared in its field, so that two label sets that print
+/// the same are one series. Names beyond Istio's standard labels are added labels.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Tags(pub Option<Box<[Tag]>>);
+
+/// One tag: its label name, and its value (`None`: removed).
+pub type Tag = (Arc<str>, Option<Arc<str>>);
+
+impl Tags {
+    fn get(&self, name: &str) -> Option<&Option<Arc<str>>> {
+        self.0
+            .as_deref()?
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v)
+    }
+}
+
+fn write_label<V: EncodeLabelValue>(
+    encoder: &mut LabelSetEncoder<'_>,
+    name: &str,
+    value: &V,
+) -> std::fmt::Result {
+    let mut label = encoder.encode_label();
+    let mut key = label.encode_label_key()?;
+    EncodeLabelKey::encode(&name, &mut key)?;
+    let mut v = key.encode_label_value()?;
+    value.encode(&mut v)?;
+    v.finish()
+}
+
+/// A standard label, unless a tag override replaces or removes it.
+fn standard_label<V: EncodeLabelValue>(
+    encoder: &mut LabelSetEncoder<'_>,
+    tags: &Tags,
+    name: &str,
+    value: &V,
+) -> std::fmt::Result {
+    match tags.get(name) {
+        Some(None) => Ok(()),
+        Some(Some(t)) => write_label(encoder, name, &&**t),
+        None => write_label(encoder, name, value),
+    }
+}
+
+/// The label set's encoding (Istio's labels, then added ones), its standard names, and
+/// clearing a standard label by name.
+macro_rules! label_set {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        impl EncodeLabelSet for $ty {
+            fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> std::fmt::Result {
+                $( standard_label(encoder, &self.tags, stringify!($field), &self.$field)?; )*
+                for (name, value) in self.tags.0.as_deref().unwrap_or_default() {
+                    if let Some(v) = value
+                        && !Self::STANDARD.contains(&&**name)
+                    {
+                        write_label(encoder, name, &&**v)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        impl $ty {
+            /// Istio's labels of this set, in the order they are exported.
+            pub const STANDARD: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Clears the standard label `name` (a tag override gives its value); `false` for
+            /// a name that is not one.
+            pub fn clear(&mut self, name: &str) -> bool {
+                match name {
+                    $( stringify!($field) => { self.$field = Default::default(); true } )*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+label_set!(RequestLabels {
+    reporter,
+    source_workload,
+    source_principal,
+    destination_service,
+    destination_service_name,
+    destination_service_namespace,
+    destination_cluster,
+    request_protocol,
+    response_code,
+    response_flags,
+    connection_security_policy,
+});
+
+label_set!(TcpLabels {
+    reporter,
+    source_workload,
+    source_principal,
+    destination_service,
+    destination_service_name,
+    destination_service_namespace,
+    destination_cluster,
+    request_protocol,
+    response_flags,
+    connection_security_policy,
+});
 
 /// One authorization decision (Envoy counts `rbac.allowed` / `rbac.denied` per filter; sluice
 /// names the rule that decided, whose count is bounded by the policies).
@@ -455,6 +568,35 @@ impl Metrics {
             .observe(resp_bytes as f64);
     }
 
+    /// Records one request in each metric that has labels (`None`: the metric is disabled by
+    /// Telemetry): `istio_requests_total`, `istio_request_duration_milliseconds`,
+    /// `istio_request_bytes`, `istio_response_bytes`, in that order.
+    pub fn request_each(
+        &self,
+        labels: [Option<&RequestLabels>; 4],
+        duration_ms: f64,
+        req_bytes: u64,
+        resp_bytes: u64,
+    ) {
+        let [count, duration, request, response] = labels;
+        if let Some(l) = count {
+            self.requests.get_or_create(l).inc();
+        }
+        if let Some(l) = duration {
+            self.duration.get_or_create(l).observe(duration_ms);
+        }
+        if let Some(l) = request {
+            self.request_bytes
+                .get_or_create(l)
+                .observe(req_bytes as f64);
+        }
+        if let Some(l) = response {
+            self.response_bytes
+                .get_or_create(l)
+                .observe(resp_bytes as f64);
+        }
+    }
+
     /// The local rate limit counters of `stat_prefix`.
     pub fn global_rate_limit(&self, cluster: &str) -> GlobalRateLimitStats {
         let l = ClusterLabels {
@@ -505,19 +647,29 @@ impl Metrics {
 
     /// Handles for one TCP connection: `opened` is counted now.
     pub fn tcp_open(&self, labels: &TcpLabels) -> TcpHandles {
-        self.tcp_opened.get_or_create(labels).inc();
+        self.tcp_open_each([Some(labels); 4])
+    }
+
+    /// [`Metrics::tcp_open`] with labels per metric (`None`: disabled by Telemetry):
+    /// connections opened, closed, bytes sent, bytes received, in that order.
+    pub fn tcp_open_each(&self, labels: [Option<&TcpLabels>; 4]) -> TcpHandles {
+        let [opened, closed, sent, received] = labels;
+        if let Some(l) = opened {
+            self.tcp_opened.get_or_create(l).inc();
+        }
         TcpHandles {
-            closed: self.tcp_closed.get_or_create_owned(labels),
-            sent: self.tcp_sent.get_or_create_owned(labels),
-            received: self.tcp_received.get_or_create_owned(labels),
+            closed: closed.map(|l| self.tcp_closed.get_or_create_owned(l)),
+            sent: sent.map(|l| self.tcp_sent.get_or_create_owned(l)),
+            received: received.map(|l| self.tcp_received.get_or_create_owned(l)),
         }
     }
 }
 
+/// A TCP connection's counters (`None`: the metric is disabled by Telemetry).
 pub struct TcpHandles {
-    pub closed: Counter,
-    pub sent: Counter,
-    pub received: Counter,
+    pub closed: Option<Counter>,
+    pub sent: Option<Counter>,
+    pub received: Option<Counter>,
 }
 
 #[cfg(test)]
@@ -540,6 +692,7 @@ mod tests {
             response_code: 200,
             response_flags: "-".into(),
             connection_security_policy: "unknown",
+            tags: Tags::default(),
         };
         m.request(&labels, 3.0, 0, 10);
         m.cluster("outbound|443||api.github.com")
@@ -557,5 +710,66 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn tag_overrides_replace_remove_and_add_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let base = |service: &str, code: u16| RequestLabels {
+            reporter: "source",
+            source_workload: "unknown",
+            source_principal: "unknown".into(),
+            destination_service: service.into(),
+            destination_service_name: service.into(),
+            destination_service_namespace: "unknown",
+            destination_cluster: "unknown",
+            request_protocol: "http",
+            response_code: code,
+            response_flags: "-".into(),
+            connection_security_policy: "none",
+            tags: Tags::default(),
+        };
+        let tagged = |service: &str, code: u16| {
+            let mut l = base(service, code);
+            l.destination_service_name = "outbound".into();
+            assert!(l.clear("destination_service") && l.clear("response_code"));
+            assert!(!l.clear("team"));
+            l.tags = Tags(Some(
+                vec![
+                    ("destination_service".into(), Some("api.github.com".into())),
+                    ("response_code".into(), None),
+                    ("team".into(), Some("egress".into())),
+                ]
+                .into_boxed_slice(),
+            ));
+            l
+        };
+        // Two requests that differ only in what the overrides replace are one series.
+        let a = tagged("outbound-a", 200);
+        let b = tagged("outbound-b", 404);
+        assert_eq!(a, b);
+        m.request_each([Some(&a), None, None, None], 1.0, 0, 0);
+        m.request_each([Some(&b), None, None, None], 1.0, 0, 0);
+        m.request(&base("plain", 200), 1.0, 0, 0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("team="))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            line.contains("destination_service=\"api.github.com\""),
+            "{line}"
+        );
+        assert!(
+            line.contains("destination_service_name=\"outbound\""),
+            "{line}"
+        );
+        assert!(!line.contains("response_code="), "{line}");
+        assert!(line.ends_with(",team=\"egress\"} 2"), "{line}");
+        // Disabled metrics (None) are not recorded; the plain request is, with every label.
+        assert!(!text.contains("istio_request_duration_milliseconds_count{reporter=\"source\",source_workload=\"unknown\",source_principal=\"unknown\",destination_service=\"api.github.com\""));
+        assert!(text.contains("destination_service=\"plain\""), "{text}");
     }
 }

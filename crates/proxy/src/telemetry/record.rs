@@ -13,10 +13,11 @@ use tokio::time::Instant;
 
 use http::HeaderMap;
 
-use super::Telemetry;
+use super::expr::{Facts, HttpFacts, LazyScope, Use};
 use super::format::{Operator, Source, Value, format_time};
-use super::metrics::{RequestLabels, TcpHandles, TcpLabels};
-use super::writer::LogTarget;
+use super::metrics::{RequestLabels, Tags, TcpHandles, TcpLabels};
+use super::writer::Filter;
+use super::{Sinks, Telemetry};
 use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub struct HttpFields {
     pub path: String,
     pub protocol: &'static str,
     pub authority: String,
+    /// `http` or `https`: how the request reached the proxy.
+    pub scheme: &'static str,
     /// The downstream request's headers after the proxy's own additions (request id, XFF).
     pub request_headers: HeaderMap,
     pub response_headers: HeaderMap,
@@ -51,7 +54,7 @@ pub struct HttpFields {
 
 pub struct Record {
     telemetry: Arc<Telemetry>,
-    log: Option<Arc<LogTarget>>,
+    sinks: Option<Arc<Sinks>>,
     pub kind: Kind,
     start: SystemTime,
     started: Instant,
@@ -62,6 +65,9 @@ pub struct Record {
     pub cluster: Option<Arc<str>>,
     /// The destination service host, for metrics.
     pub service: Option<Arc<str>>,
+    /// The host a virtual host matched by name (an exact domain): what a metric label may say
+    /// `request.host` is. Set only when a Telemetry tag value reads it.
+    pub routed_host: Option<Arc<str>>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     flags: Vec<&'static str>,
@@ -86,7 +92,7 @@ pub struct Record {
 impl Record {
     pub fn new(
         telemetry: Arc<Telemetry>,
-        log: Option<Arc<LogTarget>>,
+        sinks: Option<Arc<Sinks>>,
         kind: Kind,
         downstream_local: SocketAddr,
         downstream_remote: SocketAddr,
@@ -94,7 +100,7 @@ impl Record {
     ) -> Record {
         Record {
             telemetry,
-            log,
+            sinks,
             kind,
             start: SystemTime::now(),
             started: Instant::now(),
@@ -104,6 +110,7 @@ impl Record {
             route_name: None,
             cluster: None,
             service: None,
+            routed_host: None,
             upstream_host: None,
             upstream_local: None,
             flags: Vec::new(),
@@ -172,9 +179,57 @@ impl Record {
 
     /// Counts the TCP connection as opened (its destination is known now).
     pub fn tcp_opened(&mut self) {
-        if self.kind == Kind::Tcp && self.tcp.is_none() {
-            let labels = self.tcp_labels();
-            self.tcp = Some(self.telemetry.metrics.tcp_open(&labels));
+        if self.kind != Kind::Tcp || self.tcp.is_some() {
+            return;
+        }
+        let labels = self.tcp_labels();
+        let handles = match self.sinks.as_ref().and_then(|s| s.metrics.as_ref()) {
+            None => self.telemetry.metrics.tcp_open(&labels),
+            Some(rules) => {
+                let facts = self.facts();
+                let scope = LazyScope::new(&facts, rules.needs, Use::Label);
+                let each = rules.tcp_labels(&labels, &scope);
+                self.telemetry
+                    .metrics
+                    .tcp_open_each(each.each_ref().map(Option::as_ref))
+            }
+        };
+        self.tcp = Some(handles);
+    }
+
+    /// What the CEL attributes of this record are computed from.
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            http: self.http.as_deref().map(|h| HttpFacts {
+                method: &h.method,
+                path: &h.path,
+                protocol: h.protocol,
+                authority: &h.authority,
+                scheme: h.scheme,
+                request_headers: &h.request_headers,
+                response_headers: &h.response_headers,
+            }),
+            response_code: (self.kind == Kind::Http).then_some(self.response_code),
+            code_details: self.details.as_deref(),
+            flags: flag_bits(&self.flags),
+            start: self.start,
+            duration: self.started.elapsed(),
+            received: self.counts.received.load(Ordering::Relaxed),
+            sent: self.counts.sent.load(Ordering::Relaxed),
+            downstream_local: self.downstream_local,
+            downstream_remote: self.downstream_remote,
+            sni: self.sni.as_deref(),
+            principal: self.peer_principal.as_deref(),
+            mtls: self.mesh_mtls,
+            termination: self.termination.as_deref(),
+            downstream_failure: self.downstream_failure.as_deref(),
+            upstream_host: self.upstream_host,
+            upstream_local: self.upstream_local,
+            upstream_failure: self.transport_failure.as_deref(),
+            attempts: self.attempts,
+            cluster: self.cluster.as_deref(),
+            route_name: self.route_name.as_deref(),
+            routed_host: self.routed_host.as_deref(),
         }
     }
 
@@ -195,6 +250,7 @@ impl Record {
             request_protocol: "tcp",
             response_flags: self.flags(),
             connection_security_policy: self.security_label(),
+            tags: Tags::default(),
         }
     }
 
@@ -230,20 +286,39 @@ impl Record {
                     response_code: self.response_code,
                     response_flags: self.flags(),
                     connection_security_policy: self.security_label(),
+                    tags: Tags::default(),
                 };
-                self.telemetry.metrics.request(
-                    &labels,
-                    duration.as_secs_f64() * 1000.0,
-                    received,
-                    sent,
-                );
+                let duration_ms = duration.as_secs_f64() * 1000.0;
+                match self.sinks.as_ref().and_then(|s| s.metrics.as_ref()) {
+                    None => self
+                        .telemetry
+                        .metrics
+                        .request(&labels, duration_ms, received, sent),
+                    Some(rules) => {
+                        let facts = self.facts();
+                        let scope = LazyScope::new(&facts, rules.needs, Use::Label);
+                        let each = rules.request_labels(&labels, &scope);
+                        self.telemetry.metrics.request_each(
+                            each.each_ref().map(Option::as_ref),
+                            duration_ms,
+                            received,
+                            sent,
+                        );
+                    }
+                }
             }
             Kind::Tcp => {
                 self.tcp_opened();
                 if let Some(h) = &self.tcp {
-                    h.closed.inc();
-                    h.sent.inc_by(sent);
-                    h.received.inc_by(received);
+                    if let Some(c) = &h.closed {
+                        c.inc();
+                    }
+                    if let Some(c) = &h.sent {
+                        c.inc_by(sent);
+                    }
+                    if let Some(c) = &h.received {
+                        c.inc_by(received);
+                    }
                 }
             }
             Kind::Connection => {}
@@ -262,9 +337,31 @@ impl Record {
                 "refused"
             );
         }
-        if let Some(log) = self.log.take() {
-            let line = log.format.render(self);
-            log.write(line);
+        if let Some(sinks) = self.sinks.take() {
+            self.write_logs(&sinks);
+        }
+    }
+
+    /// One line to each access log whose filter (if any) selects this record. The filters'
+    /// attributes are computed once, on the first filter; without filters, none are.
+    fn write_logs(&self, sinks: &Sinks) {
+        let Some(needs) = sinks.filters else {
+            for log in &sinks.logs {
+                log.write(log.format.render(self));
+            }
+            return;
+        };
+        let facts = self.facts();
+        let scope = LazyScope::new(&facts, needs, Use::Log);
+        for log in &sinks.logs {
+            let selected = match &log.filter {
+                None => true,
+                Some(Filter::Never) => false,
+                Some(Filter::Expr(e)) => super::expr::matches(e, scope.get()),
+            };
+            if selected {
+                log.write(log.format.render(self));
+            }
         }
     }
 }
@@ -384,6 +481,15 @@ fn envoy_order(flags: &[&'static str]) -> Cow<'static, str> {
     Cow::Owned(flags.join(","))
 }
 
+/// Envoy's response flags as its bit vector (`response.flags`): each flag's bit is its place in
+/// Envoy's `ResponseFlag` enum, which is also the order it prints them in.
+fn flag_bits(flags: &[&'static str]) -> u64 {
+    flags
+        .iter()
+        .filter_map(|f| ENVOY_FLAG_ORDER.iter().position(|o| o == f))
+        .fold(0, |bits, i| bits | (1 << i))
+}
+
 /// The order in which Envoy prints response flags (`StreamInfo::ResponseFlagUtils`).
 const ENVOY_FLAG_ORDER: &[&str] = &[
     "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
@@ -397,5 +503,13 @@ mod flag_order_tests {
         assert_eq!(super::envoy_order(&["URX", "UF"]), "UF,URX");
         assert_eq!(super::envoy_order(&["NR"]), "NR");
         assert_eq!(super::envoy_order(&[]), "-");
+    }
+
+    #[test]
+    fn flags_as_envoys_bit_vector() {
+        assert_eq!(super::flag_bits(&["UF"]), 0x20);
+        assert_eq!(super::flag_bits(&["NR", "UH"]), 0x100 | 0x2);
+        assert_eq!(super::flag_bits(&["DC"]), 0x4000);
+        assert_eq!(super::flag_bits(&[]), 0);
     }
 }

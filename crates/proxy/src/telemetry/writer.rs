@@ -8,16 +8,28 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use sluice_snapshot::cel::Expression;
+
+use super::expr;
 use super::format::LogFormat;
 
 const QUEUE: usize = 4096;
 
-/// Where one snapshot's access log goes, and in which format.
+/// Where one snapshot's access log goes, in which format, and which entries.
 pub struct LogTarget {
     pub path: String,
     pub format: LogFormat,
+    /// Telemetry's `filter.expression`: `None` logs every entry.
+    pub filter: Option<Filter>,
     tx: mpsc::Sender<String>,
     dropped: Counter,
+}
+
+/// An access-log filter.
+pub enum Filter {
+    Expr(Arc<Expression>),
+    /// The expression does not parse: no entry is logged (Envoy would refuse the filter).
+    Never,
 }
 
 impl LogTarget {
@@ -33,6 +45,7 @@ struct TargetKey {
     path: String,
     format: Option<String>,
     json: bool,
+    filter: Option<String>,
 }
 
 /// The writers and parsed formats, shared by all connections.
@@ -58,6 +71,7 @@ impl Writers {
             path: path.to_owned(),
             format: config.format.clone(),
             json: config.json,
+            filter: config.filter.clone(),
         };
         let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = targets.get(&key) {
@@ -67,6 +81,21 @@ impl Writers {
         let target = Arc::new(LogTarget {
             path: path.to_owned(),
             format: LogFormat::new(config.format.as_deref(), config.json),
+            filter: config
+                .filter
+                .as_deref()
+                .map(|src| match expr::compile(src) {
+                    Ok(e) => Filter::Expr(e),
+                    Err(e) => {
+                        tracing::error!(
+                            path,
+                            expression = src,
+                            error = %e,
+                            "an access-log filter does not parse: this log writes nothing"
+                        );
+                        Filter::Never
+                    }
+                }),
             tx,
             dropped: dropped.clone(),
         });

@@ -455,6 +455,8 @@ fn limits_outlier_and_timeouts() {
             max_requests_per_connection: Some(1),
             max_retries: Some(2),
             idle_timeout: Some(Duration::from_secs(30)),
+            max_connection_duration: None,
+            tcp_keepalive: None,
         }
     );
     assert_eq!(
