@@ -59,6 +59,8 @@ pub struct ProxyConfig {
     /// An HTTP/2 client connection with no request for this long is closed gracefully
     /// (GOAWAY; streams in flight finish): Envoy's `idle_timeout`, 1h by default.
     pub idle_timeout: Duration,
+    /// This proxy's workload name (`source_workload` in Istio's metrics); `None`: `unknown`.
+    pub workload_name: Option<String>,
     /// The shared counter store of global rate limits (`redis://HOST:PORT[/DB]`).
     pub rate_limit_redis: Option<String>,
 }
@@ -87,6 +89,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("request_head_timeout", &self.request_head_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("workload_name", &self.workload_name)
             .field(
                 "rate_limit_redis",
                 // The URL may carry a password.
@@ -115,6 +118,7 @@ impl Default for ProxyConfig {
             request_head_timeout: DEFAULT_REQUEST_HEAD_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             rate_limit_redis: None,
+            workload_name: None,
         }
     }
 }

@@ -85,7 +85,10 @@ impl Proxy {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         registry: &mut Registry,
     ) -> Result<Proxy, Error> {
-        let telemetry = Arc::new(Telemetry::new(registry));
+        let telemetry = Arc::new(
+            Telemetry::new(registry)
+                .with_workload(config.workload_name.as_deref().unwrap_or("unknown")),
+        );
         let resolver = upstream::dns::Resolver::new(config.dns_server)
             .map_err(|e| Error::Resolver(e.to_string()))?;
         let guard = upstream::guard::Guard::new(&config.allow_ranges, &config.deny_ranges);

@@ -23,6 +23,8 @@ pub use writer::LogTarget;
 pub struct Telemetry {
     pub metrics: Metrics,
     writers: writer::Writers,
+    /// This proxy's workload name, the `source_workload` of what it reports.
+    pub workload: Arc<str>,
 }
 
 /// What one snapshot's records are written to: its access logs (with their filters) and, when
@@ -47,7 +49,14 @@ impl Telemetry {
         Telemetry {
             metrics: Metrics::new(registry),
             writers: writer::Writers::default(),
+            workload: Arc::from("unknown"),
         }
+    }
+
+    /// Names this proxy's workload in what it reports (`source_workload`).
+    pub fn with_workload(mut self, name: &str) -> Telemetry {
+        self.workload = Arc::from(name);
+        self
     }
 
     /// The access-log target a snapshot's access-log configuration names, if any. Must be

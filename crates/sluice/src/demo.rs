@@ -172,6 +172,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
             idle_timeout: sluice_proxy::config::DEFAULT_IDLE_TIMEOUT,
             tunnel_max_lifetime: sluice_proxy::config::DEFAULT_TUNNEL_MAX_LIFETIME,
             rate_limit_redis: None,
+            workload_name: None,
         },
         labels: gateway::parse_labels("istio=egressgateway").map_err(anyhow::Error::msg)?,
         namespace: "istio-system".into(),

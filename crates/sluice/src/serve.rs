@@ -80,6 +80,19 @@ pub struct CommonArgs {
     /// envoy.filters.http.ratelimit.
     #[arg(long, env = "SLUICE_RATE_LIMIT_REDIS", value_parser = parse_redis_url)]
     pub rate_limit_redis: Option<String>,
+    /// This proxy's workload name, `source_workload` in its metrics (Istio's Deployment name).
+    /// Default: the `app` label, else `istio-<istio label>` (`istio-egressgateway`).
+    #[arg(long, env = "SLUICE_WORKLOAD_NAME")]
+    pub workload_name: Option<String>,
+}
+
+/// Istio's workload name when none is given: the `app` label (Istio's charts set it to the
+/// Deployment's name), else `istio-<istio label>`, as Istio names its gateways.
+fn workload_name(labels: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    labels
+        .get("app")
+        .cloned()
+        .or_else(|| labels.get("istio").map(|i| format!("istio-{i}")))
 }
 
 /// A positive duration: 0 would poll the files in a busy loop.
@@ -125,6 +138,11 @@ pub async fn run(
     plan.proxy.idle_timeout = plan.common.idle_timeout;
     plan.proxy.tunnel_max_lifetime = Some(plan.common.tunnel_max_lifetime).filter(|d| !d.is_zero());
     plan.proxy.rate_limit_redis = plan.common.rate_limit_redis.clone();
+    plan.proxy.workload_name = plan
+        .common
+        .workload_name
+        .clone()
+        .or_else(|| workload_name(&plan.options.labels));
     let rate_limit_store = plan.proxy.rate_limit_redis.is_some();
     if let Some(dir) = &plan.common.identity_dir {
         let rx = watch_identity(dir)?;

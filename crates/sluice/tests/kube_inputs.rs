@@ -71,6 +71,14 @@ async fn a_service_in_the_inputs_is_routable_by_its_cluster_name() {
         std::time::Duration::from_secs(5),
     )
     .expect("logged against the Service's cluster");
+    // The guide's PromQL selects `source_workload="istio-egressgateway"`: the gateway names
+    // itself so (default labels `istio=egressgateway`).
+    let (_, stats) = gw.admin_get("/stats/prometheus").expect("stats");
+    assert!(
+        stats.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("source_workload=\"istio-egressgateway\"")),
+        "{stats}"
+    );
     drop(gw);
 
     // With an EndpointSlice, its ready addresses are the endpoints (no DNS needed), on the

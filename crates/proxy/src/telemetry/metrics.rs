@@ -29,7 +29,8 @@ const SIZE_BUCKETS: [f64; 8] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct RequestLabels {
     pub reporter: &'static str,
-    pub source_workload: &'static str,
+    /// This proxy's own workload (Istio's `source_workload` at the reporting gateway).
+    pub source_workload: Arc<str>,
     pub source_principal: Arc<str>,
     pub destination_service: Arc<str>,
     pub destination_service_name: Arc<str>,
@@ -46,7 +47,8 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct TcpLabels {
     pub reporter: &'static str,
-    pub source_workload: &'static str,
+    /// This proxy's own workload (Istio's `source_workload` at the reporting gateway).
+    pub source_workload: Arc<str>,
     pub source_principal: Arc<str>,
     pub destination_service: Arc<str>,
     pub destination_service_name: Arc<str>,
@@ -682,7 +684,7 @@ mod tests {
         let m = Metrics::new(&mut registry);
         let labels = RequestLabels {
             reporter: "source",
-            source_workload: "unknown",
+            source_workload: "unknown".into(),
             source_principal: "unknown".into(),
             destination_service: "api.github.com".into(),
             destination_service_name: "api.github.com".into(),
@@ -718,7 +720,7 @@ mod tests {
         let m = Metrics::new(&mut registry);
         let base = |service: &str, code: u16| RequestLabels {
             reporter: "source",
-            source_workload: "unknown",
+            source_workload: "unknown".into(),
             source_principal: "unknown".into(),
             destination_service: service.into(),
             destination_service_name: service.into(),

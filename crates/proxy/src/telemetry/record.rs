@@ -241,7 +241,7 @@ impl Record {
         let service = self.service_label();
         TcpLabels {
             reporter: "source",
-            source_workload: "unknown",
+            source_workload: self.telemetry.workload.clone(),
             source_principal: self.principal_label(),
             destination_service: service.clone(),
             destination_service_name: service,
@@ -276,7 +276,7 @@ impl Record {
                 let service = self.service_label();
                 let labels = RequestLabels {
                     reporter: "source",
-                    source_workload: "unknown",
+                    source_workload: self.telemetry.workload.clone(),
                     source_principal: self.principal_label(),
                     destination_service: service.clone(),
                     destination_service_name: service,
