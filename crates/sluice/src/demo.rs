@@ -173,6 +173,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
             tunnel_max_lifetime: sluice_proxy::config::DEFAULT_TUNNEL_MAX_LIFETIME,
             rate_limit_redis: None,
             workload_name: None,
+            drain_timeout: std::time::Duration::from_secs(5),
         },
         labels: gateway::parse_labels("istio=egressgateway").map_err(anyhow::Error::msg)?,
         namespace: "istio-system".into(),

@@ -80,8 +80,19 @@ pub async fn start(
     serve::run(plan, shutdown).await
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM, which starts the drain. A second one while the
+/// drain runs exits at once (exit code 1: work in flight was cut).
 pub async fn shutdown_signal() {
+    one_signal().await;
+    tracing::info!("shutting down");
+    tokio::spawn(async {
+        one_signal().await;
+        eprintln!("sluice: second signal during the drain: exiting now");
+        std::process::exit(1);
+    });
+}
+
+async fn one_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -102,7 +113,6 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -80,6 +80,10 @@ pub struct CommonArgs {
     /// envoy.filters.http.ratelimit.
     #[arg(long, env = "SLUICE_RATE_LIMIT_REDIS", value_parser = parse_redis_url)]
     pub rate_limit_redis: Option<String>,
+    /// On SIGTERM, how long requests in flight and open tunnels may take to finish (Istio's
+    /// terminationDrainDuration); a second signal exits at once.
+    #[arg(long, default_value = "5s", env = "SLUICE_DRAIN_TIMEOUT", value_parser = crate::gateway::parse_duration)]
+    pub drain_timeout: Duration,
     /// This proxy's workload name, `source_workload` in its metrics (Istio's Deployment name).
     /// Default: the `app` label, else `istio-<istio label>` (`istio-egressgateway`).
     #[arg(long, env = "SLUICE_WORKLOAD_NAME")]
@@ -136,6 +140,7 @@ pub async fn run(
     plan.proxy.first_byte_timeout = plan.common.first_byte_timeout;
     plan.proxy.request_head_timeout = plan.common.request_head_timeout;
     plan.proxy.idle_timeout = plan.common.idle_timeout;
+    plan.proxy.drain_timeout = plan.common.drain_timeout;
     plan.proxy.tunnel_max_lifetime = Some(plan.common.tunnel_max_lifetime).filter(|d| !d.is_zero());
     plan.proxy.rate_limit_redis = plan.common.rate_limit_redis.clone();
     plan.proxy.workload_name = plan

@@ -301,3 +301,49 @@ async fn an_emptied_config_is_held_back_before_it_closes_every_listener() {
     }
     assert!(emptied.elapsed() >= Duration::from_secs(5));
 }
+
+/// A second SIGTERM during the drain exits at once, without waiting for the request in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_exits_at_once() {
+    // An upstream that never answers: the drain would wait its full timeout.
+    let silent = tokio::net::TcpListener::bind(SocketAddr::new(free_loopback_addr(), 80))
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let dir = TempDir::new("second-term");
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config(&["hang.partner.test"], silent_addr.ip())).expect("write");
+    let (mut gw, bind) = gateway(
+        &[file.display().to_string()],
+        dns.addr(),
+        &[("SLUICE_DRAIN_TIMEOUT", "30s")],
+    )
+    .await;
+    let addr = SocketAddr::new(bind, 80);
+    let _in_flight = tokio::spawn(async move { http_get(addr, "hang.partner.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM").expect("first SIGTERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = Instant::now();
+    gw.signal("TERM").expect("second SIGTERM");
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("wait")
+        .expect("exited");
+    assert!(
+        second.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        second.elapsed()
+    );
+    assert_eq!(status.code(), Some(1));
+}
