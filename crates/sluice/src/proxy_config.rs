@@ -26,8 +26,8 @@ pub enum Section {
 pub struct ProxyConfigArgs {
     #[arg(value_enum)]
     pub section: Section,
-    /// The proxy's admin API.
-    #[arg(long, default_value = "127.0.0.1:15000", env = "SLUICE_ADMIN")]
+    /// The proxy's admin API: HOST:PORT, the host a name (`localhost:15000`) or an address.
+    #[arg(long, default_value = "127.0.0.1:15000", env = "SLUICE_ADMIN", value_parser = parse_admin)]
     pub admin: SocketAddr,
     #[arg(short, long, value_enum, default_value = "text", env = "SLUICE_OUTPUT")]
     pub output: Output,
@@ -316,17 +316,51 @@ fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io
 
 /// A plain HTTP/1.1 GET over a TCP stream, bounded in time and size: the admin API is local
 /// and this keeps the CLI free of an HTTP client stack.
+/// `HOST:PORT` with a name or an address; a name takes its first address.
+fn parse_admin(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    // The admin API binds 127.0.0.1 by default: prefer a name's IPv4 address.
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: {e} (expected HOST:PORT, like localhost:15000)"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} has no address"))
+}
+
 fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use std::io::Read;
+    use std::io::{ErrorKind, Read};
     use std::time::Duration;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    let timed_out =
+        |e: &std::io::Error| matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock);
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
+            if timed_out(&e) {
+                anyhow::anyhow!("timed out connecting to {addr} (after 5s)")
+            } else {
+                anyhow::anyhow!("connecting to {addr}: {e}")
+            }
+        })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = Vec::new();
-    stream.take(64 << 20).read_to_end(&mut buf)?;
+    stream.take(64 << 20).read_to_end(&mut buf).map_err(|e| {
+        if timed_out(&e) {
+            anyhow::anyhow!("timed out waiting for {addr} to answer {path} (after 10s)")
+        } else {
+            anyhow::anyhow!("reading {path} from {addr}: {e}")
+        }
+    })?;
     let text = String::from_utf8(buf).context("non-UTF-8 answer")?;
     let (head, body) = text
         .split_once("\r\n\r\n")

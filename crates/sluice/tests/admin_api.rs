@@ -196,3 +196,31 @@ spec:
     assert_eq!(row(bad.addr())[1..3], ["UNHEALTHY", "FAILED"], "{table}");
     assert_eq!(row(good.addr())[1..3], ["HEALTHY", "OK"], "{table}");
 }
+
+/// `proxy-config --admin` takes a host name, and an admin API that does not answer is reported
+/// as timed out (not a bare I/O error).
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_config_names_hosts_and_timeouts() {
+    // Accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let out = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(bin())
+            .args(["proxy-config", "listeners", "--admin"])
+            .arg(format!("localhost:{port}"))
+            .output()
+            .expect("proxy-config");
+        drop(silent);
+        out
+    })
+    .await
+    .expect("join");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("timed out"), "{err}");
+    let bad = std::process::Command::new(bin())
+        .args(["proxy-config", "listeners", "--admin", "no-port-here"])
+        .output()
+        .expect("proxy-config");
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+}
