@@ -175,6 +175,16 @@ async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
         }
     }
     assert!(not_ready, "/ready still 200 after SIGTERM");
+    // New connections are refused from then on (the listeners are closed), while the request
+    // in flight goes on.
+    let refused_by = Instant::now() + Duration::from_secs(1);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < refused_by,
+            "new connections still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let reply = in_flight
         .await
         .expect("join")
