@@ -526,7 +526,7 @@ impl Metrics {
             m.fault_aborts.clone(),
         );
         registry.register(
-            "sluice_access_log_dropped_lines",
+            "sluice_access_log_dropped",
             "Access-log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
         );

@@ -77,7 +77,7 @@ impl Writers {
         if let Some(t) = targets.get(&key) {
             return Some(t.clone());
         }
-        let tx = self.file(path)?;
+        let tx = self.file(path, dropped)?;
         let target = Arc::new(LogTarget {
             path: path.to_owned(),
             format: LogFormat::new(config.format.as_deref(), config.json),
@@ -103,7 +103,7 @@ impl Writers {
         Some(target)
     }
 
-    fn file(&self, path: &str) -> Option<mpsc::Sender<String>> {
+    fn file(&self, path: &str, dropped: &Counter) -> Option<mpsc::Sender<String>> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = files.get(path)
             && !tx.is_closed()
@@ -112,7 +112,7 @@ impl Writers {
         }
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        handle.spawn(write_loop(path.to_owned(), rx));
+        handle.spawn(write_loop(path.to_owned(), rx, dropped.clone()));
         files.insert(path.to_owned(), tx.clone());
         Some(tx)
     }
@@ -132,12 +132,14 @@ async fn open(path: &str) -> std::io::Result<Box<dyn AsyncWrite + Send + Unpin>>
     })
 }
 
-async fn write_loop(path: String, mut rx: mpsc::Receiver<String>) {
+async fn write_loop(path: String, mut rx: mpsc::Receiver<String>, dropped: Counter) {
     let mut out = match open(&path).await {
         Ok(out) => out,
         Err(e) => {
             tracing::error!(path, error = %e, "cannot open the access log; lines are dropped");
-            while rx.recv().await.is_some() {}
+            while rx.recv().await.is_some() {
+                dropped.inc();
+            }
             return;
         }
     };
