@@ -125,7 +125,9 @@ where
     let svc_idle = idle.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
-        svc_idle.touch();
+        if h2 {
+            svc_idle.touch();
+        }
         async move { Ok::<_, Infallible>(handle(req, ctx).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

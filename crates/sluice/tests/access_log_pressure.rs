@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::gateway;
+use common::{gateway, http_gateway, http_route, metric};
 use sluice_test_support::client::http_get;
 use sluice_test_support::{DnsServer, HttpUpstream, TempDir, free_loopback_addr};
 
@@ -17,39 +17,15 @@ const REQUESTS: usize = 5200;
 
 fn config(upstream: IpAddr, log: &str) -> String {
     format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: egress, namespace: istio-system}}
-spec:
-  selector: {{istio: egressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: [api.partner.test]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: partner, namespace: istio-system}}
-spec:
-  hosts: [api.partner.test]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: "{upstream}"}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: partner, namespace: istio-system}}
-spec:
-  hosts: [api.partner.test]
-  gateways: [egress]
-  http:
-  - route: [{{destination: {{host: api.partner.test, port: {{number: 80}}}}}}]
----
+        r#"{}{}---
 apiVersion: install.istio.io/v1alpha1
 kind: IstioOperator
 metadata: {{name: mesh, namespace: istio-system}}
 spec:
   meshConfig: {{accessLogFile: "{log}"}}
-"#
+"#,
+        http_gateway("[api.partner.test]"),
+        http_route("partner", "api.partner.test", upstream)
     )
 }
 
@@ -97,11 +73,7 @@ async fn a_stuck_access_log_drops_lines_not_requests() {
     let (gw, bind) = gateway(&[fifo_cfg.display().to_string()], dns.addr(), &[]).await;
     let stuck = run(SocketAddr::new(bind, 80), REQUESTS).await;
     let (_, stats) = gw.admin_get("/stats/prometheus").expect("stats");
-    let dropped: f64 = stats
-        .lines()
-        .find(|l| l.starts_with("sluice_access_log_dropped_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let dropped = metric(&stats, "sluice_access_log_dropped_total");
     eprintln!(
         "per request, log to a file: {baseline:?}; to a stuck pipe: {stuck:?}; dropped {dropped}"
     );

@@ -203,13 +203,8 @@ fn busiest_second(admitted: &[&Sample]) -> usize {
 }
 
 fn metric(gw: &SluiceProcess, name: &str) -> f64 {
-    let addr = gw.admin();
-    let (_, body) =
-        sluice_test_support::process::blocking_get(addr, "/stats/prometheus").expect("stats");
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let (_, stats) = gw.admin_get("/stats/prometheus").expect("stats");
+    common::metric(&stats, name)
 }
 
 /// Two replicas, one Redis: together they admit the configured rate (within 5 % over 10 s),

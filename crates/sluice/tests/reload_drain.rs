@@ -8,55 +8,17 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bin, gateway};
+use common::{bin, gateway, http_gateway, http_route, metric};
 use sluice_test_support::client::http_get;
 use sluice_test_support::{DnsServer, HttpUpstream, TempDir, free_loopback_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(hosts: &[&str], upstream: IpAddr) -> String {
-    let mut out = String::from(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: egress, namespace: istio-system}
-spec:
-  selector: {istio: egressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["*"]
-"#,
-    );
+    let mut out = http_gateway(r#"["*"]"#);
     for (i, h) in hosts.iter().enumerate() {
-        out.push_str(&format!(
-            r#"---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: se{i}, namespace: istio-system}}
-spec:
-  hosts: ["{h}"]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: "{upstream}"}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: vs{i}, namespace: istio-system}}
-spec:
-  hosts: ["{h}"]
-  gateways: [egress]
-  http:
-  - route: [{{destination: {{host: "{h}", port: {{number: 80}}}}}}]
-"#
-        ));
+        out.push_str(&http_route(&format!("r{i}"), h, upstream));
     }
     out
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 
 mod common;
 
-use common::gateway;
+use common::{gateway, http_route, metric};
 use sluice_test_support::client::http_get;
 use sluice_test_support::{
     DnsServer, HttpUpstream, HttpsUpstream, TempDir, TestCa, UpstreamOptions, free_loopback_addr,
@@ -75,27 +75,7 @@ spec:
         &["a.test"]
     };
     for (i, h) in http_hosts.iter().enumerate() {
-        out.push_str(&format!(
-            r#"---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: http{i}, namespace: istio-system}}
-spec:
-  hosts: ["{h}"]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: "{http}"}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: http{i}, namespace: istio-system}}
-spec:
-  hosts: ["{h}"]
-  gateways: [egress]
-  http:
-  - route: [{{destination: {{host: "{h}", port: {{number: 80}}}}}}]
-"#
-        ));
+        out.push_str(&http_route(&format!("http{i}"), h, http));
     }
     out
 }
@@ -170,13 +150,6 @@ async fn new_connections(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tal
         tally.count(ok);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -66,3 +66,55 @@ pub async fn gateway(
     let bind = free_loopback_addr();
     (gateway_at(bind, config, dns, None, env).await, bind)
 }
+
+/// Istio YAML routing plain HTTP for `host` (port 80) through the `egress` Gateway to
+/// `upstream`: a STATIC ServiceEntry and a VirtualService, named `{name}`.
+pub fn http_route(name: &str, host: &str, upstream: IpAddr) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: istio-system}}
+spec:
+  hosts: ["{host}"]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: "{upstream}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: istio-system}}
+spec:
+  hosts: ["{host}"]
+  gateways: [egress]
+  http:
+  - route: [{{destination: {{host: "{host}", port: {{number: 80}}}}}}]
+"#
+    )
+}
+
+/// The `egress` Gateway (`istio: egressgateway`) with an HTTP server on port 80 for `hosts`
+/// (a YAML flow list).
+pub fn http_gateway(hosts: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: egress, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: {hosts}
+"#
+    )
+}
+
+/// The sum of the samples in Prometheus text `stats` whose line starts with `name` (a family
+/// name, or a name with its labels).
+pub fn metric(stats: &str, name: &str) -> f64 {
+    stats
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
