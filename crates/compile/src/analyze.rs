@@ -7,6 +7,7 @@
 mod authorization_policy;
 mod deprecation;
 mod destination_rule;
+mod envoy_filter;
 mod gateway;
 mod host_patterns;
 pub mod hosts;
@@ -62,13 +63,21 @@ pub mod istio_codes {
     pub const NO_MATCHING_WORKLOADS: &str = "IST0127";
     pub const NO_SERVER_CERT_VERIFICATION_DR: &str = "IST0128";
     pub const NO_SERVER_CERT_VERIFICATION_PORT: &str = "IST0129";
+    /// A VirtualService rule no request reaches / a match an earlier rule already takes
+    /// (said by validation, where Istio's webhook warns about the same).
+    pub const VS_UNREACHABLE_RULE: &str = "IST0130";
+    pub const VS_INEFFECTIVE_MATCH: &str = "IST0131";
     pub const VS_HOST_NOT_IN_GATEWAY: &str = "IST0132";
+    /// Said by validation, where Istio's webhook warns about the same.
     pub const SE_ADDRESSES_REQUIRED: &str = "IST0134";
+    pub const GATEWAY_DUPLICATE_CERTIFICATE: &str = "IST0138";
     pub const INGRESS_ROUTE_RULES_NOT_AFFECTED: &str = "IST0140";
     pub const CONFLICTING_GATEWAYS: &str = "IST0145";
+    pub const JWT_CLAIM_ROUTE_WITHOUT_REQUEST_AUTHN: &str = "IST0149";
     pub const INVALID_TELEMETRY_PROVIDER: &str = "IST0157";
     pub const CONFLICTING_TELEMETRY_SELECTORS: &str = "IST0159";
     pub const MULTIPLE_TELEMETRIES_WITHOUT_SELECTOR: &str = "IST0160";
+    pub const GATEWAY_PORT_NOT_ON_SERVICE: &str = "IST0162";
     pub const REFERENCED_INTERNAL_GATEWAY: &str = "IST0165";
     pub const DR_SUBSET_SELECTS_NO_PODS: &str = "IST0173";
     pub const UNKNOWN_DR_HOST: &str = "IST0174";
@@ -87,6 +96,7 @@ pub fn analyze(resources: &Resources) -> Vec<Diagnostic> {
     sidecar::analyze(&registry, &mut out);
     telemetry::analyze(&registry, &mut out);
     authorization_policy::analyze(&registry, &mut out);
+    envoy_filter::analyze(&registry, &mut out);
     host_patterns::analyze(&registry, &mut out);
     out
 }

@@ -4,7 +4,7 @@
 
 mod authorization_policy;
 mod destination_rule;
-mod envoy_filter;
+pub(crate) mod envoy_filter;
 mod gateway;
 mod mesh;
 mod peer_authentication;
@@ -86,7 +86,10 @@ pub fn validate(resources: &Resources) -> Vec<Diagnostic> {
             }
         };
     }
-    each!(service_entries, service_entry);
+    let mesh = service_entry::MeshContext::of(resources);
+    for r in &resources.service_entries {
+        service_entry::validate(&mut Report::new(r, &mut out), mesh);
+    }
     each!(gateways, gateway);
     each!(virtual_services, virtual_service);
     each!(destination_rules, destination_rule);

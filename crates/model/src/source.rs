@@ -40,7 +40,6 @@ impl FieldIndex {
         self.positions.insert(path.into(), (line, column));
     }
 
-    #[cfg(test)]
     pub(crate) fn find_exact(&self, path: &str) -> Option<(u32, u32)> {
         self.positions.get(path).copied()
     }
@@ -127,6 +126,17 @@ impl Source {
         }
     }
 
+    /// True when the document writes the field at `path` itself. Lets analysis look at what
+    /// the typed model leaves out, such as the addresses Istio allocated into a `status`.
+    pub fn has_field(&self, path: &str) -> bool {
+        let full = if self.prefix.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{}.{path}", self.prefix)
+        };
+        self.fields.find_exact(&full).is_some()
+    }
+
     /// Where the field at `path` (e.g. `spec.gateways[1]`) is written; the nearest enclosing
     /// field when that one is absent, and the document when nothing encloses it.
     pub fn location_of(&self, path: &str) -> Location {
@@ -164,5 +174,8 @@ mod tests {
         assert_eq!(src.location_of("spec.ports[0].number").line, 5);
         assert_eq!(src.location_of("status").line, 1);
         assert_eq!(src.location_of("spec.hosts[0]").reference(), "a.yaml:7");
+        assert!(src.has_field("spec.hosts[0]"));
+        assert!(!src.has_field("spec.hosts[3]"));
+        assert!(!src.has_field("status"));
     }
 }

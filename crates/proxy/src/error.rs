@@ -10,6 +10,10 @@ use crate::upstream::dns;
 use crate::upstream::guard;
 use crate::{sni, tls};
 
+/// The reason of an [`Error::Connect`] whose cluster's connect timeout expired (Envoy's
+/// wording).
+pub const CONNECT_TIMEOUT: &str = "delayed connect error: timeout";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener's port could not be bound.
@@ -102,6 +106,10 @@ pub enum Error {
     /// The downstream sent something unusable, or too slowly (`DPE`).
     #[error("downstream: {0}")]
     Downstream(String),
+    /// An HTTP/1 request framed in a way Envoy's codec refuses (`400`, `DPE`); the text is
+    /// Envoy's details (`http1.content_length_and_chunked_not_allowed`).
+    #[error("downstream request framing: {0}")]
+    Http1Framing(&'static str),
     /// The request path cannot be normalised (an escaped NUL): Envoy's 400 with an empty body,
     /// no response flag and details `path_normalization_failed`.
     #[error("request path cannot be normalised")]
@@ -139,7 +147,7 @@ impl Error {
             Error::RateLimited(_) => "RL",
             Error::RateLimitService(_) => "RLSE",
             Error::RateLimitStore(_) => "-",
-            Error::Downstream(_) => "DPE",
+            Error::Downstream(_) | Error::Http1Framing(_) => "DPE",
             Error::PathNormalization => "-",
             Error::UpstreamProtocol(_) => "UPE",
             // Envoy's RBAC filters set no response flag: a denial shows as `403 -` (HTTP) or
@@ -163,7 +171,7 @@ impl Error {
             Error::FaultAbort(status) => *status,
             Error::RateLimited(l) => l.status,
             Error::RateLimitService(status) => *status,
-            Error::Downstream(_) | Error::PathNormalization => 400,
+            Error::Downstream(_) | Error::Http1Framing(_) | Error::PathNormalization => 400,
             Error::Fronting(_) => 421,
             Error::PortNotDeclared(_) => 403,
             Error::UpstreamProtocol(_) => 502,
@@ -183,6 +191,12 @@ impl Error {
                 | Error::NoHealthyUpstream(_)
                 | Error::DnsFailed(_)
         )
+    }
+
+    /// True for a connect attempt the cluster's connect timeout ended (no answer at all, as
+    /// opposed to a refusal).
+    pub fn is_connect_timeout(&self) -> bool {
+        matches!(self, Error::Connect { reason, .. } if reason == CONNECT_TIMEOUT)
     }
 
     /// True for failures to establish the upstream connection (Envoy's `connect-failure`).
@@ -212,6 +226,7 @@ impl Error {
             Error::RateLimitService(_) => crate::ratelimit::global::SERVICE_ERROR,
             Error::RateLimitStore(_) => "io_error",
             Error::Downstream(_) => "downstream_protocol_error",
+            Error::Http1Framing(details) => details,
             Error::PathNormalization => "path_normalization_failed",
             Error::UpstreamProtocol(_) => "upstream_reset_before_response_started{protocol_error}",
             Error::DownstreamTls(_) => "tls_handshake_failed",
@@ -268,6 +283,7 @@ impl Error {
             Error::Timeout => "upstream request timeout".into(),
             Error::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow".into(),
             Error::NoHealthyUpstream(_) => "no healthy upstream".into(),
+            Error::Http1Framing(_) => "Bad Request".into(),
             Error::FaultAbort(_) => "fault filter abort".into(),
             // Envoy's local rate limit answers with its details; the global one with nothing.
             Error::RateLimited(l) if l.details == crate::ratelimit::LOCAL_RATE_LIMITED => {

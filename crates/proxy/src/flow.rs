@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use http::HeaderValue;
 use sluice_snapshot::listener::{App, FilterChain};
@@ -79,6 +80,9 @@ pub struct ConnCtx {
     pub routes: Routes,
     /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection.
     pub peer_ip: HeaderValue,
+    /// The connection's first HTTP/1 request head carried both `Content-Length` and
+    /// `Transfer-Encoding` (set by [`crate::framing::HeadScan`]): that request is refused.
+    pub content_length_and_chunked: AtomicBool,
 }
 
 impl ConnCtx {
@@ -98,6 +102,7 @@ impl ConnCtx {
             log,
             routes,
             peer_ip,
+            content_length_and_chunked: AtomicBool::new(false),
         }
     }
 

@@ -28,6 +28,7 @@ use sluice_snapshot::route::{Redirect, RequestMatch, Route, RouteAction, Virtual
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::flow::ConnCtx;
+use crate::framing::{CONTENT_LENGTH_AND_CHUNKED, HeadScan};
 use crate::rewind::Rewind;
 use crate::shared::wait_true;
 use crate::telemetry::{ByteCounts, HttpFields, Kind, Record};
@@ -56,7 +57,7 @@ where
             Ok((io, h2)) => serve_as(io, ctx, h2).await,
             Err(why) => {
                 tracing::debug!(peer = %ctx.info.peer, why, "http connection closed");
-                if why == FIRST_BYTE_TIMEOUT {
+                if why == FIRST_BYTE_TIMEOUT || why == REQUEST_HEAD_TIMEOUT {
                     ctx.shared.telemetry.metrics.refused("limit", why);
                 }
             }
@@ -65,6 +66,9 @@ where
 }
 
 const FIRST_BYTE_TIMEOUT: &str = "first_byte_timeout";
+/// The `reason` of `sluice_refused_total{check="limit"}` for a connection closed because a
+/// request head did not arrive in time.
+pub(crate) const REQUEST_HEAD_TIMEOUT: &str = "request_head_timeout";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads until the bytes are, or cannot be, HTTP/2's connection preface. A client silent for
@@ -87,7 +91,7 @@ async fn sniff_h2c<S: AsyncRead + Unpin>(
     .await;
     match read {
         Err(_) if buf.is_empty() => Err(FIRST_BYTE_TIMEOUT),
-        Err(_) => Err("request_head_timeout"),
+        Err(_) => Err(REQUEST_HEAD_TIMEOUT),
         Ok(Err(_)) | Ok(Ok(())) if buf.is_empty() => Err("closed"),
         Ok(_) => {
             let h2 = buf.as_ref() == H2_PREFACE;
@@ -130,6 +134,9 @@ where
         }
         async move { Ok::<_, Infallible>(handle(req, ctx).await) }
     });
+    // The first HTTP/1 head is watched for what hyper accepts and Envoy refuses
+    // (crate::framing); HTTP/2 has no such framing.
+    let io = HeadScan::new(io, ctx.clone(), |c| &c.content_length_and_chunked, !h2);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.shared.drain.clone();
@@ -150,6 +157,9 @@ where
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, peer = %ctx.info.peer, "http connection");
+                if head_timed_out(&*e) {
+                    ctx.shared.telemetry.metrics.refused("limit", REQUEST_HEAD_TIMEOUT);
+                }
             }
         }
         _ = wait_true(&mut drain) => {
@@ -166,6 +176,13 @@ where
             }
         }
     }
+}
+
+/// hyper ended the connection because a request head (or, between requests, the next one)
+/// did not arrive within the head timeout.
+pub(crate) fn head_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
 }
 
 /// When a connection last started a request.
@@ -199,14 +216,18 @@ impl Idle {
 }
 
 /// Requests no route may take, whatever the routes say.
-fn request_shape(parts: &Parts) -> Result<(), Error> {
+fn request_shape(ctx: &ConnCtx, parts: &Parts) -> Result<(), Error> {
+    // Content-Length with Transfer-Encoding: hyper dropped the length (and will close the
+    // connection after the response); Envoy's codec refuses the request, and so does sluice.
+    if ctx.content_length_and_chunked.load(Ordering::Relaxed) {
+        let metrics = &ctx.shared.telemetry.metrics;
+        metrics.refused("framing", "content_length_and_chunked");
+        return Err(Error::Http1Framing(CONTENT_LENGTH_AND_CHUNKED));
+    }
     // Envoy without a `connect_matcher` route answers CONNECT 404 (`NR`): never forwarded.
     if parts.method == http::Method::CONNECT {
         return Err(Error::NoRoute);
     }
-    // Content-Length with Transfer-Encoding never gets here: hyper frames such a body by its
-    // chunks alone, drops the length and closes the connection after the response (RFC 9112
-    // §6.3), so nothing can be smuggled behind it; the upstream sees one framing.
     Ok(())
 }
 
@@ -314,7 +335,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
         ctx.info.peer_identity.is_some(),
     );
     let (authority, authority_ok) = match request_authority(&ctx, &mut parts) {
-        Ok(a) => (a, request_shape(&parts)),
+        Ok(a) => (a, request_shape(&ctx, &parts)),
         Err((raw, e)) => (raw, Err(e)),
     };
     // A log, or a Telemetry tag value, may read the request's method, path and headers.

@@ -31,6 +31,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod flow;
+pub mod framing;
 pub mod http;
 pub mod inspect;
 pub mod listener;
@@ -123,6 +124,16 @@ impl Proxy {
     /// The running data plane's clusters and endpoints, for the admin API's `/clusters`.
     pub fn inspector(&self) -> inspect::Inspector {
         inspect::Inspector::new(self.current.subscribe(), self.listeners.subscribe())
+    }
+
+    /// Makes the access-log writers reopen their files (SIGUSR1 in the binary).
+    pub fn log_reopener(&self) -> telemetry::writer::Reopener {
+        self.shared.telemetry.log_reopener()
+    }
+
+    /// The decisions the egress map shows (the admin API's `/ui`).
+    pub fn decisions(&self) -> Arc<telemetry::decisions::Decisions> {
+        self.shared.telemetry.decisions.clone()
     }
 
     /// Becomes true once the listeners of the first snapshot are bound.

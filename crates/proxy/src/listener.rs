@@ -50,6 +50,8 @@ pub struct Manager {
     explicit_proxy: Option<oneshot::Sender<()>>,
     /// Where the explicit proxy is bound (its port may have been chosen by the system).
     explicit_addr: Option<SocketAddr>,
+    /// The explicit proxy's address and last bind error while it cannot be bound.
+    explicit_unbound: Option<(SocketAddr, String)>,
     /// Ports the snapshot wants that could not be bound, with why; retried by
     /// [`Manager::retry_unbound`] until they bind.
     unbound: BTreeMap<u16, String>,
@@ -73,6 +75,7 @@ impl Manager {
             bound: BTreeMap::new(),
             explicit_proxy: None,
             explicit_addr: None,
+            explicit_unbound: None,
             unbound: BTreeMap::new(),
             status,
         }
@@ -103,14 +106,30 @@ impl Manager {
                 bound: true,
                 error: None,
             }))
+            .chain(
+                self.explicit_unbound
+                    .as_ref()
+                    .map(|(address, why)| ListenerStatus {
+                        name: "explicit_proxy".to_owned(),
+                        address: *address,
+                        bound: false,
+                        error: Some(why.clone()),
+                    }),
+            )
             .collect();
         all.sort_by_key(|l| (l.address.port(), l.name.clone()));
+        let unbound = all.iter().filter(|l| !l.bound).count();
+        self.shared
+            .telemetry
+            .metrics
+            .listeners_unbound
+            .set(i64::try_from(unbound).unwrap_or(i64::MAX));
         self.status.send_replace(all);
     }
 
     /// Whether every listener the snapshot wants is bound (readiness waits for it).
     pub fn all_bound(&self) -> bool {
-        self.unbound.is_empty()
+        self.unbound.is_empty() && self.explicit_unbound.is_none()
     }
 
     /// Ports that could not be bound yet, with the last error.
@@ -120,11 +139,11 @@ impl Manager {
 
     /// Tries the ports that could not be bound again; true when they all are now.
     pub async fn retry_unbound(&mut self, snapshot: &Snapshot) -> bool {
-        if self.unbound.is_empty() {
+        if self.all_bound() {
             return true;
         }
         let _ = self.reconcile(snapshot).await;
-        self.unbound.is_empty()
+        self.all_bound()
     }
 
     /// Makes the bound ports those of `snapshot`. Every port that can be bound is; the
@@ -135,6 +154,7 @@ impl Manager {
             Role::Gateway => {
                 self.explicit_proxy = None;
                 self.explicit_addr = None;
+                self.explicit_unbound = None;
                 snapshot.listeners.iter().map(|l| l.port).collect()
             }
             Role::Sidecar => {
@@ -219,10 +239,19 @@ impl Manager {
             .config
             .listen
             .unwrap_or(crate::sidecar::DEFAULT_LISTEN);
-        let listener = bind(addr).map_err(|source| {
-            tracing::error!(%addr, error = %source, "cannot bind the explicit proxy");
-            Error::Bind { addr, source }
-        })?;
+        let listener = match bind(addr) {
+            Ok(l) => l,
+            Err(source) => {
+                // Said once per failure kind, then retried quietly.
+                let why = source.to_string();
+                if self.explicit_unbound.as_ref().map(|(_, w)| w) != Some(&why) {
+                    tracing::error!(%addr, error = %source, "cannot bind the explicit proxy; retrying");
+                }
+                self.explicit_unbound = Some((addr, why));
+                return Err(Error::Bind { addr, source });
+            }
+        };
+        self.explicit_unbound = None;
         tracing::info!(%addr, "explicit proxy listening (HTTP_PROXY / HTTPS_PROXY)");
         self.explicit_addr = Some(listener.local_addr().unwrap_or(addr));
         let Some(tracker) = self.tracker.clone() else {
@@ -247,6 +276,7 @@ impl Manager {
         self.bound.clear();
         self.explicit_proxy = None;
         self.explicit_addr = None;
+        self.explicit_unbound = None;
         self.tracker = None;
         self.unbound.clear();
         self.publish();

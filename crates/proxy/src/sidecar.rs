@@ -3,21 +3,27 @@
 //! `Host`. The sidecar's listeners are virtual, one per destination port; this module picks
 //! one for each flow and hands the flow to it.
 //!
-//! - `CONNECT host:port` is answered `200 Connection Established` once the destination passes
-//!   what can be decided before any byte of the tunnel ([`preflight`]; else `403`/`503`); the
-//!   tunnel then belongs to the virtual listener of `port`, with `requested = (host, port)`:
-//!   its ClientHello's SNI (which must name `host`) picks a TLS chain, a TCP chain takes plain
-//!   bytes ([`crate::serve_connection`]), and plain HTTP inside the tunnel (for `host` only)
-//!   is routed per request like below.
+//! - `CONNECT host:port` is answered `200 Connection Established` only once the destination
+//!   is allowed and, when the tunnel will be one stream to one upstream (a TCP chain, TLS
+//!   passed through by the host's SNI, the fallback), that upstream — or the mesh hop to the
+//!   gateway — is connected ([`plan`], [`dial`]); else `403`/`502`/`503`/`504`
+//!   ([`connect_status`]). The tunnel then belongs to the virtual listener of `port`, with
+//!   `requested = (host, port)`: its ClientHello's SNI (which must name `host`) picks a TLS
+//!   chain, a TCP chain takes plain bytes, and plain HTTP inside the tunnel (for `host` only)
+//!   is routed per request like below (no upstream is dialed for such a tunnel before its
+//!   requests arrive).
 //! - Any other request (absolute-form `GET http://host[:port]/p`, or origin-form with `Host`)
 //!   goes to the HTTP chain of the virtual listener of its port (default 80), by its own host:
 //!   one keep-alive connection may carry requests for different hosts **and ports**, each is
 //!   routed on its own. An absolute-form target is rewritten to origin-form with its authority
 //!   as `Host`, so the routes and the upstream see what a direct request would carry.
-//! - Request heads are bounded (16 KiB, 10 s); a malformed head gets `400` and the connection
-//!   is closed (so does a request without a host, an absolute URI other than `http://`, and a
-//!   `CONNECT` without a port or inside a tunnel). HTTP/1.x only: an app speaking h2c
-//!   prior-knowledge to the proxy is not served (h2 inside a CONNECT tunnel is fine).
+//! - Request heads are bounded (16 KiB; 10 s, or a shorter `--request-head-timeout`, counted
+//!   as `sluice_refused_total{check="limit",reason="request_head_timeout"}`); a malformed head
+//!   gets `400` and the connection is closed (so does a request without a host, an absolute
+//!   URI other than `http://`, a `CONNECT` without a port or inside a tunnel, and a head with
+//!   both `Content-Length` and `Transfer-Encoding`, see [`crate::framing`]). HTTP/1.x only: an
+//!   app speaking h2c prior-knowledge to the proxy is not served (h2 inside a CONNECT tunnel
+//!   is fine).
 //!
 //! This module only reads the explicit proxy's front end and picks the routes; everything
 //! after — authorization, routing, rate limits, upstreams, retries, timeouts, logs — is the
@@ -44,6 +50,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,22 +69,24 @@ use sluice_snapshot::listener::{App, Transport};
 use sluice_snapshot::route::TcpRoute;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::Error;
 use crate::authority::Host;
 use crate::conn::{serve_connection, serve_fallback_stream};
 use crate::flow::{ConnCtx, ConnInfo, Routes};
+use crate::framing::HeadScan;
 use crate::runtime::Runtime;
 use crate::shared::{Shared, wait_true};
 use crate::sni::{self, Peek};
 use crate::telemetry::{Kind, Record, Sinks};
 use crate::upstream::pool::BoxError;
+use crate::{Error, authz, tcp};
 
 /// Where the explicit proxy listens unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15001);
 /// Largest request head read from the app (hyper's read buffer; it answers 431 beyond).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// The app must send each request head within this time.
+/// The app must send each request head within this time (or `--request-head-timeout`, when
+/// that is shorter); a connection that sends nothing is closed then too.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The response body type of the explicit proxy.
@@ -100,12 +109,50 @@ struct Conn {
     tunnel: Option<(Host, u16)>,
     /// The CONNECT answered on this connection, run once hyper hands the socket over.
     pending: Mutex<Option<PendingTunnel>>,
+    /// The first request head had both `Content-Length` and `Transfer-Encoding`
+    /// ([`crate::framing`]).
+    content_length_and_chunked: AtomicBool,
 }
 
 struct PendingTunnel {
     upgrade: OnUpgrade,
     host: Host,
     port: u16,
+    /// The tunnel's upstream, connected before the `200` (`None`: decided inside the tunnel).
+    dialed: Option<Dialed>,
+}
+
+/// A tunnel's stream, routed and connected before its CONNECT was answered, by the first
+/// bytes the tunnel was expected to carry (`transport`, and `ctx.info.sni`: the CONNECT host
+/// on a port that inspects TLS, as the fronting check allows no other). The tunnel uses it
+/// only when its first bytes are what was expected.
+struct Dialed {
+    transport: Transport,
+    ctx: ConnCtx,
+    rec: Record,
+    opened: tcp::Opened,
+}
+
+impl Dialed {
+    /// Forwards the tunnel to the connection made for it.
+    async fn forward<S>(self, io: S, alpn: Vec<String>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Dialed {
+            mut ctx,
+            mut rec,
+            opened,
+            ..
+        } = self;
+        ctx.info.alpn = alpn;
+        tcp::proxy_opened(io, &ctx, &mut rec, opened).await;
+    }
+
+    /// Closes the connection unused; its record says why.
+    fn close(mut self, why: &'static str) {
+        self.rec.termination = Some(why.into());
+    }
 }
 
 /// Serves one connection accepted by the explicit proxy with `snapshot` (kept to its end).
@@ -127,6 +174,7 @@ pub async fn serve<S>(
         log,
         tunnel: None,
         pending: Mutex::new(None),
+        content_length_and_chunked: AtomicBool::new(false),
     });
     serve_http(Box::new(io), conn).await;
 }
@@ -137,13 +185,14 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(HEAD_TIMEOUT.min(conn.shared.config.request_head_timeout))
         .max_buf_size(MAX_HEAD_BYTES);
     let svc_conn = conn.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let conn = svc_conn.clone();
         async move { Ok::<_, Infallible>(handle(req, conn).await) }
     });
+    let io = HeadScan::new(io, conn.clone(), |c| &c.content_length_and_chunked, true);
     let http = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -153,6 +202,10 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
         r = http.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, peer = %conn.peer, "explicit proxy connection");
+                if crate::http::head_timed_out(&e) {
+                    let metrics = &conn.shared.telemetry.metrics;
+                    metrics.refused("limit", crate::http::REQUEST_HEAD_TIMEOUT);
+                }
             }
         }
         _ = wait_true(&mut drain) => {
@@ -169,13 +222,24 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
         .take();
     if let Some(t) = pending {
         match t.upgrade.await {
-            Ok(upgraded) => tunnel(Box::new(TokioIo::new(upgraded)), t.host, t.port, &conn).await,
-            Err(e) => tracing::debug!(error = %e, host = %t.host, "CONNECT tunnel not established"),
+            Ok(upgraded) => {
+                let io = Box::new(TokioIo::new(upgraded));
+                tunnel(io, t.host, t.port, t.dialed, &conn).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, host = %t.host, "CONNECT tunnel not established");
+                if let Some(d) = t.dialed {
+                    d.close("downstream_remote_disconnect");
+                }
+            }
         }
     }
 }
 
 async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> {
+    if conn.content_length_and_chunked.load(Ordering::Relaxed) {
+        return refuse_framing(&conn);
+    }
     if req.method() == Method::CONNECT {
         return connect(req, &conn).await;
     }
@@ -276,6 +340,32 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         .map(|b| b.boxed_unsync())
 }
 
+/// A request whose head had both `Content-Length` and `Transfer-Encoding`: `400` (`DPE`,
+/// Envoy's details), logged, the connection closed — whatever its method or host, so no
+/// routing decision reads a request whose body two servers could frame differently.
+fn refuse_framing(conn: &Conn) -> Response<ProxyBody> {
+    let e = Error::Http1Framing(crate::framing::CONTENT_LENGTH_AND_CHUNKED);
+    tracing::info!(target: "sluice::refused", peer = %conn.peer, error = %e, "request refused");
+    let mut rec = Record::new(
+        conn.shared.telemetry.clone(),
+        conn.log.clone(),
+        Kind::Http,
+        conn.local,
+        conn.peer,
+        None,
+    );
+    conn.shared
+        .telemetry
+        .metrics
+        .refused("framing", "content_length_and_chunked");
+    rec.fail(&e);
+    rec.response_code = 400;
+    let mut resp = text(400, format!("{}\n", e.body()));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Where a plain request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
@@ -318,7 +408,9 @@ impl Target {
     }
 }
 
-/// `CONNECT host:port`: answered 200 now; the tunnel runs once hyper releases the socket.
+/// `CONNECT host:port`: answered `200` once the destination is allowed and, when the tunnel
+/// will be one stream to one upstream, that upstream is connected ([`plan`]); refused
+/// otherwise ([`connect_status`]). The tunnel runs once hyper releases the socket.
 async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
     if conn.tunnel.is_some() {
         return bad_request("CONNECT inside a CONNECT tunnel");
@@ -336,43 +428,35 @@ async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody>
             return bad_request(&format!("CONNECT needs host:port: {e}"));
         }
     };
-    if let Err((e, cluster)) = preflight(conn, &host, port).await {
-        let status = match &e {
-            Error::BlackHole | Error::DestinationDenied(_) | Error::PortNotDeclared(_) => 403,
-            Error::DnsFailed(_) | Error::NoHealthyUpstream(_) => 503,
-            _ => 502,
-        };
-        tracing::info!(
-            target: "sluice::refused",
-            peer = %conn.peer,
-            host = %host,
-            port,
-            status,
-            error = %e,
-            "CONNECT refused"
-        );
-        // Logged as the tunnel would have been: the host asked for as its server name, the
-        // cluster that refused it.
-        let mut rec = Record::new(
-            conn.shared.telemetry.clone(),
-            conn.log.clone(),
-            Kind::Connection,
-            conn.local,
-            conn.peer,
-            Some(host.to_string()),
-        );
-        rec.cluster = cluster;
-        rec.fail(&e);
-        let mut resp = text(status, format!("CONNECT {host}:{port} refused: {e}\n"));
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
-    }
+    let dialed = match plan(conn, &host, port).await {
+        Ok(Plan::Inside) => None,
+        Ok(Plan::Stream {
+            info,
+            routes,
+            transport,
+            passthrough,
+        }) => match dial(conn, *info, routes, transport, passthrough).await {
+            Ok(dialed) => Some(dialed),
+            Err((rec, e)) => return refuse_connect(conn, &host, port, rec, &e),
+        },
+        Err(e) => {
+            let rec = Record::new(
+                conn.shared.telemetry.clone(),
+                conn.log.clone(),
+                Kind::Connection,
+                conn.local,
+                conn.peer,
+                None,
+            );
+            return refuse_connect(conn, &host, port, rec, &e);
+        }
+    };
     let upgrade = hyper::upgrade::on(&mut req);
     *conn.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingTunnel {
         upgrade,
         host,
         port,
+        dialed,
     });
     let mut resp = Response::new(empty());
     resp.extensions_mut()
@@ -382,63 +466,211 @@ async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody>
     resp
 }
 
-/// What a tunnel to `host:port` would be refused for, decided before the CONNECT is answered
-/// from what is known then: the host (the only server name the tunnel may carry, see the
-/// fronting check in [`tunnel`]) and the port. A destination that only the snapshot's fallback
-/// takes is refused now under REGISTRY_ONLY (`BlackHoleCluster`), and under ALLOW_ANY when
-/// the host does not resolve or resolves only to addresses the IP guard refuses — the same
-/// check the dial makes later, so nothing is decided twice differently. A destination some
-/// chain of the port may take is decided inside the tunnel, by what the app sends.
-async fn preflight(conn: &Conn, host: &Host, port: u16) -> Result<(), (Error, Option<Arc<str>>)> {
+/// The status of a refused CONNECT, as Squid and Smokescreen answer: `403` for a destination
+/// policy or the registry refuses, `503` when the cluster has no endpoint or no room, `504`
+/// when the connect timed out, `502` for any other failure to connect (refused, unresolvable,
+/// the upstream TLS or mesh mTLS handshake failed).
+fn connect_status(e: &Error) -> u16 {
+    match e {
+        Error::BlackHole
+        | Error::DestinationDenied(_)
+        | Error::PortNotDeclared(_)
+        | Error::Denied(_) => 403,
+        Error::NoHealthyUpstream(_) | Error::Overflow(_) => 503,
+        Error::Timeout => 504,
+        e if e.is_connect_timeout() => 504,
+        _ => 502,
+    }
+}
+
+/// Answers a refused CONNECT and logs it as the tunnel would have been: the host asked for as
+/// its server name, and whatever the refusal got to (cluster, upstream address).
+fn refuse_connect(
+    conn: &Conn,
+    host: &Host,
+    port: u16,
+    mut rec: Record,
+    e: &Error,
+) -> Response<ProxyBody> {
+    let status = connect_status(e);
+    tracing::info!(
+        target: "sluice::refused",
+        peer = %conn.peer,
+        host = %host,
+        port,
+        status,
+        error = %e,
+        "CONNECT refused"
+    );
+    if rec.sni.is_none() {
+        rec.sni = Some(host.to_string());
+    }
+    rec.fail(e);
+    drop(rec);
+    let mut resp = text(status, format!("CONNECT {host}:{port} refused: {e}\n"));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// How a tunnel to `host:port` will be served, as far as it is known before its first byte.
+enum Plan {
+    /// One stream to one upstream, by `routes`, when the tunnel starts with `transport`.
+    Stream {
+        /// Boxed: `Inside` carries nothing.
+        info: Box<ConnInfo>,
+        routes: Routes,
+        transport: Transport,
+        passthrough: bool,
+    },
+    /// Decided by what the tunnel carries: plain HTTP (each request is routed on its own),
+    /// TLS terminated here, a port that takes both TLS and plain bytes for this host, or a
+    /// TLS port reached by IP address (the ClientHello's SNI picks the chain).
+    Inside,
+}
+
+/// What a tunnel to `host:port` will be, decided before the CONNECT is answered from the host
+/// (the only server name the tunnel may carry, see the fronting check in [`tunnel`]) and the
+/// port: the chain and TCP route it will take, or the snapshot's fallback (REGISTRY_ONLY's
+/// `BlackHoleCluster` refuses it when dialed, ALLOW_ANY's `PassthroughCluster` resolves the
+/// host and applies the IP guard). Refused here: a port the host's ServiceEntries do not
+/// declare.
+async fn plan(conn: &Conn, host: &Host, port: u16) -> Result<Plan, Error> {
     let runtime = &conn.runtime;
     let snapshot = &runtime.snapshot;
     if let Host::Name(name) = host
         && !runtime.port_declared(name, port)
     {
-        return Err((Error::PortNotDeclared(format!("{name}:{port}")), None));
+        return Err(Error::PortNotDeclared(format!("{name}:{port}")));
     }
-    if let Some(listener) = snapshot.listener(port) {
-        let sni = match host {
-            Host::Name(name) => Some(name.as_str()),
-            Host::Ip(_) => None,
-        };
-        let tls = listener.inspects_tls() && listener.select(Transport::Tls, sni).is_some();
-        if tls || listener.select(Transport::Plain, None).is_some() {
-            return Ok(());
-        }
-    }
-    let Some(cluster) = snapshot
-        .fallback
-        .as_ref()
-        .and_then(|f| f.tcp.clusters.first())
-        .and_then(|wc| runtime.cluster(&wc.cluster))
-    else {
-        return Err((Error::NoRoute, None));
+    let mut info = ConnInfo::new(conn.local, conn.peer, port);
+    info.requested = Some((host.to_string(), port));
+    info.original_dst = host.ip().map(|ip| SocketAddr::new(ip, port));
+    let Some(listener) = snapshot.listener(port) else {
+        return Ok(Plan::Stream {
+            info: Box::new(info),
+            routes: Routes::Fallback,
+            transport: Transport::Plain,
+            passthrough: false,
+        });
     };
-    let named = host.to_string();
-    let original_dst = host.ip().map(|ip| SocketAddr::new(ip, port));
-    conn.shared
-        .upstreams
-        .endpoints(cluster, Some(&named), original_dst, Some((&named, port)))
-        .await
-        .map(drop)
-        .map_err(|e| (e, Some(cluster.name.clone())))
+    let index = |transport, sni: Option<&str>| {
+        let chain = listener.select(transport, sni)?;
+        listener.chains.iter().position(|c| std::ptr::eq(c, chain))
+    };
+    let plain = index(Transport::Plain, None);
+    let (transport, chain) = if listener.inspects_tls() {
+        let tls = match host {
+            Host::Name(name) => index(Transport::Tls, Some(name)),
+            Host::Ip(_) => index(Transport::Tls, None),
+        };
+        // Expected: TLS naming the host (the fronting check allows no other name).
+        match (host, tls, plain) {
+            (Host::Name(name), tls @ Some(_), _) | (Host::Name(name), tls @ None, None) => {
+                info.sni = Some(name.clone());
+                (Transport::Tls, tls)
+            }
+            (Host::Ip(_), None, None) => (Transport::Tls, None),
+            _ => return Ok(Plan::Inside),
+        }
+    } else {
+        (Transport::Plain, plain)
+    };
+    let passthrough = transport == Transport::Tls;
+    let Some((index, chain)) = chain.and_then(|i| Some((i, listener.chains.get(i)?))) else {
+        return Ok(Plan::Stream {
+            info: Box::new(info),
+            routes: Routes::Fallback,
+            transport,
+            passthrough,
+        });
+    };
+    let (None, App::Tcp { routes }) = (&chain.tls, &chain.app) else {
+        return Ok(Plan::Inside);
+    };
+    if info.original_dst.is_none() && routes_need_destination(routes) {
+        info.original_dst = destination(&conn.shared, &host.to_string(), port).await;
+    }
+    let dest = info.original_dst.map_or(conn.local.ip(), |a| a.ip());
+    let routes = if routes
+        .iter()
+        .any(|r| r.matches(info.sni.as_deref(), Some(dest)))
+    {
+        Routes::Chain(index)
+    } else {
+        Routes::Fallback
+    };
+    Ok(Plan::Stream {
+        info: Box::new(info),
+        routes,
+        transport,
+        passthrough,
+    })
 }
 
-/// A CONNECT tunnel to `host:port`, on the virtual listener of `port`.
-async fn tunnel(io: BoxStream, host: Host, port: u16, conn: &Arc<Conn>) {
+/// Authorizes the planned stream as its TCP chain would, then connects its upstream (the mesh
+/// hop's mTLS handshake included). On failure, the record to log the refusal with.
+async fn dial(
+    conn: &Conn,
+    info: ConnInfo,
+    routes: Routes,
+    transport: Transport,
+    passthrough: bool,
+) -> Result<Dialed, (Record, Error)> {
+    let ctx = ConnCtx::new(
+        info,
+        conn.runtime.clone(),
+        conn.shared.clone(),
+        conn.log.clone(),
+        routes,
+    );
+    let mut rec = Record::new(
+        conn.shared.telemetry.clone(),
+        conn.log.clone(),
+        Kind::Tcp,
+        conn.local,
+        conn.peer,
+        ctx.info.sni.clone(),
+    );
+    let req = authz::connection_request(&ctx.info);
+    if let Err(e) = authz::authorize(
+        &ctx.runtime.snapshot,
+        &ctx.shared.telemetry,
+        authz::Protocol::Tcp,
+        &req,
+    ) {
+        return Err((rec, e));
+    }
+    match tcp::open(&ctx, &mut rec, passthrough).await {
+        Ok(opened) => Ok(Dialed {
+            transport,
+            ctx,
+            rec,
+            opened,
+        }),
+        Err(e) => Err((rec, e)),
+    }
+}
+
+/// A CONNECT tunnel to `host:port`, on the virtual listener of `port`: forwarded to `dialed`
+/// when its first bytes are what the connection was made for, else routed by them.
+async fn tunnel(
+    io: BoxStream,
+    host: Host,
+    port: u16,
+    mut dialed: Option<Dialed>,
+    conn: &Arc<Conn>,
+) {
     let runtime = &conn.runtime;
     let snapshot = &runtime.snapshot;
     let shared = &conn.shared;
     let mut info = ConnInfo::new(conn.local, conn.peer, port);
     info.requested = Some((host.to_string(), port));
     info.original_dst = host.ip().map(|ip| SocketAddr::new(ip, port));
-    let Some(listener) = snapshot.listener(port) else {
-        return serve_fallback_stream(io, info, runtime.clone(), shared.clone(), false).await;
-    };
-    let (io, transport) = if listener.inspects_tls() {
+    let listener = snapshot.listener(port);
+    let (io, transport) = if listener.is_some_and(|l| l.inspects_tls()) {
         let (io, peek) = sni::inspect(io, shared.config.tls_inspect_timeout).await;
-        match peek {
+        let found = match peek {
             Ok(Peek::Found(hello)) => {
                 // Domain fronting: a tunnel opened to one name may not carry a TLS session
                 // for another (the SNI would pick the route and the upstream).
@@ -451,32 +683,43 @@ async fn tunnel(io: BoxStream, host: Host, port: u16, conn: &Arc<Conn>) {
                         .refused("fronting", "sni_differs_from_connect");
                     let why = format!("the ClientHello names {sni} inside a tunnel to {name}");
                     info.sni = hello.sni;
-                    refuse_connection(&info, conn, &Error::Fronting(why));
-                    return;
+                    Err(Error::Fronting(why))
+                } else {
+                    info.sni = hello.sni;
+                    info.alpn = hello.alpn;
+                    Ok(Transport::Tls)
                 }
-                info.sni = hello.sni;
-                info.alpn = hello.alpn;
-                (io, Transport::Tls)
             }
-            Ok(Peek::NotTls) => (io, Transport::Plain),
-            Ok(Peek::NeedMore) => {
-                refuse_connection(&info, conn, &Error::Inspect(sni::Error::Eof));
-                return;
-            }
-            Ok(Peek::Malformed(why)) => {
-                refuse_connection(&info, conn, &Error::Inspect(sni::Error::Malformed(why)));
-                return;
-            }
+            Ok(Peek::NotTls) => Ok(Transport::Plain),
+            Ok(Peek::NeedMore) => Err(Error::Inspect(sni::Error::Eof)),
+            Ok(Peek::Malformed(why)) => Err(Error::Inspect(sni::Error::Malformed(why))),
+            Err(e) => Err(Error::Inspect(e)),
+        };
+        let transport = match found {
+            Ok(t) => t,
             Err(e) => {
-                refuse_connection(&info, conn, &Error::Inspect(e));
+                refuse_connection(&info, conn, dialed, &e);
                 return;
             }
-        }
+        };
+        (io, transport)
     } else {
         (
             crate::rewind::Rewind::new(Bytes::new(), io),
             Transport::Plain,
         )
+    };
+    if let Some(d) = dialed.take() {
+        if d.transport == transport && d.ctx.info.sni == info.sni {
+            d.forward(io, info.alpn).await;
+            return;
+        }
+        // Not what the connection was made for: routed by what was sent, on a connection
+        // of its own.
+        d.close("connect_dial_unused");
+    }
+    let Some(listener) = listener else {
+        return serve_fallback_stream(io, info, runtime.clone(), shared.clone(), false).await;
     };
     let passthrough = transport == Transport::Tls;
     let Some(chain) = listener.select(transport, info.sni.as_deref()) else {
@@ -493,6 +736,7 @@ async fn tunnel(io: BoxStream, host: Host, port: u16, conn: &Arc<Conn>) {
                 log: conn.log.clone(),
                 tunnel: Some((host.clone(), port)),
                 pending: Mutex::new(None),
+                content_length_and_chunked: AtomicBool::new(false),
             });
             Box::pin(serve_http(Box::new(io), inner)).await;
         }
@@ -522,16 +766,21 @@ async fn tunnel(io: BoxStream, host: Host, port: u16, conn: &Arc<Conn>) {
     }
 }
 
-/// A tunnel whose ClientHello could not be read: logged, closed.
-fn refuse_connection(info: &ConnInfo, conn: &Conn, e: &Error) {
-    let mut rec = Record::new(
-        conn.shared.telemetry.clone(),
-        conn.log.clone(),
-        Kind::Connection,
-        conn.local,
-        conn.peer,
-        info.sni.clone(),
-    );
+/// A tunnel whose ClientHello could not be read, or names another host: logged (on the
+/// record of the connection made for it, if any, which is closed), closed.
+fn refuse_connection(info: &ConnInfo, conn: &Conn, dialed: Option<Dialed>, e: &Error) {
+    let mut rec = match dialed {
+        Some(d) => d.rec,
+        None => Record::new(
+            conn.shared.telemetry.clone(),
+            conn.log.clone(),
+            Kind::Connection,
+            conn.local,
+            conn.peer,
+            None,
+        ),
+    };
+    rec.sni = info.sni.clone();
     rec.fail(e);
 }
 
@@ -579,6 +828,32 @@ mod tests {
             b = b.header("host", h);
         }
         b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn refused_connects_are_answered_as_squid_and_smokescreen_answer() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let connect = |reason: &str| Error::Connect {
+            addr,
+            reason: reason.into(),
+        };
+        let table = [
+            (Error::BlackHole, 403),
+            (Error::PortNotDeclared("a.example:1".into()), 403),
+            (
+                Error::Denied("rbac_access_denied_matched_policy[x]".into()),
+                403,
+            ),
+            (Error::NoHealthyUpstream("no endpoint".into()), 503),
+            (Error::Overflow("max_connections"), 503),
+            (connect("delayed connect error: 111"), 502),
+            (connect(crate::error::CONNECT_TIMEOUT), 504),
+            (Error::UpstreamTls("handshake".into()), 502),
+            (Error::NoRoute, 502),
+        ];
+        for (e, status) in table {
+            assert_eq!(connect_status(&e), status, "{e}");
+        }
     }
 
     #[test]

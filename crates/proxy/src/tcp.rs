@@ -26,7 +26,8 @@ use tokio::sync::watch;
 
 use crate::flow::{ConnCtx, Routes};
 use crate::telemetry::{ByteCounts, Record};
-use crate::upstream::lb::{Slot, consistent, pick_weighted};
+use crate::upstream::ClusterRt;
+use crate::upstream::lb::{InflightGuard, Slot, consistent, pick_weighted};
 use crate::upstream::outlier::Outcome;
 use crate::{Error, authz};
 
@@ -48,6 +49,38 @@ async fn run<S>(io: S, ctx: &ConnCtx, rec: &mut Record, passthrough: bool) -> Re
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let opened = open(ctx, rec, passthrough).await?;
+    forward(io, ctx, rec, opened).await
+}
+
+/// A stream's upstream connection, established: the cluster it belongs to, and the places it
+/// holds in that cluster's limits until the stream ends.
+pub(crate) struct Opened {
+    cluster: Arc<ClusterRt>,
+    io: crate::upstream::connect::Io,
+    _inflight: InflightGuard,
+    _slot: Slot,
+}
+
+/// Forwards `io` to an upstream [`open`] already connected (the sidecar dials before it
+/// answers a CONNECT).
+pub(crate) async fn proxy_opened<S>(io: S, ctx: &ConnCtx, rec: &mut Record, opened: Opened)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(e) = forward(io, ctx, rec, opened).await {
+        tracing::debug!(error = %e, sni = ?ctx.info.sni, "tcp proxy");
+        rec.fail(&e);
+    }
+}
+
+/// Routes the flow of `ctx` and connects to the upstream its route picks (and originates TLS
+/// when the cluster does): everything of a stream that happens before the first byte moves.
+pub(crate) async fn open(
+    ctx: &ConnCtx,
+    rec: &mut Record,
+    passthrough: bool,
+) -> Result<Opened, Error> {
     let sni = ctx.info.sni.as_deref();
     let dest = ctx.info.original_dst.unwrap_or(ctx.info.local).ip();
     let route = ctx
@@ -72,14 +105,14 @@ where
     let candidates = upstreams
         .endpoints(c, host, ctx.info.original_dst, requested)
         .await?;
-    let (candidate, _inflight) = state
+    let (candidate, inflight) = state
         .pick(
             &cluster.lb,
             &candidates,
             consistent::connection_hash(&cluster.lb, ctx.info.peer),
         )
         .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
-    let _slot = Slot::try_take(
+    let slot = Slot::try_take(
         state,
         |s| &s.connections,
         cluster.limits.max_connections,
@@ -110,6 +143,26 @@ where
     }
     let dialed = dialed?;
     rec.upstream_local = dialed.local;
+    Ok(Opened {
+        cluster: c.clone(),
+        io: dialed.io,
+        _inflight: inflight,
+        _slot: slot,
+    })
+}
+
+/// Copies bytes between `io` and the opened upstream until the stream ends.
+async fn forward<S>(io: S, ctx: &ConnCtx, rec: &mut Record, opened: Opened) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Opened {
+        cluster: c,
+        io: upstream,
+        _inflight,
+        _slot,
+    } = opened;
+    let (cluster, state) = (&c.cluster, &c.state);
     state.stats.upstream_cx_active.inc();
     let limits = Limits {
         idle: cluster.limits.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
@@ -124,10 +177,10 @@ where
     let snapshots = ctx.shared.snapshots.clone();
     let result = copy(
         io,
-        dialed.io,
+        upstream,
         rec.counts.clone(),
         limits,
-        snapshots,
+        (snapshots, &ctx.runtime.snapshot),
         recheck,
     )
     .await;
@@ -224,13 +277,14 @@ enum CopyEnd {
 }
 
 /// Copies both ways until either side closes, the stream idles, its lifetime ends, or a new
-/// snapshot no longer allows it (`recheck`, run once per snapshot).
+/// snapshot no longer allows it (`recheck`, run once per snapshot other than `decided`, the
+/// one the flow was routed by).
 async fn copy<D, U>(
     downstream: D,
     mut upstream: U,
     counts: Arc<ByteCounts>,
     limits: Limits,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    (mut snapshots, decided): (watch::Receiver<Arc<Snapshot>>, &Arc<Snapshot>),
     recheck: impl Fn(&Snapshot) -> Option<Error>,
 ) -> Result<(), CopyEnd>
 where
@@ -238,8 +292,14 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let idle = limits.idle;
-    // Only snapshots published from now on count: the flow was decided on the current one.
-    snapshots.borrow_and_update();
+    // A snapshot published while the upstream was being dialed (or, at the sidecar, between
+    // the CONNECT and its tunnel's first byte) was never checked: check it before any byte.
+    let current = snapshots.borrow_and_update().clone();
+    if !Arc::ptr_eq(&current, decided)
+        && let Some(e) = recheck(&current)
+    {
+        return Err(CopyEnd::Revoked(e));
+    }
     let mut watching = true;
     let lifetime = async {
         match limits.until {

@@ -2,6 +2,7 @@
 //! formats and writer, Istio's metrics, and what Telemetry resources change in them (filters
 //! and tag values in CEL, evaluated when a record is written).
 
+pub mod decisions;
 pub mod expr;
 pub mod format;
 pub mod metrics;
@@ -25,6 +26,8 @@ pub struct Telemetry {
     writers: writer::Writers,
     /// This proxy's workload name, the `source_workload` of what it reports.
     pub workload: Arc<str>,
+    /// Recent decisions and per-edge counts, for the admin API's egress map (`/ui`).
+    pub decisions: Arc<decisions::Decisions>,
 }
 
 /// What one snapshot's records are written to: its access logs (with their filters) and, when
@@ -50,6 +53,7 @@ impl Telemetry {
             metrics: Metrics::new(registry),
             writers: writer::Writers::default(),
             workload: Arc::from("unknown"),
+            decisions: Arc::default(),
         }
     }
 
@@ -57,6 +61,11 @@ impl Telemetry {
     pub fn with_workload(mut self, name: &str) -> Telemetry {
         self.workload = Arc::from(name);
         self
+    }
+
+    /// Makes the access-log writers reopen their files (after logrotate moved them).
+    pub fn log_reopener(&self) -> writer::Reopener {
+        self.writers.reopener()
     }
 
     /// The access-log target a snapshot's access-log configuration names, if any. Must be

@@ -235,6 +235,11 @@ impl MeshStandIn {
                     let Ok(Ok(n)) = tokio::time::timeout(STEP, tls.read(&mut first)).await else {
                         return;
                     };
+                    // A connection closed before its first byte carried nothing to the gateway
+                    // (the sidecar connects before it answers a CONNECT).
+                    if n == 0 {
+                        return;
+                    }
                     first.truncate(n);
                     let inner_tls = first.first() == Some(&0x16);
                     {
@@ -384,6 +389,12 @@ async fn connect_tls_and_http_ride_mesh_mtls_to_the_gateway() {
         ])
         .await;
     assert!(line.contains(&format!("{gateway_ip}:443")), "{line}");
+    // The tunnel rode the mesh hop connected before its 200, not a second one.
+    assert!(
+        !sidecar.log_text().contains("connect_dial_unused"),
+        "{}",
+        sidecar.log_text()
+    );
 
     // The same with the real curl, as an app would run it.
     let ca_pem = TempDir::new("curl-ca");
@@ -548,9 +559,12 @@ async fn registry_only_refuses_what_nothing_registers() {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     sidecar.wait_lines(&[" UH ", "unknown.example"], 2).await;
 
-    // A registered host is answered 200: its route is decided by what the app sends.
+    // A registered host is answered only once its upstream is connected: here the mesh hop
+    // to the gateway, where nothing listens, so 502 (UF) and never a 200.
     let (_tcp, head) = open_tunnel(proxy, "api.github.com:443").await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let line = sidecar.log_line(&["api.github.com", " UF "]).await;
+    assert!(line.contains(&format!("{gateway_ip}:443")), "{line}");
 
     // Malformed heads: 400, connection closed.
     let reply = client::raw_tcp(proxy, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5))
@@ -646,17 +660,26 @@ spec:
         .log_line(&["PassthroughCluster", &format!("{outside_ip}:443")])
         .await;
     assert_eq!(https_outside.requests(), 1);
+    // The tunnel used the connection made before its 200, not a second one.
+    assert!(
+        !sidecar.log_text().contains("connect_dial_unused"),
+        "{}",
+        sidecar.log_text()
+    );
     assert_eq!(http_outside.requests(), 1);
 
     // A CONNECT is answered only once its destination passes: a host that resolves to an
-    // address the IP guard refuses is 403, one that does not resolve 503, before any 200.
+    // address the IP guard refuses is 403, one that does not resolve 502 (DF), before any 200.
     let (_tcp, head) = open_tunnel(proxy, "zero.example:443").await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     sidecar
         .log_line(&["zero.example", "destination_ip_denied{unspecified}"])
         .await;
     let (_tcp, head) = open_tunnel(proxy, "nowhere.example:443").await;
-    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    sidecar
+        .log_line(&["nowhere.example", " DF ", "dns_resolution_failure"])
+        .await;
 
     // httpbin.example is registered on port 80 only: ALLOW_ANY does not open its other ports.
     let (_tcp, head) = open_tunnel(proxy, "httpbin.example:8443").await;
@@ -694,8 +717,10 @@ async fn istio_mutual_without_an_identity_fails_uf() {
     assert!(line.contains(" UF"), "{line}");
     assert!(line.contains("workload identity"), "{line}");
 
-    // A tunnel to a mesh-routed host is closed the same way, never sent without mTLS.
-    let (tcp, _) = open_tunnel(proxy, "api.github.com:443").await;
+    // A tunnel to a mesh-routed host is refused the same way before its 200, never sent
+    // without mTLS.
+    let (tcp, head) = open_tunnel(proxy, "api.github.com:443").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     let r = https_over(tcp, "api.github.com", "/", TestCa::new("x").ca_root_store()).await;
     assert!(r.is_err(), "{r:?}");
     sidecar.log_line(&["api.github.com", "UF"]).await;
@@ -1080,4 +1105,210 @@ async fn fronting_and_malformed_authorities_are_refused() {
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
+}
+
+/// A CONNECT is answered `200` only once the upstream is connected (security issue, as Squid
+/// and Smokescreen answer): a registered TCP host whose port is closed gets `502` (UF) and
+/// never a `200`; an unregistered host under REGISTRY_ONLY `403`; a reachable one `200`, then
+/// bytes flow both ways.
+#[tokio::test]
+async fn connect_is_answered_only_once_the_upstream_is_connected() {
+    let open_ip = free_loopback_addr();
+    let echo = sluice_test_support::TcpUpstream::start(SocketAddr::new(open_ip, 7000), "echo")
+        .await
+        .expect("echo");
+    // A port nothing listens on: bound once for a free number, then closed.
+    let closed = {
+        let l = TcpListener::bind(SocketAddr::new(free_loopback_addr(), 0))
+            .await
+            .expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let dns = DnsServer::start([
+        ("open.example", vec![open_ip]),
+        ("closed.example", vec![closed.ip()]),
+    ])
+    .await
+    .expect("dns");
+    let entry = |name: &str, addr: SocketAddr| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.example]
+  addresses: [{ip}/32]
+  ports: [{{number: {port}, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+"#,
+            ip = addr.ip(),
+            port = addr.port()
+        )
+    };
+    let snapshot = compile_snapshot(
+        &CompileOptions::sidecar("default"),
+        &[
+            gateway_service(free_loopback_addr()),
+            entry("open", SocketAddr::new(open_ip, 7000)),
+            entry("closed", closed),
+        ],
+    );
+    assert_eq!(snapshot.outbound_policy, OutboundPolicy::RegistryOnly);
+    let sidecar = start_sidecar(&snapshot, None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    // The upstream refuses the connection: 502, the connection closed, no 200 ever.
+    let target = format!("closed.example:{}", closed.port());
+    let reply = client::raw_tcp(
+        proxy,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        STEP,
+    )
+    .await
+    .expect("CONNECT");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 502 "), "{reply}");
+    assert!(!reply.contains(" 200 "), "{reply}");
+    assert!(reply.contains("refused"), "{reply}");
+    let line = sidecar.log_line(&["closed.example", " UF "]).await;
+    assert!(line.contains(&closed.to_string()), "{line}");
+
+    // Nothing registers the host: 403 under REGISTRY_ONLY, nothing dialed.
+    let (_tcp, head) = open_tunnel(proxy, "unregistered.example:7000").await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+
+    // Reachable: 200, then the upstream's banner and an echo through the tunnel.
+    let (mut tcp, head) = open_tunnel(proxy, "open.example:7000").await;
+    assert!(
+        head.starts_with("HTTP/1.1 200 Connection Established\r\n"),
+        "{head}"
+    );
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+        .await
+        .expect("banner in time")
+        .expect("banner");
+    assert_eq!(&buf[..n], b"echo\n");
+    tcp.write_all(b"ping").await.expect("write");
+    let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&buf[..n], b"ping");
+    drop(tcp);
+    sidecar
+        .log_line(&["outbound|7000||open.example", &format!("{open_ip}:7000")])
+        .await;
+    assert_eq!(echo.connections(), 1);
+}
+
+/// Request smuggling shapes at the explicit proxy (security issue), as Envoy's codec refuses
+/// them: Content-Length with Transfer-Encoding (either order, also on a CONNECT), two
+/// different lengths, a folded header line and two different Host headers are each answered
+/// 400 and the connection closed; none reaches the upstream, which serves a plain request.
+#[tokio::test]
+async fn smuggling_shapes_are_refused_at_the_sidecar() {
+    let ip = free_loopback_addr();
+    let up = HttpUpstream::start(SocketAddr::new(ip, 80), "up")
+        .await
+        .expect("upstream");
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let sidecar = start_sidecar(&allow_any_snapshot(&[]), None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    let shapes = [
+        format!(
+            "POST http://{ip}/a HTTP/1.1\r\nHost: {ip}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET http://{ip}/smuggled HTTP/1.1\r\nHost: {ip}\r\n\r\n"
+        ),
+        format!(
+            "POST /b HTTP/1.1\r\nHost: {ip}\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"
+        ),
+        format!(
+            "CONNECT {ip}:80 HTTP/1.1\r\nHost: {ip}:80\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+        format!(
+            "POST /c HTTP/1.1\r\nHost: {ip}\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"
+        ),
+        format!("GET /d HTTP/1.1\r\nHost: {ip}\r\nX-A: 1\r\n 2\r\n\r\n"),
+        format!("GET /e HTTP/1.1\r\nHost: {ip}\r\nHost: other.example\r\n\r\n"),
+    ];
+    for head in &shapes {
+        let reply = client::raw_tcp(proxy, head.as_bytes(), STEP)
+            .await
+            .expect("request");
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 400 "), "{head:?}: {reply}");
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{head:?}: {reply}");
+    }
+    sidecar
+        .wait_lines(
+            &[" 400 DPE http1.content_length_and_chunked_not_allowed "],
+            3,
+        )
+        .await;
+    assert_eq!(up.requests(), 0, "a smuggling shape reached the upstream");
+    let reply = client::raw_tcp(
+        proxy,
+        format!("GET http://{ip}/ok HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        STEP,
+    )
+    .await
+    .expect("request");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert_eq!(up.requests(), 1);
+}
+
+/// The explicit proxy's head timeout (security issue): a client that sends nothing, or half a
+/// head, is closed at `--request-head-timeout` (shorter than the proxy's own 10 s) and
+/// counted, while a well-behaved client is served.
+#[tokio::test]
+async fn slow_request_heads_at_the_sidecar_are_cut_off_and_counted() {
+    let ip = free_loopback_addr();
+    let up = HttpUpstream::start(SocketAddr::new(ip, 80), "up")
+        .await
+        .expect("upstream");
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let sidecar = common::start_with(
+        json(&allow_any_snapshot(&[])),
+        move |c: &mut ProxyConfig| {
+            c.listen = Some(SocketAddr::new(c.bind, PROXY_PORT));
+            c.dns_server = Some(dns.addr());
+            c.request_head_timeout = Duration::from_millis(400);
+        },
+    )
+    .await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    let silent = TcpStream::connect(proxy).await.expect("connect");
+    let mut half = TcpStream::connect(proxy).await.expect("connect");
+    half.write_all(format!("GET http://{ip}/ HTTP/1.1\r\nHost: {ip}\r\n").as_bytes())
+        .await
+        .expect("write");
+    let (status, _, body) = proxied_get(proxy, &format!("http://{ip}/ok")).await;
+    assert_eq!(status, 200, "{body}");
+    for mut tcp in [silent, half] {
+        let mut buf = [0u8; 256];
+        let closed = loop {
+            match tokio::time::timeout(STEP, tcp.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+            }
+        };
+        assert!(closed, "a slow client stayed connected");
+    }
+    let metrics = sidecar.metrics();
+    assert!(
+        metrics.contains(r#"sluice_refused_total{check="limit",reason="request_head_timeout"} 2"#),
+        "{metrics}"
+    );
+    assert_eq!(up.requests(), 1);
 }

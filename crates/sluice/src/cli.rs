@@ -40,6 +40,9 @@ pub enum Command {
     Ca(sluice_identity::CaArgs),
     /// Show the running proxy's listeners, routes, clusters or endpoints (from its admin API).
     ProxyConfig(crate::proxy_config::ProxyConfigArgs),
+    /// The egress map of one or more proxies, merged: who reached which external host, and
+    /// what was decided (each proxy's /api/map).
+    Map(crate::egress_map::merge::MapArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::ProxyConfig(args) => {
             crate::proxy_config::run(&args, &mut std::io::stdout().lock())
         }
+        Command::Map(args) => crate::egress_map::merge::run(&args, &mut std::io::stdout().lock()),
     };
     match code {
         Ok(code) => ExitCode::from(code),
@@ -86,16 +90,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` (or `SLUICE_LOG`) filters them, `info` by default.
+/// Logs go to stderr; `SLUICE_LOG` (or `RUST_LOG`) filters them, `info` by default, and the
+/// admin API's `/logging` changes the filter while the process runs.
 fn init_logging() {
-    let filter = std::env::var("SLUICE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| {
-            "info,hickory_server=warn,hickory_proxy=warn,hickory_resolver=warn".into()
-        });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::logging::init();
 }

@@ -159,6 +159,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         common: CommonArgs {
             config: vec![config_file.clone()],
             admin: args.admin,
+            admin_writable: false,
             dns_server: Some(dns.addr()),
             identity_dir: None,
             reload_interval: Duration::from_secs(1),

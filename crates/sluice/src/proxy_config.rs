@@ -5,11 +5,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
-use sluice_proxy::inspect::{ClusterHealth, EndpointHealth};
-use sluice_snapshot::Snapshot;
+use sluice_proxy::inspect::{ClusterHealth, EndpointHealth, ListenerStatus};
 use sluice_snapshot::cluster::Discovery;
 use sluice_snapshot::listener::{App, Transport};
 use sluice_snapshot::route::RouteAction;
+use sluice_snapshot::{Role, Snapshot};
 
 use crate::cli::{Output, exit};
 
@@ -20,6 +20,8 @@ pub enum Section {
     Clusters,
     Endpoints,
     All,
+    /// The log levels (`/logging`); `--level` changes them (needs `--admin-writable`).
+    Log,
 }
 
 #[derive(Debug, clap::Args)]
@@ -31,20 +33,109 @@ pub struct ProxyConfigArgs {
     pub admin: SocketAddr,
     #[arg(short, long, value_enum, default_value = "text", env = "SLUICE_OUTPUT")]
     pub output: Output,
+    /// With `log`: the new levels, `[<logger>:]<level>,...` as istioctl takes them (`debug`,
+    /// `upstream:trace,http:debug`); levels trace, debug, info, warning, error, critical, off.
+    #[arg(long, value_parser = parse_level)]
+    pub level: Option<String>,
+}
+
+/// `--level` as `/logging`'s query: a bare level for every logger, `logger:level` pairs as
+/// `paths`; only characters the query carries as they are.
+fn parse_level(s: &str) -> Result<String, String> {
+    let mut level = None;
+    let mut paths = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if !item
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
+            return Err(format!("{item:?}: expected [<logger>:]<level>"));
+        }
+        match item.rsplit_once(':') {
+            Some((logger, l)) if !logger.is_empty() && !l.is_empty() => {
+                paths.push(format!("{logger}:{l}"));
+            }
+            Some(_) => return Err(format!("{item:?}: expected [<logger>:]<level>")),
+            None => level = Some(item.to_owned()),
+        }
+    }
+    let mut query: Vec<String> = level.map(|l| format!("level={l}")).into_iter().collect();
+    if !paths.is_empty() {
+        query.push(format!("paths={}", paths.join(",")));
+    }
+    if query.is_empty() {
+        return Err("no level given".into());
+    }
+    Ok(query.join("&"))
+}
+
+/// `proxy-config log`: reads `/logging`, or sets it (POST) when `--level` is given.
+fn log(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    let (method, path) = match &args.level {
+        Some(query) => ("POST", format!("/logging?{query}")),
+        None => ("GET", "/logging".to_owned()),
+    };
+    let (status, body) = request(args.admin, method, &path)?;
+    if status != 200 {
+        bail!("{method} {path}: {status}: {}", body.trim());
+    }
+    if args.output == Output::Json {
+        let levels: serde_json::Map<String, serde_json::Value> = body
+            .lines()
+            .filter_map(|l| l.trim().split_once(": "))
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &levels)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{body}")?;
+    }
+    Ok(exit::OK)
 }
 
 pub fn run(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    if args.section == Section::Log {
+        return log(args, out);
+    }
+    if args.level.is_some() {
+        bail!("--level goes with `proxy-config log`");
+    }
     let body = fetch(args.admin, "/config_dump")
         .with_context(|| format!("reading /config_dump from {}", args.admin))?;
     let snapshot: Snapshot = serde_json::from_str(&body)
         .context("the admin API answered with an unexpected document")?;
+    // Whether each listener is bound is run-time state: `/listeners`. A proxy that does not
+    // answer it still has its configuration shown.
+    let bound: Vec<ListenerStatus> = if matches!(args.section, Section::Listeners | Section::All) {
+        fetch(args.admin, "/listeners?format=json")
+            .ok()
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     if args.output == Output::Json {
-        let value = serde_json::to_value(&snapshot)?;
+        let mut value = serde_json::to_value(&snapshot)?;
+        if let Some(listeners) = value["listeners"].as_array_mut() {
+            for l in listeners {
+                let port = l["port"].as_u64();
+                let Some(st) = bound.iter().find(|b| {
+                    Some(u64::from(b.address.port())) == port && b.name != "explicit_proxy"
+                }) else {
+                    continue;
+                };
+                l["address"] = serde_json::Value::from(st.address.to_string());
+                l["state"] = serde_json::Value::from(if st.bound { "BOUND" } else { "RETRYING" });
+                if let Some(e) = &st.error {
+                    l["error"] = serde_json::Value::from(e.as_str());
+                }
+            }
+        }
         let part = match args.section {
             Section::Listeners => value["listeners"].clone(),
             Section::Routes => serde_json::to_value(routes(&snapshot))?,
             Section::Clusters | Section::Endpoints => value["clusters"].clone(),
-            Section::All => value,
+            Section::All | Section::Log => value,
         };
         serde_json::to_writer_pretty(&mut *out, &part)?;
         writeln!(out)?;
@@ -58,14 +149,24 @@ pub fn run(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     } else {
         Vec::new()
     };
-    render(&snapshot, &health, args.section, out)?;
+    render(&snapshot, &health, &bound, args.section, out)?;
     Ok(exit::OK)
 }
 
-/// Renders the tables for `section` (text).
+/// `BOUND`, or `RETRYING (<last bind error>)`.
+fn state(l: &ListenerStatus) -> String {
+    match (&l.error, l.bound) {
+        (_, true) => "BOUND".into(),
+        (Some(e), false) => format!("RETRYING ({e})"),
+        (None, false) => "RETRYING".into(),
+    }
+}
+
+/// Renders the tables for `section` (text); `bound` is `/listeners`, what is bound now.
 pub fn render(
     s: &Snapshot,
     health: &[ClusterHealth],
+    bound: &[ListenerStatus],
     section: Section,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
@@ -73,8 +174,8 @@ pub fn render(
     if all || section == Section::Listeners {
         table(
             out,
-            &["ADDRESSES", "PORT", "MATCH", "DESTINATION"],
-            &listeners(s),
+            &["ADDRESSES", "PORT", "MATCH", "DESTINATION", "STATE"],
+            &listeners(s, bound),
         )?;
     }
     if all || section == Section::Routes {
@@ -117,9 +218,20 @@ pub fn render(
     Ok(())
 }
 
-fn listeners(s: &Snapshot) -> Vec<Vec<String>> {
+/// One row per filter chain, with the address bound and whether it is (`BOUND`, `RETRYING`
+/// with the last error); a sidecar's listeners are `VIRTUAL`, chosen per flow behind its
+/// explicit proxy, which has a row of its own.
+fn listeners(s: &Snapshot, bound: &[ListenerStatus]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for l in &s.listeners {
+        let status = bound
+            .iter()
+            .find(|b| b.name == l.port.to_string() && b.address.port() == l.port);
+        let (address, st) = match (status, s.role) {
+            (Some(b), _) => (b.address.ip().to_string(), state(b)),
+            (None, Role::Sidecar) => ("0.0.0.0".to_owned(), "VIRTUAL".to_owned()),
+            (None, Role::Gateway) => ("0.0.0.0".to_owned(), "-".to_owned()),
+        };
         for c in &l.chains {
             let mut m = match c.match_.transport {
                 Transport::Tls => "TLS".to_owned(),
@@ -147,8 +259,23 @@ fn listeners(s: &Snapshot) -> Vec<Vec<String>> {
                     format!("Cluster: {}", clusters.join(","))
                 }
             };
-            rows.push(vec!["0.0.0.0".into(), l.port.to_string(), m, dest]);
+            rows.push(vec![
+                address.clone(),
+                l.port.to_string(),
+                m,
+                dest,
+                st.clone(),
+            ]);
         }
+    }
+    for b in bound.iter().filter(|b| b.name == "explicit_proxy") {
+        rows.push(vec![
+            b.address.ip().to_string(),
+            b.address.port().to_string(),
+            "ALL".into(),
+            "explicit proxy (HTTP_PROXY / HTTPS_PROXY)".into(),
+            state(b),
+        ]);
     }
     rows
 }
@@ -317,7 +444,7 @@ fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io
 /// A plain HTTP/1.1 GET over a TCP stream, bounded in time and size: the admin API is local
 /// and this keeps the CLI free of an HTTP client stack.
 /// `HOST:PORT` with a name or an address; a name takes its first address.
-fn parse_admin(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_admin(s: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(a) = s.parse() {
         return Ok(a);
@@ -335,7 +462,17 @@ fn parse_admin(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} has no address"))
 }
 
-fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+/// A GET answered 200: its body.
+pub(crate) fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let (status, body) = request(addr, "GET", path)?;
+    if status != 200 {
+        bail!("{status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// `method path` (no body) → (status, body).
+fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{ErrorKind, Read};
     use std::time::Duration;
     let timed_out =
@@ -351,7 +488,7 @@ fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     stream.take(64 << 20).read_to_end(&mut buf).map_err(|e| {
@@ -365,16 +502,23 @@ fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .context("malformed HTTP answer")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{}", head.lines().next().unwrap_or(""));
-    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .with_context(|| {
+            format!(
+                "malformed HTTP answer: {}",
+                head.lines().next().unwrap_or("")
+            )
+        })?;
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok(dechunk(body));
+        return Ok((status, dechunk(body)));
     }
-    Ok(body.to_owned())
+    Ok((status, body.to_owned()))
 }
 
 fn dechunk(mut body: &str) -> String {

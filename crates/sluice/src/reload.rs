@@ -22,6 +22,8 @@ pub struct Built {
     pub snapshot: Snapshot,
     /// Warnings and infos (errors make [`build`] fail).
     pub diagnostics: Vec<Diagnostic>,
+    /// The egress map's config at a glance, of this snapshot's resources.
+    pub view: crate::egress_map::ConfigView,
 }
 
 /// Loads, validates, analyzes and compiles. Fails with the diagnostics when a file cannot be
@@ -72,9 +74,11 @@ pub fn build(
         }
     }
     sluice_compile::sort(&mut diagnostics);
+    let view = crate::egress_map::config::build(&loaded.resources, options, &snapshot);
     Ok(Built {
         snapshot,
         diagnostics,
+        view,
     })
 }
 
@@ -220,6 +224,7 @@ pub async fn watch_config(
     rate_limit_store: bool,
     metrics: ReloadMetrics,
     mut triggers: Triggers,
+    views: watch::Sender<Arc<crate::egress_map::ConfigView>>,
 ) {
     let mut last = fingerprint(&paths);
     // A drastic configuration seen, by its files' fingerprint, and since when.
@@ -271,6 +276,7 @@ pub async fn watch_config(
                 log_diagnostics(&built.diagnostics);
                 tracing::info!("configuration reloaded");
                 tx.send_replace(Arc::new(built.snapshot));
+                views.send_replace(Arc::new(built.view));
                 metrics.count("applied");
             }
             Ok(Err(diags)) => {

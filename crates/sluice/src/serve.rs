@@ -32,9 +32,14 @@ pub struct CommonArgs {
         value_delimiter = ','
     )]
     pub config: Vec<PathBuf>,
-    /// Admin API address (/ready, /healthz, /stats/prometheus, /config_dump).
+    /// Admin API address (/ready, /healthz, /stats, /stats/prometheus, /config_dump,
+    /// /clusters, /listeners, /logging).
     #[arg(long, default_value = "127.0.0.1:15000", env = "SLUICE_ADMIN")]
     pub admin: SocketAddr,
+    /// Let the admin API change state: `POST /logging?level=debug` (from loopback peers only).
+    /// Without it the admin API is read-only.
+    #[arg(long, env = "SLUICE_ADMIN_WRITABLE")]
+    pub admin_writable: bool,
     /// DNS server for upstream names (default: the system's resolv.conf).
     #[arg(long, env = "SLUICE_DNS_SERVER")]
     pub dns_server: Option<SocketAddr>,
@@ -114,6 +119,29 @@ fn parse_redis_url(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Installs the SIGUSR1 handler at the call, before the proxy is ready (SIGUSR1 would
+/// otherwise end the process); the future reopens the access logs at their paths on each
+/// one, as logrotate's `postrotate` asks.
+fn reopen_logs_on_sigusr1(
+    reopener: sluice_proxy::telemetry::writer::Reopener,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| tracing::warn!(error = %e, "SIGUSR1 cannot reopen the access logs"))
+        .ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut signal) = signal {
+            while signal.recv().await.is_some() {
+                tracing::info!("SIGUSR1: reopening the access logs");
+                reopener.reopen();
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = reopener;
+    }
+}
+
 pub struct Plan {
     pub common: CommonArgs,
     pub options: CompileOptions,
@@ -170,17 +198,44 @@ pub async fn run(
     };
     reload::log_diagnostics(&built.diagnostics);
     let (tx, rx) = watch::channel(Arc::new(built.snapshot));
+    let (views_tx, views) = watch::channel(Arc::new(built.view));
+    let who = crate::egress_map::Who {
+        role: if plan.options.role == sluice_snapshot::Role::Gateway {
+            "gateway"
+        } else {
+            "sidecar"
+        }
+        .into(),
+        workload: plan
+            .proxy
+            .workload_name
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
+        admin: plan.common.admin.to_string(),
+        identity: plan
+            .proxy
+            .identity
+            .as_ref()
+            .map(|id| id.borrow().identity().to_string()),
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     let reload_metrics = reload::ReloadMetrics::register(&mut registry);
     let triggers = reload::Triggers::install();
     let proxy = Proxy::new(plan.proxy, rx.clone(), &mut registry).context("creating the proxy")?;
+    let reopener = tokio::spawn(reopen_logs_on_sigusr1(proxy.log_reopener()));
     let admin = admin::serve(
         plan.common.admin,
         AdminState {
             inspector: Some(proxy.inspector()),
             snapshots: rx,
             ready: proxy.ready(),
+            map: Some(crate::egress_map::MapState {
+                who: Arc::new(who),
+                decisions: proxy.decisions(),
+                config: views,
+            }),
             registry: Arc::new(Mutex::new(registry)),
+            writable: plan.common.admin_writable,
         },
         plan.common.first_byte_timeout,
     )
@@ -194,11 +249,13 @@ pub async fn run(
         rate_limit_store,
         reload_metrics,
         triggers,
+        views_tx,
     ));
     tracing::info!(admin = %plan.common.admin, "sluice started");
     let result = proxy.run(shutdown).await;
     watcher.abort();
     admin.abort();
+    reopener.abort();
     result.context("serving")?;
     Ok(exit::OK)
 }

@@ -224,3 +224,67 @@ async fn proxy_config_names_hosts_and_timeouts() {
         .expect("proxy-config");
     assert_eq!(bad.status.code(), Some(2), "a usage error");
 }
+
+/// A connection whose request head does not arrive within `--request-head-timeout` is closed
+/// and counted on `/stats/prometheus`, apart from one that sends nothing at all (closed at
+/// `--first-byte-timeout`); a well-behaved client is served meanwhile.
+#[tokio::test]
+async fn slow_request_heads_are_closed_and_counted() {
+    use tokio::io::AsyncWriteExt;
+
+    let upstream = sluice_test_support::HttpUpstream::start(
+        SocketAddr::new(sluice_test_support::free_loopback_addr(), 80),
+        "partner",
+    )
+    .await
+    .expect("upstream");
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let dir = sluice_test_support::TempDir::new("head-timeout");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}{}",
+            http_gateway("[api.partner.test]"),
+            http_route("partner", "api.partner.test", upstream.addr().ip())
+        ),
+    )
+    .expect("write");
+    let (gw, bind) = gateway(
+        &[cfg.display().to_string()],
+        dns.addr(),
+        &[
+            ("SLUICE_FIRST_BYTE_TIMEOUT", "300ms"),
+            ("SLUICE_REQUEST_HEAD_TIMEOUT", "600ms"),
+        ],
+    )
+    .await;
+    let listener = SocketAddr::new(bind, 80);
+
+    let silent = TcpStream::connect(listener).await.expect("connect");
+    let mut half = TcpStream::connect(listener).await.expect("connect");
+    half.write_all(b"GET / HTTP/1.1\r\nHost: api.partner.test\r\n")
+        .await
+        .expect("write");
+    let (status, _, body) =
+        sluice_test_support::client::http_get(listener, "api.partner.test", "/")
+            .await
+            .expect("served");
+    assert_eq!(status, 200, "{body}");
+    for mut tcp in [silent, half] {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a slow client stayed connected: {read:?}"
+        );
+    }
+    let (code, stats) = gw.admin_get("/stats/prometheus").expect("stats");
+    assert_eq!(code, 200);
+    for (reason, n) in [("request_head_timeout", 1.0), ("first_byte_timeout", 1.0)] {
+        let name = format!(r#"sluice_refused_total{{check="limit",reason="{reason}"}}"#);
+        assert_eq!(metric(&stats, &name), n, "{name} in\n{stats}");
+    }
+}

@@ -1,11 +1,17 @@
 //! Gateway checks: the selector selects a gateway (IST0101 / sluice's SLC0102, here), the
-//! credentials named exist ([`credentials`], IST0101), and no two Gateways claim the same port
-//! and host on the same workload ([`conflicts`], IST0145).
+//! credentials named exist ([`credentials`], IST0101), no two Gateways claim the same port
+//! and host on the same workload ([`conflicts`], IST0145), the Service in front of the gateway
+//! pods leads to each server port ([`ports`], IST0162), and no two Gateways share a
+//! certificate ([`certificates`], IST0138).
 
+mod certificates;
 mod conflicts;
 mod credentials;
+mod ports;
 
 use sluice_model::{Diagnostic, Level};
+
+pub(super) use ports::DefaultIngress;
 
 use super::registry::Registry;
 use super::{codes, finding, istio_codes, selector_string};
@@ -43,4 +49,6 @@ pub(super) fn analyze(reg: &Registry<'_>, out: &mut Vec<Diagnostic>) {
     }
     credentials::analyze(reg, out);
     conflicts::analyze(reg, out);
+    ports::analyze(reg, out);
+    certificates::analyze(reg, out);
 }

@@ -35,6 +35,8 @@ pub struct Service<'a> {
     pub selector: Option<BTreeMap<String, String>>,
     /// The port numbers the Service declares.
     pub ports: Vec<u32>,
+    /// The TCP ports with where they lead on the pods, for the gateway port check.
+    pub tcp_ports: Vec<ServicePort>,
     /// From the `networking.istio.io/exportTo` annotation; empty means everywhere.
     pub export_to: Vec<String>,
 }
@@ -43,6 +45,22 @@ impl Service<'_> {
     pub fn fqdn(&self) -> String {
         format!("{}.{}.svc.cluster.local", self.name, self.namespace).to_ascii_lowercase()
     }
+}
+
+/// A TCP port of a Service and the pod port it forwards to.
+pub struct ServicePort {
+    pub port: u32,
+    pub target: TargetPort,
+}
+
+/// A Service port's `targetPort`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    /// Absent: the same number as the Service port.
+    Same,
+    Number(u32),
+    /// A container port's name, which only the pod spec resolves.
+    Named(String),
 }
 
 pub struct Namespace<'a> {
@@ -162,6 +180,11 @@ fn service(o: &Resource<OtherObject>) -> Service<'_> {
                 .collect()
         })
         .unwrap_or_default();
+    let tcp_ports = spec
+        .and_then(|s| s.get("ports"))
+        .and_then(Value::as_array)
+        .map(|ports| ports.iter().filter_map(tcp_port).collect())
+        .unwrap_or_default();
     let export_to = o
         .meta
         .annotations
@@ -179,8 +202,31 @@ fn service(o: &Resource<OtherObject>) -> Service<'_> {
         namespace: o.namespace(),
         selector,
         ports,
+        tcp_ports,
         export_to,
     }
+}
+
+/// A Service port as the API server stores it: the protocol defaults to TCP, which is the only
+/// one a gateway listener serves.
+fn tcp_port(p: &Value) -> Option<ServicePort> {
+    let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+    if protocol != "TCP" {
+        return None;
+    }
+    let port = u32::try_from(p.get("port")?.as_u64()?).ok()?;
+    let target = match p.get("targetPort") {
+        None | Some(Value::Null) => TargetPort::Same,
+        Some(Value::String(name)) => match name.parse::<u32>() {
+            Ok(n) => TargetPort::Number(n),
+            Err(_) => TargetPort::Named(name.clone()),
+        },
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map_or(TargetPort::Same, TargetPort::Number),
+    };
+    Some(ServicePort { port, target })
 }
 
 fn kube_gateway(o: &Resource<OtherObject>) -> KubeGateway<'_> {

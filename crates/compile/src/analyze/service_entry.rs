@@ -1,8 +1,8 @@
 //! ServiceEntry checks: one protocol per host and port where the entries are visible together
 //! (IST0177, as Istio's `serviceentry.ConflictingServiceEntryProtocolAnalyzer`).
 //!
-//! Istio's IST0134 (addresses required for TCP ports) is validation's: it reports the webhook
-//! warning for the same condition.
+//! Istio's IST0134 (addresses required for TCP ports, `ProtocolAddressesAnalyzer`) is said by
+//! validation, where the webhook says the same as a warning: one finding for both.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +15,10 @@ use super::{finding, istio_codes};
 const EVERYWHERE: &str = "*";
 
 pub(super) fn analyze(reg: &Registry<'_>, out: &mut Vec<Diagnostic>) {
+    conflicting_protocols(reg, out);
+}
+
+fn conflicting_protocols(reg: &Registry<'_>, out: &mut Vec<Diagnostic>) {
     let entries = &reg.resources.service_entries;
     // (scope, host, port) → (protocol, index of the ServiceEntry)
     let mut index: BTreeMap<(String, String, u32), Vec<(String, usize)>> = BTreeMap::new();

@@ -1,9 +1,11 @@
 //! VirtualService checks, one module per question: do the named gateways exist and serve the
 //! hosts ([`gateways`]), do the destinations exist ([`destinations`]) with the subsets named
-//! ([`subsets`]), and is each mesh host routed by one VirtualService ([`mesh_hosts`]).
+//! ([`subsets`]), is each mesh host routed by one VirtualService ([`mesh_hosts`]), and do
+//! routes on JWT claims have a RequestAuthentication to set them ([`jwt_claims`]).
 
 mod destinations;
 mod gateways;
+mod jwt_claims;
 mod mesh_hosts;
 mod subsets;
 
@@ -18,6 +20,7 @@ pub(super) fn analyze(reg: &Registry<'_>, out: &mut Vec<Diagnostic>) {
         gateways::analyze(reg, vs, out);
         destinations::analyze(reg, vs, out);
         subsets::analyze(reg, vs, out);
+        jwt_claims::analyze(reg, vs, out);
     }
     mesh_hosts::analyze(reg, out);
 }

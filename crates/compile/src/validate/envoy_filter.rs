@@ -1,6 +1,6 @@
 //! EnvoyFilter validation: Istio's `ValidateEnvoyFilter`
 //! (`pkg/config/validation/envoyfilter/envoyfilter.go`) with its error texts, the CRD's match
-//! rules, the per-resource checks of Istio's EnvoyFilter analyzer (IST0151–IST0154), and
+//! rules, the per-patch checks of Istio's EnvoyFilter analyzer (IST0152–IST0154), and
 //! sluice's own reading: every patch that is not the local rate limit the model recognises is
 //! reported with `not_supported`, and the rate limit values are checked as Envoy would.
 
@@ -17,12 +17,6 @@ use super::authorization_policy::{check_annotations, check_target_refs};
 const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 
 /// Istio's analyzer messages (`pkg/config/analysis/msg/messages.gen.go`).
-const RELATIVE_OPERATION: (&str, &str) = (
-    "IST0151",
-    "This EnvoyFilter does not have a priority and has a relative patch operation set which can \
-     cause the EnvoyFilter not to be applied. Using the INSERT_FIRST of ADD option or setting the \
-     priority may help in ensuring the EnvoyFilter is applied correctly.",
-);
 const REPLACE_INCORRECTLY: (&str, &str) = (
     "IST0152",
     "The REPLACE operation is only valid for HTTP_FILTER and NETWORK_FILTER.",
@@ -115,7 +109,6 @@ pub(crate) fn validate(r: &mut Report<'_, EnvoyFilter>) {
     }
     check_target_refs(r, None, &spec.target_refs);
 
-    let priority = spec.priority.unwrap_or(0);
     let mut well_formed = vec![false; spec.config_patches.len()];
     for (i, cp) in spec.config_patches.iter().enumerate() {
         let path = format!("spec.configPatches[{i}]");
@@ -125,7 +118,7 @@ pub(crate) fn validate(r: &mut Report<'_, EnvoyFilter>) {
         if let Some(m) = &cp.match_ {
             check_match_shape(r, m, &format!("{path}.match"));
         }
-        check_analyzer_rules(r, cp, priority, &path);
+        check_analyzer_rules(r, cp, &path);
     }
 
     // sluice's reading: the local rate limit, or why a patch is ignored.
@@ -394,20 +387,36 @@ fn check_match_shape(r: &mut Report<'_, EnvoyFilter>, m: &EnvoyConfigObjectMatch
     }
 }
 
-/// What Istio's EnvoyFilter analyzer says of one patch, with its codes and levels. (The
-/// cross-resource variant, IST0155 with `proxyVersion`, belongs to analysis.)
-fn check_analyzer_rules(
-    r: &mut Report<'_, EnvoyFilter>,
-    cp: &EnvoyConfigObjectPatch,
-    priority: i32,
-    path: &str,
-) {
+/// True when the patch's operation is relative to what another patch or Istio put there, so
+/// that the order EnvoyFilters are applied in decides its effect (Istio's IST0151/IST0155,
+/// which analysis reports: IST0155 depends on the other EnvoyFilters).
+pub(crate) fn is_relative(cp: &EnvoyConfigObjectPatch) -> bool {
+    let Some(patch) = &cp.patch else { return false };
+    match patch.operation {
+        PatchOperation::Remove => !route_class(cp.apply_to),
+        PatchOperation::Replace => replace_applies(cp.apply_to),
+        PatchOperation::InsertBefore | PatchOperation::InsertAfter => true,
+        _ => false,
+    }
+}
+
+fn route_class(apply_to: ApplyTo) -> bool {
+    matches!(apply_to, ApplyTo::RouteConfiguration | ApplyTo::HttpRoute)
+}
+
+/// Where REPLACE means something: named filters, and virtual hosts (Istio's analyzer grid
+/// expects no IST0152 for a REPLACE on VIRTUAL_HOST, only the relative-operation warning).
+fn replace_applies(apply_to: ApplyTo) -> bool {
+    matches!(
+        apply_to,
+        ApplyTo::HttpFilter | ApplyTo::NetworkFilter | ApplyTo::VirtualHost
+    )
+}
+
+/// What Istio's EnvoyFilter analyzer says of one patch on its own, with its codes and levels.
+fn check_analyzer_rules(r: &mut Report<'_, EnvoyFilter>, cp: &EnvoyConfigObjectPatch, path: &str) {
     let Some(patch) = &cp.patch else { return };
-    let route_class = matches!(
-        cp.apply_to,
-        ApplyTo::RouteConfiguration | ApplyTo::HttpRoute
-    );
-    let mut relative = false;
+    let route_class = route_class(cp.apply_to);
     match patch.operation {
         PatchOperation::Add if route_class => {
             r.with_code(
@@ -425,29 +434,15 @@ fn check_analyzer_rules(
                 REMOVE_INCORRECTLY.1.to_owned(),
             );
         }
-        PatchOperation::Remove => relative = true,
-        PatchOperation::Replace => {
-            if matches!(cp.apply_to, ApplyTo::HttpFilter | ApplyTo::NetworkFilter) {
-                relative = true;
-            } else {
-                r.with_code(
-                    REPLACE_INCORRECTLY.0,
-                    Level::Error,
-                    path,
-                    REPLACE_INCORRECTLY.1.to_owned(),
-                );
-            }
+        PatchOperation::Replace if !replace_applies(cp.apply_to) => {
+            r.with_code(
+                REPLACE_INCORRECTLY.0,
+                Level::Error,
+                path,
+                REPLACE_INCORRECTLY.1.to_owned(),
+            );
         }
-        PatchOperation::InsertBefore | PatchOperation::InsertAfter => relative = true,
         _ => {}
-    }
-    if relative && priority == 0 {
-        r.with_code(
-            RELATIVE_OPERATION.0,
-            Level::Warning,
-            path,
-            RELATIVE_OPERATION.1.to_owned(),
-        );
     }
     let inserts = matches!(
         patch.operation,
@@ -539,8 +534,6 @@ mod tests {
     use serde_json::{Value, json};
     use sluice_model::{Diagnostic, Level};
 
-    use crate::validate::validate as validate_all;
-
     fn diags(spec: Value) -> Vec<Diagnostic> {
         let loaded = sluice_model::load_value(
             "ef.yaml",
@@ -548,7 +541,8 @@ mod tests {
                    "metadata": {"name": "ef", "namespace": "ns"}, "spec": spec}),
         );
         assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
-        validate_all(&loaded.resources)
+        // Analysis too: the relative-operation warnings (IST0151) are its.
+        crate::check(&loaded.resources)
     }
 
     fn has(d: &[Diagnostic], level: Level, text: &str) -> bool {
@@ -704,6 +698,7 @@ mod tests {
             (patch("CLUSTER", "REPLACE"), "IST0152"),
             (patch("HTTP_FILTER", "INSERT_BEFORE"), "IST0151"),
             (patch("NETWORK_FILTER", "REPLACE"), "IST0151"),
+            (patch("VIRTUAL_HOST", "REPLACE"), "IST0151"),
         ];
         for (spec, code) in cases {
             let d = diags(spec.clone());
@@ -715,6 +710,11 @@ mod tests {
         let mut with_priority = patch("HTTP_FILTER", "INSERT_AFTER");
         with_priority["priority"] = json!(10);
         assert!(!diags(with_priority).iter().any(|d| d.code == "IST0151"));
+        assert!(
+            !diags(patch("VIRTUAL_HOST", "REPLACE"))
+                .iter()
+                .any(|d| d.code == "IST0152")
+        );
         let d = diags(patch("CLUSTER", "INSERT_FIRST"));
         assert!(
             has(

@@ -3,11 +3,13 @@
 use std::collections::BTreeSet;
 
 use sluice_model::networking::ServiceEntry;
-use sluice_model::networking::service_entry::{Location, Protocol, Resolution};
+use sluice_model::networking::service_entry::{Location, Protocol, Resolution, ServicePort};
+use sluice_model::{Level, Resource, Resources};
 
 use super::Report;
 use super::rules::{self, ExportToOwner};
 use super::workload_entry::{check_endpoint_ports, check_workload_entry};
+use crate::analyze::istio_codes;
 
 /// Label that attaches a service to an ambient waypoint proxy.
 const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
@@ -22,7 +24,71 @@ fn resolution_name(r: Resolution) -> &'static str {
     }
 }
 
-pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
+/// What the mesh config changes in a ServiceEntry's validation.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MeshContext {
+    /// Istio's sidecars allocate an address for each host themselves (DNS capture plus
+    /// auto-allocation in the default proxy metadata).
+    pub allocates_addresses: bool,
+}
+
+impl MeshContext {
+    pub(crate) fn of(resources: &Resources) -> Self {
+        let Some((mesh, _)) = resources.mesh_config() else {
+            return MeshContext::default();
+        };
+        let meta = mesh
+            .default_config
+            .as_ref()
+            .and_then(|c| c.get("proxyMetadata"));
+        let on = |key: &str| meta.and_then(|m| m.get(key)).and_then(|v| v.as_str()) == Some("true");
+        MeshContext {
+            allocates_addresses: on("ISTIO_META_DNS_CAPTURE")
+                && (on("ISTIO_META_DNS_AUTO_ALLOCATE") || on("PILOT_ENABLE_IP_AUTOALLOCATE")),
+        }
+    }
+}
+
+/// Addresses Istio allocated are kept in the status the API server returns; the typed model
+/// drops `status`, its field positions still show it.
+fn allocated_by_istio(r: &Resource<ServiceEntry>) -> bool {
+    r.source.has_field("status.addresses[0]")
+}
+
+/// A port serving TCP (or no protocol) of an entry without addresses is matched by port
+/// alone, so every such entry on that port catches the same traffic. DYNAMIC_DNS entries
+/// forward by Host or SNI instead (and take no TCP ports).
+fn addresses_required(se: &ServiceEntry, port: &ServicePort, allocated: bool) -> bool {
+    se.addresses.is_empty()
+        && !allocated
+        && se.resolution() != Resolution::DynamicDns
+        && matches!(port.protocol, None | Some(Protocol::Tcp))
+}
+
+/// Istio's analyzer says IST0134 unless the mesh config has the sidecars allocate addresses;
+/// its webhook warns either way. sluice allocates none, so under auto-allocation it keeps the
+/// webhook's warning, saying why it still matters.
+fn address_finding(r: &mut Report<'_, ServiceEntry>, path: &str, allocates: bool) {
+    if allocates {
+        r.warning(
+            path,
+            "addresses are required for ports serving TCP (or unset) protocol: Istio's sidecars \
+             allocate one under ISTIO_META_DNS_AUTO_ALLOCATE, sluice allocates none, so TCP \
+             traffic on this port is matched by port alone",
+        );
+    } else {
+        r.with_code(
+            istio_codes::SE_ADDRESSES_REQUIRED,
+            Level::Warning,
+            path,
+            "ServiceEntry addresses are required for this protocol. (sluice allocates none: \
+             without addresses, TCP traffic on this port is matched by port alone)"
+                .to_owned(),
+        );
+    }
+}
+
+pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>, mesh: MeshContext) {
     let se = &r.resource().spec;
     let namespace = r.resource().namespace().to_owned();
     let waypoint = r.resource().meta.labels.contains_key(USE_WAYPOINT_LABEL);
@@ -112,18 +178,8 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
                 );
             }
         }
-        // sluice never allocates addresses itself, so a TCP port without `addresses` can only
-        // be matched by its port: Istio's warning holds unconditionally here.
-        if se.addresses.is_empty()
-            && resolution != Resolution::DynamicDns
-            && matches!(port.protocol, None | Some(Protocol::Tcp))
-        {
-            r.warning(
-                &path,
-                "addresses are required for ports serving TCP (or unset) protocol when \
-                 ISTIO_META_DNS_AUTO_ALLOCATE is not set on a proxy (sluice allocates none: \
-                 without addresses, TCP traffic on this port is matched by port alone)",
-            );
+        if addresses_required(se, port, allocated_by_istio(r.resource())) {
+            address_finding(r, &path, mesh.allocates_addresses);
         }
         if let Err(e) = rules::check_port_name(&port.name) {
             r.error(&format!("{path}.name"), e);
@@ -295,5 +351,69 @@ pub(crate) fn validate(r: &mut Report<'_, ServiceEntry>) {
 
     for e in rules::export_to_errors(&namespace, &se.export_to, ExportToOwner::ServiceEntry) {
         r.error("spec.exportTo", e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_model::load_str;
+
+    fn codes(yaml: &str) -> Vec<&'static str> {
+        let loaded = load_str("se.yaml", yaml);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        crate::validate::validate(&loaded.resources)
+            .iter()
+            .map(|d| d.code)
+            .collect()
+    }
+
+    const ENTRY: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example.com]
+  PORTS
+  resolution: DNS
+";
+
+    #[test]
+    fn a_tcp_port_without_addresses_is_ist0134() {
+        let tcp = ENTRY.replace("PORTS", "ports: [{number: 5432, name: pg, protocol: tcp}]");
+        assert_eq!(codes(&tcp), ["IST0134"]);
+        let unset = ENTRY.replace("PORTS", "ports: [{number: 5432, name: pg, protocol: ''}]");
+        assert_eq!(codes(&unset), ["IST0134"]);
+    }
+
+    #[test]
+    fn addresses_tls_or_istios_allocation_silence_ist0134() {
+        let with_address = ENTRY.replace(
+            "PORTS",
+            "addresses: [10.0.0.1]\n  ports: [{number: 5432, name: pg, protocol: TCP}]",
+        );
+        assert!(codes(&with_address).is_empty());
+        let tls = ENTRY.replace("PORTS", "ports: [{number: 443, name: tls, protocol: TLS}]");
+        assert!(codes(&tls).is_empty());
+        let allocated = format!(
+            "{}status:\n  addresses: [{{host: db.example.com, value: 240.240.0.1}}]\n",
+            ENTRY.replace("PORTS", "ports: [{number: 5432, name: pg, protocol: TCP}]")
+        );
+        assert!(codes(&allocated).is_empty());
+    }
+
+    #[test]
+    fn under_istios_auto_allocation_sluice_keeps_the_webhook_warning() {
+        let yaml = format!(
+            "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: \
+             istio-system}}\ndata:\n  mesh: |\n    defaultConfig:\n      proxyMetadata:\n        \
+             ISTIO_META_DNS_CAPTURE: \"true\"\n        ISTIO_META_DNS_AUTO_ALLOCATE: \"true\"\n",
+            ENTRY.replace("PORTS", "ports: [{number: 5432, name: pg, protocol: TCP}]")
+        );
+        // (The mesh config's proxyMetadata is itself SLC0006: sluice does not act on it.)
+        let got = codes(&yaml);
+        assert!(
+            got.contains(&"IST0106") && !got.contains(&"IST0134"),
+            "{got:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use sluice_model::Level;
 use sluice_model::networking::VirtualService;
 use sluice_model::networking::virtual_service::{
     CorsPolicy, Destination, HTTPDirectResponse, HTTPFaultInjection, HTTPMatchRequest,
@@ -14,6 +15,7 @@ use sluice_model::networking::virtual_service::{
 use super::Report;
 use super::destination_rule::check_subset_name;
 use super::rules::{self, ExportToOwner};
+use crate::analyze::istio_codes;
 
 /// Annotation Istio puts on VirtualServices it derives from Gateway API routes.
 const ROUTE_SEMANTICS_ANNOTATION: &str = "internal.istio.io/route-semantics";
@@ -1296,10 +1298,14 @@ fn covers(a: &PrefixMatch, b: &PrefixMatch) -> bool {
         && maps_cover(&a.without_headers, &b.without_headers)
 }
 
+// Istio's webhook says these as warnings, but `istioctl analyze` reports them with codes of
+// their own (IST0130, IST0131), which is what tools keyed on the analyzer's codes look for.
 fn warn_unused(r: &mut Report<'_, VirtualService>, path: &str, rule: &str, reason: &str) {
-    r.warning(
+    r.with_code(
+        istio_codes::VS_UNREACHABLE_RULE,
+        Level::Warning,
         path,
-        format!("virtualService rule {rule} not used ({reason})"),
+        format!("VirtualService rule {rule} not used ({reason})."),
     );
 }
 
@@ -1310,10 +1316,14 @@ fn warn_ineffective(
     m: &str,
     dup: &str,
 ) {
-    r.warning(
+    // Istio's analyzer says this as Info, its webhook as a warning; one finding serves both
+    // here, so it keeps the webhook's level, which is what `kubectl apply` would show.
+    r.with_code(
+        istio_codes::VS_INEFFECTIVE_MATCH,
+        Level::Warning,
         path,
         format!(
-            "virtualService rule {rule} match {m} is not used (duplicate/overlapping match in rule {dup})"
+            "VirtualService rule {rule} match {m} is not used (duplicate/overlapping match in rule {dup})."
         ),
     );
 }
@@ -1434,6 +1444,41 @@ mod tests {
         for bad in ["abc%123", "%START_TIME%%", "a\u{1}b", "%VAR(\"a\" x)%"] {
             assert!(check_header_value(bad).is_err(), "{bad}");
         }
+    }
+
+    fn codes(yaml: &str) -> Vec<&'static str> {
+        let loaded = sluice_model::load_str("vs.yaml", yaml);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        crate::validate::validate(&loaded.resources)
+            .iter()
+            .map(|d| d.code)
+            .collect()
+    }
+
+    const ROUTES: &str = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: default}
+spec:
+  hosts: [api.example.com]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {prefix: SECOND}}]
+    route: [{destination: {host: api.example.com}}]
+";
+
+    #[test]
+    fn a_rule_whose_matches_all_come_earlier_is_ist0130_and_ist0131() {
+        let mut got = codes(&ROUTES.replace("SECOND", "/a"));
+        got.sort_unstable();
+        assert_eq!(got, ["IST0130", "IST0131"]);
+        assert_eq!(codes(&ROUTES.replace("SECOND", "/a/b")), ["IST0131"]);
+    }
+
+    #[test]
+    fn distinct_matches_are_neither() {
+        assert!(codes(&ROUTES.replace("SECOND", "/b")).is_empty());
     }
 
     #[test]

@@ -66,7 +66,11 @@ pub struct ServicePort {
     pub number: u32,
 
     /// When unset, Istio infers the protocol from the port name's prefix (`http-…`, `tls-…`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "empty_protocol_is_unset"
+    )]
     pub protocol: Option<Protocol>,
 
     pub name: String,
@@ -238,6 +242,38 @@ impl<'de> Deserialize<'de> for Protocol {
     }
 }
 
+/// `protocol: ""` is how a proto3 string is left unset, so Istio reads it as no protocol.
+fn empty_protocol_is_unset<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Protocol>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<Protocol>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a protocol name ({})", protocol_list())
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.parse().map(Some).map_err(E::custom)
+        }
+    }
+    d.deserialize_option(Visitor)
+}
+
 impl Serialize for Protocol {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -271,6 +307,22 @@ mod tests {
             Some("replica")
         );
         assert_eq!(se.endpoints[0].port_for("tcp-postgres", 0), 5432);
+    }
+
+    #[test]
+    fn an_empty_protocol_is_unset_and_an_unknown_one_refused() {
+        let port = |protocol: serde_json::Value| {
+            serde_json::from_value::<ServicePort>(
+                json!({"number": 22, "name": "ssh", "protocol": protocol}),
+            )
+            .map(|p| p.protocol)
+        };
+        assert_eq!(port(json!("")).ok(), Some(None));
+        assert_eq!(port(json!(null)).ok(), Some(None));
+        assert_eq!(port(json!("tcp")).ok(), Some(Some(Protocol::Tcp)));
+        let err = port(json!("SSH")).expect_err("unknown protocol");
+        assert!(err.to_string().contains("SSH"), "{err}");
+        assert!(port(json!(7)).is_err());
     }
 
     #[test]

@@ -295,6 +295,8 @@ pub struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// Listeners the configuration wants that are not bound now (retried every second).
+    pub listeners_unbound: Gauge,
 }
 
 /// A flow refused by one of sluice's own safety checks (the destination IP guard, domain
@@ -353,6 +355,7 @@ impl Metrics {
             fault_aborts: Family::default(),
             refused: Family::default(),
             access_log_dropped: Counter::default(),
+            listeners_unbound: Gauge::default(),
         };
         registry.register(
             "sluice_refused",
@@ -529,6 +532,11 @@ impl Metrics {
             "sluice_access_log_dropped",
             "Access-log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "sluice_listeners_unbound",
+            "Listeners the configuration wants that could not be bound (retried every second; /ready is 503 meanwhile)",
+            m.listeners_unbound.clone(),
         );
         m
     }

@@ -340,6 +340,10 @@ impl Record {
         if let Some(sinks) = self.sinks.take() {
             self.write_logs(&sinks);
         }
+        // Last: the egress map takes (moves) what the logs and metrics no longer read.
+        let (start, flags) = (self.start, self.flags());
+        let telemetry = Arc::clone(&self.telemetry);
+        telemetry.decisions.record(self, start, flags);
     }
 
     /// One line to each access log whose filter (if any) selects this record. The filters'

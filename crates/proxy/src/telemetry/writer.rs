@@ -1,12 +1,18 @@
 //! Non-blocking access-log output: records hand their line to a bounded channel; one writer
 //! task per path owns the file. A full channel drops the line (counted), never the request.
+//!
+//! Rotation: the writer reopens its path when told to ([`Reopener`], SIGUSR1 in the binary)
+//! and when it sees that the path no longer names the file it has open (logrotate's
+//! move-and-create), checked at most every [`ROTATION_CHECK`], in the writer task, before a
+//! batch is written. Lines queued meanwhile wait in the channel: none is lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use sluice_snapshot::cel::Expression;
 
@@ -14,6 +20,9 @@ use super::expr;
 use super::format::LogFormat;
 
 const QUEUE: usize = 4096;
+
+/// How often a writer checks that its path still names the file it writes.
+pub const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// Where one snapshot's access log goes, in which format, and which entries.
 pub struct LogTarget {
@@ -53,9 +62,27 @@ struct TargetKey {
 pub struct Writers {
     targets: Mutex<HashMap<TargetKey, Arc<LogTarget>>>,
     files: Mutex<HashMap<String, mpsc::Sender<String>>>,
+    /// Bumped to make every writer reopen its file.
+    reopen: Arc<watch::Sender<u64>>,
+}
+
+/// Makes every access-log writer reopen its file (logrotate's `postrotate` signal).
+#[derive(Clone)]
+pub struct Reopener(Arc<watch::Sender<u64>>);
+
+impl Reopener {
+    pub fn reopen(&self) {
+        self.0
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
 }
 
 impl Writers {
+    /// A handle that makes the writers reopen their files.
+    pub fn reopener(&self) -> Reopener {
+        Reopener(self.reopen.clone())
+    }
+
     /// The target of `config`; `None` when the snapshot configures no access log. Must be
     /// called inside the tokio runtime (it may start a writer task).
     pub fn target(
@@ -112,27 +139,97 @@ impl Writers {
         }
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        handle.spawn(write_loop(path.to_owned(), rx, dropped.clone()));
+        handle.spawn(write_loop(
+            path.to_owned(),
+            rx,
+            dropped.clone(),
+            self.reopen.subscribe(),
+        ));
         files.insert(path.to_owned(), tx.clone());
         Some(tx)
     }
 }
 
-async fn open(path: &str) -> std::io::Result<Box<dyn AsyncWrite + Send + Unpin>> {
+/// Where the writer's lines go.
+struct Output {
+    out: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The open file's (device, inode); `None` for stdout and stderr, never reopened.
+    id: Option<FileId>,
+}
+
+type FileId = (u64, u64);
+
+fn file_id(meta: &std::fs::Metadata) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+async fn open(path: &str) -> std::io::Result<Output> {
     Ok(match path {
-        "/dev/stdout" => Box::new(tokio::io::stdout()),
-        "/dev/stderr" => Box::new(tokio::io::stderr()),
-        _ => Box::new(
-            tokio::fs::OpenOptions::new()
+        "/dev/stdout" => Output {
+            out: Box::new(tokio::io::stdout()),
+            id: None,
+        },
+        "/dev/stderr" => Output {
+            out: Box::new(tokio::io::stderr()),
+            id: None,
+        },
+        _ => {
+            let file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .await?,
-        ),
+                .await?;
+            let id = file.metadata().await.ok().as_ref().and_then(file_id);
+            Output {
+                out: Box::new(file),
+                id,
+            }
+        }
     })
 }
 
-async fn write_loop(path: String, mut rx: mpsc::Receiver<String>, dropped: Counter) {
+/// Whether `path` names another file than `id` now, or none (moved away, not yet recreated).
+async fn rotated(path: &str, id: FileId) -> bool {
+    match tokio::fs::metadata(path).await {
+        Ok(meta) => file_id(&meta).is_some_and(|now| now != id),
+        Err(_) => true,
+    }
+}
+
+/// Opens `path` again; on failure the file open until now stays in use (lines keep going to
+/// the rotated file rather than nowhere) and the next check tries again.
+async fn reopen(path: &str, current: &mut Output) {
+    if current.id.is_none() {
+        return;
+    }
+    // Whatever tokio still holds for the old file reaches it before the switch.
+    let _ = current.out.flush().await;
+    match open(path).await {
+        Ok(next) => {
+            *current = next;
+            tracing::info!(path, "access log reopened");
+        }
+        Err(e) => {
+            tracing::warn!(path, error = %e, "cannot reopen the access log; still writing the old file")
+        }
+    }
+}
+
+async fn write_loop(
+    path: String,
+    mut rx: mpsc::Receiver<String>,
+    dropped: Counter,
+    mut reopen_rx: watch::Receiver<u64>,
+) {
     let mut out = match open(&path).await {
         Ok(out) => out,
         Err(e) => {
@@ -143,7 +240,35 @@ async fn write_loop(path: String, mut rx: mpsc::Receiver<String>, dropped: Count
             return;
         }
     };
-    while let Some(line) = rx.recv().await {
+    reopen_rx.borrow_and_update();
+    let mut checked = Instant::now();
+    let mut signals_open = true;
+    loop {
+        let line = tokio::select! {
+            line = rx.recv() => match line {
+                Some(line) => line,
+                None => break,
+            },
+            changed = reopen_rx.changed(), if signals_open => {
+                if changed.is_err() {
+                    signals_open = false;
+                } else {
+                    reopen_rx.borrow_and_update();
+                    reopen(&path, &mut out).await;
+                    checked = Instant::now();
+                }
+                continue;
+            }
+        };
+        if let Some(id) = out.id
+            && checked.elapsed() >= ROTATION_CHECK
+        {
+            checked = Instant::now();
+            if rotated(&path, id).await {
+                reopen(&path, &mut out).await;
+            }
+        }
+        let out = &mut out.out;
         let mut failed = out.write_all(line.as_bytes()).await.err();
         // Batch whatever else is queued before flushing.
         while failed.is_none()

@@ -78,7 +78,7 @@ pub async fn dial(
         Ok(r) => r,
         Err(_) => Err(Error::Connect {
             addr,
-            reason: "delayed connect error: timeout".into(),
+            reason: crate::error::CONNECT_TIMEOUT.into(),
         }),
     }
 }

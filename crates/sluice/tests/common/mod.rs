@@ -5,8 +5,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use sluice_test_support::{SluiceProcess, free_loopback_addr};
+use sluice_identity::{Ca, Validity};
+use sluice_test_support::client::curl;
+use sluice_test_support::{SluiceProcess, TempDir, free_loopback_addr};
 
 /// A file of the guide, unchanged.
 pub fn guide(file: &str) -> String {
@@ -117,4 +120,121 @@ pub fn metric(stats: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A mesh CA and a directory of SVIDs, one per workload.
+pub struct Mesh {
+    dir: TempDir,
+    ca: Ca,
+}
+
+impl Mesh {
+    pub fn new() -> Mesh {
+        let dir = TempDir::new("mesh");
+        let ca = Ca::init(&dir.join("ca"), "cluster.local", false).expect("mesh CA");
+        Mesh { dir, ca }
+    }
+
+    /// Writes the SVID of ns/sa and returns its directory.
+    pub fn svid(&self, ns: &str, sa: &str) -> String {
+        let out = self.dir.join(format!("{ns}-{sa}"));
+        self.ca
+            .issue(ns, sa, Validity::from_now(Duration::from_secs(3600)))
+            .expect("issue")
+            .write(&out)
+            .expect("write svid");
+        out.display().to_string()
+    }
+}
+
+/// Starts a sidecar for ns/sa; returns it with its explicit-proxy address.
+pub async fn sidecar(
+    config: &[String],
+    ns: &str,
+    sa: &str,
+    dns: SocketAddr,
+    identity: Option<&str>,
+) -> (SluiceProcess, SocketAddr) {
+    let ip = free_loopback_addr();
+    let listen = SocketAddr::new(ip, 15001);
+    let admin = SocketAddr::new(ip, 15000);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("sidecar");
+    for c in config {
+        cmd.args(["-c", c]);
+    }
+    cmd.args(["--namespace", ns, "--service-account", sa]);
+    cmd.args([
+        "--listen",
+        &listen.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ]);
+    cmd.args(["--dns-server", &dns.to_string()]);
+    cmd.args(["--allow-range", "127.0.0.0/8"]);
+    if let Some(id) = identity {
+        cmd.args(["--identity-dir", id]);
+    }
+    (start(cmd, admin).await, listen)
+}
+
+/// `curl -x sidecar https://host/` with the test CA; Some(body) when it answered 2xx.
+pub async fn https_via(proxy: SocketAddr, ca: &Path, url: &str) -> Result<String, String> {
+    let out = curl(&[
+        "-sS",
+        "--max-time",
+        "10",
+        "-x",
+        &format!("http://{proxy}"),
+        "--cacert",
+        &ca.display().to_string(),
+        "--fail",
+        url,
+    ])
+    .await
+    .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The egress gateway's service, outside Kubernetes: a MESH_INTERNAL ServiceEntry with STATIC
+/// endpoints (DESIGN.md), and mesh mTLS toward it from every namespace.
+pub fn gateway_service(dir: &TempDir, gateway_ip: IpAddr, ports: &[(u16, &str, &str)]) -> String {
+    let ports: String = ports
+        .iter()
+        .map(|(n, name, proto)| format!("  - {{number: {n}, name: {name}, protocol: {proto}}}\n"))
+        .collect();
+    let path = dir.join("gateway-service.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+{ports}  endpoints:
+  - address: {gateway_ip}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-mtls, namespace: istio-system}}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+"#
+        ),
+    )
+    .expect("write");
+    path.display().to_string()
 }
