@@ -52,7 +52,10 @@ impl Host {
                 .map(|v6| Host::Ip(canonical_ip(IpAddr::V6(v6))))
                 .map_err(|_| invalid(s, "not an IPv6 address"));
         }
-        if let Ok(ip) = s.parse::<IpAddr>() {
+        // An IP literal ends in a digit or holds a colon; trying the IP parsers only then
+        // spares every name (most hosts) two failed parses.
+        let maybe_ip = s.ends_with(|c: char| c.is_ascii_digit()) || s.contains(':');
+        if maybe_ip && let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(Host::Ip(canonical_ip(ip)));
         }
         name(s).map(Host::Name)

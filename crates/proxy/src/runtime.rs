@@ -21,7 +21,8 @@ pub struct Runtime {
     /// Where this snapshot's records go (access logs, Telemetry's metric changes), with their
     /// CEL expressions parsed: `None` when only Istio's standard metrics are recorded.
     pub sinks: Option<Arc<Sinks>>,
-    clusters: HashMap<String, Arc<ClusterRt>>,
+    /// By name, with a fast hash: looked up once per request.
+    clusters: HashMap<String, Arc<ClusterRt>, foldhash::fast::RandomState>,
     /// The ports each registered host declares (the sidecar snapshot's
     /// `fallback.registered`): a sidecar refuses the others.
     registry: Registry,

@@ -34,9 +34,11 @@ pub fn select_virtual_host<'a>(vhosts: &'a [VirtualHost], host: &str) -> Option<
 /// domains, the last virtual host).
 #[derive(Debug, Default)]
 pub struct VirtualHostIndex {
-    exact: HashMap<String, usize>,
+    // foldhash (randomly seeded), not SipHash: looked up per request, and the keys come from
+    // config, so a client cannot grow colliding chains by choosing hosts.
+    exact: HashMap<String, usize, foldhash::fast::RandomState>,
     /// `.example.com` of `*.example.com`.
-    dot_suffix: HashMap<String, usize>,
+    dot_suffix: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Suffixes that do not start at a label (`*example.com`): rare, tried one by one.
     other_suffix: Vec<(String, usize)>,
     any: Option<usize>,

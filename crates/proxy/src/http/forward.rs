@@ -437,32 +437,79 @@ fn envoy_substitution(s: &str) -> String {
 /// `REFUSED_STREAM`.
 const REFUSED_STREAM: &str = "(refused stream)";
 
-/// When to retry, from Envoy's `retry_on` conditions and retriable status codes.
-struct RetryOn<'a> {
-    on: &'a [String],
+/// When to retry, from Envoy's `retry_on` conditions and retriable status codes: read once
+/// per request into bits, so that each check is a mask (comparing the condition strings on
+/// every check cost 3 % of a request's instructions).
+struct RetryOn {
+    on: u16,
     codes: Vec<u16>,
 }
 
-impl<'a> RetryOn<'a> {
-    fn new(policy: &'a RetryPolicy) -> Self {
-        RetryOn {
-            on: &policy.retry_on,
-            codes: policy
-                .retry_on
-                .iter()
-                .filter_map(|c| c.trim().parse().ok())
-                .collect(),
+/// Envoy's retry conditions, as bits of [`RetryOn::on`].
+mod cond {
+    pub const FIVE_XX: u16 = 1;
+    pub const GATEWAY_ERROR: u16 = 1 << 1;
+    pub const RESET: u16 = 1 << 2;
+    pub const CONNECT_FAILURE: u16 = 1 << 3;
+    pub const RESET_BEFORE_REQUEST: u16 = 1 << 4;
+    pub const REFUSED_STREAM: u16 = 1 << 5;
+    pub const RETRIABLE_4XX: u16 = 1 << 6;
+    pub const ENVOY_RATELIMITED: u16 = 1 << 7;
+    pub const CANCELLED: u16 = 1 << 8;
+    pub const DEADLINE_EXCEEDED: u16 = 1 << 9;
+    pub const INTERNAL: u16 = 1 << 10;
+    pub const RESOURCE_EXHAUSTED: u16 = 1 << 11;
+    pub const UNAVAILABLE: u16 = 1 << 12;
+
+    /// The bit of a condition named in lower case.
+    pub fn bit(name: &str) -> Option<u16> {
+        Some(match name {
+            "5xx" => FIVE_XX,
+            "gateway-error" => GATEWAY_ERROR,
+            "reset" => RESET,
+            "connect-failure" => CONNECT_FAILURE,
+            "reset-before-request" => RESET_BEFORE_REQUEST,
+            "refused-stream" => REFUSED_STREAM,
+            "retriable-4xx" => RETRIABLE_4XX,
+            "envoy-ratelimited" => ENVOY_RATELIMITED,
+            "cancelled" => CANCELLED,
+            "deadline-exceeded" => DEADLINE_EXCEEDED,
+            "internal" => INTERNAL,
+            "resource-exhausted" => RESOURCE_EXHAUSTED,
+            "unavailable" => UNAVAILABLE,
+            _ => return None,
+        })
+    }
+}
+
+impl RetryOn {
+    fn new(policy: &RetryPolicy) -> Self {
+        let mut on = 0;
+        let mut codes = Vec::new();
+        for c in policy.retry_on.iter().map(|c| c.trim()) {
+            let bit = cond::bit(c).or_else(|| {
+                c.bytes()
+                    .any(|b| b.is_ascii_uppercase())
+                    .then(|| cond::bit(&c.to_ascii_lowercase()))
+                    .flatten()
+            });
+            if let Some(bit) = bit {
+                on |= bit;
+            } else if let Ok(code) = c.parse() {
+                codes.push(code);
+            }
         }
+        RetryOn { on, codes }
     }
 
-    fn has(&self, cond: &str) -> bool {
-        self.on.iter().any(|c| c.trim().eq_ignore_ascii_case(cond))
+    fn has(&self, conds: u16) -> bool {
+        self.on & conds != 0
     }
 
     fn status(&self, s: u16) -> bool {
-        (self.has("5xx") && s >= 500)
-            || (self.has("gateway-error") && matches!(s, 502..=504))
-            || (self.has("retriable-4xx") && s == 409)
+        (self.has(cond::FIVE_XX) && s >= 500)
+            || (self.has(cond::GATEWAY_ERROR) && matches!(s, 502..=504))
+            || (self.has(cond::RETRIABLE_4XX) && s == 409)
             || self.codes.contains(&s)
     }
 
@@ -478,16 +525,16 @@ impl<'a> RetryOn<'a> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u32>().ok())
             .and_then(|code| match code {
-                1 => Some("cancelled"),
-                4 => Some("deadline-exceeded"),
-                8 => Some("resource-exhausted"),
-                13 => Some("internal"),
-                14 => Some("unavailable"),
+                1 => Some(cond::CANCELLED),
+                4 => Some(cond::DEADLINE_EXCEEDED),
+                8 => Some(cond::RESOURCE_EXHAUSTED),
+                13 => Some(cond::INTERNAL),
+                14 => Some(cond::UNAVAILABLE),
                 _ => None,
             });
         self.status(resp.status().as_u16())
-            || (self.has("envoy-ratelimited") && h.contains_key("x-envoy-ratelimited"))
-            || grpc.is_some_and(|cond| self.has(cond))
+            || (self.has(cond::ENVOY_RATELIMITED) && h.contains_key("x-envoy-ratelimited"))
+            || grpc.is_some_and(|c| self.has(c))
     }
 
     /// Envoy's `wouldRetryFromReset`: `5xx`, `gateway-error` and `reset` retry any reset or
@@ -496,20 +543,18 @@ impl<'a> RetryOn<'a> {
     /// (`REFUSED_STREAM`) — never a request that may have been processed.
     fn error(&self, e: &Error) -> bool {
         match e {
-            Error::Connect { .. } | Error::UpstreamTls(_) => {
-                self.has("5xx")
-                    || self.has("gateway-error")
-                    || self.has("reset")
-                    || self.has("connect-failure")
-                    || self.has("reset-before-request")
-            }
+            Error::Connect { .. } | Error::UpstreamTls(_) => self.has(
+                cond::FIVE_XX
+                    | cond::GATEWAY_ERROR
+                    | cond::RESET
+                    | cond::CONNECT_FAILURE
+                    | cond::RESET_BEFORE_REQUEST,
+            ),
             Error::UpstreamReset(reason) => {
-                self.has("5xx")
-                    || self.has("gateway-error")
-                    || self.has("reset")
-                    || (self.has("refused-stream") && reason.ends_with(REFUSED_STREAM))
+                self.has(cond::FIVE_XX | cond::GATEWAY_ERROR | cond::RESET)
+                    || (self.has(cond::REFUSED_STREAM) && reason.ends_with(REFUSED_STREAM))
             }
-            Error::Timeout => self.has("5xx") || self.has("gateway-error") || self.has("reset"),
+            Error::Timeout => self.has(cond::FIVE_XX | cond::GATEWAY_ERROR | cond::RESET),
             _ => false,
         }
     }

@@ -2,7 +2,8 @@
 //! an injected prometheus-client registry.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::{
     EncodeLabelKey, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder,
@@ -297,7 +298,33 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     /// Listeners the configuration wants that are not bound now (retried every second).
     pub listeners_unbound: Gauge,
+    /// The four request metrics of each label set seen, so that a request costs one lookup
+    /// with a fast hash instead of four SipHash lookups in the families (9 % of a request's
+    /// instructions in callgrind). The families are never cleared, so a cached handle stays
+    /// the exported series.
+    request_handles: RwLock<HashMap<RequestLabels, RequestHandles, foldhash::fast::RandomState>>,
 }
+
+/// The series of one request label set in Istio's four request metrics.
+struct RequestHandles {
+    count: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl RequestHandles {
+    fn record(&self, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
+        self.count.inc();
+        self.duration.observe(duration_ms);
+        self.request_bytes.observe(req_bytes as f64);
+        self.response_bytes.observe(resp_bytes as f64);
+    }
+}
+
+/// Label sets kept in [`Metrics::request_handles`]; beyond it (labels come only from config,
+/// so this is not expected) requests are recorded through the families, four lookups each.
+const MAX_CACHED_LABEL_SETS: usize = 16_384;
 
 /// A flow refused by one of sluice's own safety checks (the destination IP guard, domain
 /// fronting, malformed authorities, connection limits): which check, and why.
@@ -356,6 +383,7 @@ impl Metrics {
             refused: Family::default(),
             access_log_dropped: Counter::default(),
             listeners_unbound: Gauge::default(),
+            request_handles: RwLock::default(),
         };
         registry.register(
             "sluice_refused",
@@ -568,14 +596,23 @@ impl Metrics {
         req_bytes: u64,
         resp_bytes: u64,
     ) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(duration_ms);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(req_bytes as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(resp_bytes as f64);
+        if let Ok(cache) = self.request_handles.read()
+            && let Some(h) = cache.get(labels)
+        {
+            return h.record(duration_ms, req_bytes, resp_bytes);
+        }
+        let h = RequestHandles {
+            count: self.requests.get_or_create_owned(labels),
+            duration: self.duration.get_or_create_owned(labels),
+            request_bytes: self.request_bytes.get_or_create_owned(labels),
+            response_bytes: self.response_bytes.get_or_create_owned(labels),
+        };
+        h.record(duration_ms, req_bytes, resp_bytes);
+        if let Ok(mut cache) = self.request_handles.write()
+            && cache.len() < MAX_CACHED_LABEL_SETS
+        {
+            cache.entry(labels.clone()).or_insert(h);
+        }
     }
 
     /// Records one request in each metric that has labels (`None`: the metric is disabled by
