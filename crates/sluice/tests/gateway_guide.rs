@@ -452,29 +452,88 @@ spec:
     }
 }
 
-/// `sluice demo --once` shows an allowed and a refused call and exits 0; plain `sluice demo`
-/// stays up until Ctrl-C and then exits cleanly.
+/// Runs `sluice demo --once` as a process (stopped by its PID if it runs over 90 s); returns
+/// its exit status and stdout.
+async fn demo_once(admin: SocketAddr) -> (std::process::ExitStatus, String, String) {
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(bin())
+        .args(["demo", "--once", "--admin", &admin.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("demo starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => break,
+            None if std::time::Instant::now() > deadline => {
+                // Child::kill sends SIGKILL to this PID only.
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "sluice demo --once ran over 90 s: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `sluice demo --once`, as a process: each outcome it prints is the expected one, each with
+/// its access-log entry and metric, and it exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_once_shows_every_outcome() {
+    let (status, text, stderr) = demo_once(SocketAddr::new(free_loopback_addr(), 15000)).await;
+    assert!(status.success(), "{status:?}\n{text}\n{stderr}");
+    for line in [
+        "✔ allowed      payment-service → https://api.payment-provider.com/v1/pay: 200",
+        "✔ originated   payment-service → http://api.external-service.com/data: 200",
+        "✔ denied       reporting → http://api.external-service.com/data: 403 \"RBAC: access denied\"",
+        "✔ blocked      payment-service → http://exfiltrate.example.net/upload: 502",
+        "✔ rate limited 130 requests at once",
+        "All outcomes as expected.",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains('✘'), "{text}");
+    // The evidence is the real access log and metrics.
+    for proof in [
+        "\"GET /data HTTP/1.1\" 403",
+        " 429 RL ",
+        "\"GET /upload HTTP/1.1\" 502",
+        "connection_security_policy=\"mutual_tls\"} 1",
+        "envoy_http_local_rate_limit_enforced_total ",
+        "sluice proxy-config listeners --admin",
+        "/stats/prometheus",
+        "/ui",
+    ] {
+        assert!(text.contains(proof), "missing {proof:?} in:\n{text}");
+    }
+    let limited = text
+        .lines()
+        .find_map(|l| {
+            l.split(" × 429")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .expect("the count of 429s");
+    assert!(limited > 0, "{text}");
+}
+
+/// Plain `sluice demo` stays up until Ctrl-C and then exits cleanly.
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_runs_and_stops_on_ctrl_c() {
-    let admin = SocketAddr::new(free_loopback_addr(), 15000);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin())
-            .args(["demo", "--once", "--admin", &admin.to_string()])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("demo runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("✔ allowed"), "{text}");
-    assert!(text.contains("✔ refused"), "{text}");
-    assert!(!text.contains('✘'), "{text}");
-
     let admin = SocketAddr::new(free_loopback_addr(), 15000);
     let mut cmd = std::process::Command::new(bin());
     cmd.args(["demo", "--admin", &admin.to_string()]);
@@ -482,7 +541,7 @@ async fn demo_runs_and_stops_on_ctrl_c() {
         .await
         .expect("join")
         .expect("demo ready");
-    demo.wait_for_log("Press Ctrl-C", Duration::from_secs(20))
+    demo.wait_for_log("Press Ctrl-C", Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}: {}", demo.stdout()));
     demo.signal("INT").expect("signal");
     let status = demo

@@ -103,6 +103,55 @@ pub async fn https_request(
         .context("HTTPS request timed out")?
 }
 
+/// `GET https://<authority><path>` through the explicit proxy at `proxy`: `CONNECT
+/// <authority>` (`host:port`), then TLS with SNI `host` verified against `roots`, HTTP/1.1
+/// inside. A refused CONNECT is an error naming the proxy's status line.
+pub async fn https_get_via_proxy(
+    proxy: SocketAddr,
+    authority: &str,
+    path: &str,
+    roots: &RootCertStore,
+) -> anyhow::Result<Reply> {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .to_string();
+    let mut cfg = client_config(roots.clone(), None);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(host).context("invalid SNI")?;
+    let req = Request::get(path)
+        .header("host", authority)
+        .body(String::new())?;
+    let fut = async {
+        let mut tcp = connect(proxy).await?;
+        tcp.write_all(
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if tcp.read(&mut byte).await? == 0 || head.len() > 8192 {
+                bail!("the proxy closed the connection during CONNECT");
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let status = head.lines().next().unwrap_or_default().to_string();
+        if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {
+            bail!("CONNECT refused: {status}");
+        }
+        let tls = TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
+        send_http1(tls, req).await
+    };
+    timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .context("HTTPS request timed out")?
+}
+
 /// `GET http://<host><path>` sent to `addr` over HTTP/1.1.
 pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
     let req = Request::get(path)

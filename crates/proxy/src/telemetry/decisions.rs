@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 use std::time::SystemTime;
@@ -40,6 +40,8 @@ const BUCKETS: usize = 6;
 const QUEUE: usize = 4096;
 /// How long a reader waits for the decisions queued before it.
 const SETTLE: Duration = Duration::from_millis(50);
+/// How often the aggregator looks for new decisions.
+const POLL: Duration = Duration::from_millis(5);
 /// Decisions applied under one taking of the lock (readers get their turn in between).
 const BATCH: usize = 256;
 /// A pair idle this long is dropped when the table is full, to make room for new pairs.
@@ -90,11 +92,22 @@ impl Outcome {
         cluster: Option<&str>,
     ) -> Outcome {
         let details = details.unwrap_or("");
-        let has = |f: &str| flags.split(',').any(|x| x == f);
         if details.starts_with("rbac_access_denied") {
             return Outcome::Denied;
         }
-        if has("RL") || has("RLSE") || details.contains("rate_limited") {
+        // One pass over the flags.
+        let (mut limited, mut refused, mut upstream) = (false, false, false);
+        for f in flags.split(',') {
+            match f {
+                "RL" | "RLSE" => limited = true,
+                "NR" | "NC" => refused = true,
+                "UF" | "URX" | "UH" | "UO" | "UT" | "UC" | "UPE" | "DF" | "LH" | "UR" => {
+                    upstream = true;
+                }
+                _ => {}
+            }
+        }
+        if limited || details.contains("rate_limited") {
             return Outcome::RateLimited;
         }
         let refused_details = [
@@ -109,15 +122,13 @@ impl Outcome {
             "mesh_mtls_without_identity",
             "tls_inspector",
         ];
-        if cluster == Some(sluice_snapshot::BLACK_HOLE_CLUSTER)
-            || has("NR")
-            || has("NC")
+        if refused
+            || cluster == Some(sluice_snapshot::BLACK_HOLE_CLUSTER)
             || refused_details.iter().any(|d| details.starts_with(d))
         {
             return Outcome::Refused;
         }
-        let upstream = ["UF", "URX", "UH", "UO", "UT", "UC", "UPE", "DF", "LH", "UR"];
-        if upstream.iter().any(|f| has(f)) || (kind == Kind::Http && code >= 500) {
+        if upstream || (kind == Kind::Http && code >= 500) {
             return Outcome::UpstreamError;
         }
         Outcome::Allowed
@@ -270,7 +281,6 @@ struct Finished {
     code: u16,
     flags: Cow<'static, str>,
     details: Option<Cow<'static, str>>,
-    outcome: Outcome,
     cluster: Option<Arc<str>>,
 }
 
@@ -349,14 +359,8 @@ impl Decisions {
     /// Takes a finished record's decision. Called last in the record's life: it moves the
     /// details, the HTTP authority and the SNI out of `rec`.
     pub(super) fn record(&self, rec: &mut Record, start: SystemTime, flags: Cow<'static, str>) {
+        // Classified by the aggregator, off the request path.
         let details = rec.details.take().or_else(|| rec.termination.take());
-        let outcome = Outcome::classify(
-            rec.kind,
-            rec.response_code,
-            &flags,
-            details.as_deref(),
-            rec.cluster.as_deref(),
-        );
         let source = rec.peer_principal.clone().unwrap_or_else(unidentified);
         let authority = rec
             .http
@@ -388,7 +392,6 @@ impl Decisions {
             code: rec.response_code,
             flags,
             details,
-            outcome,
             cluster: rec.cluster.clone(),
         };
         let queued = self.queue().is_some_and(|q| q.try_send(finished).is_ok());
@@ -477,17 +480,37 @@ impl Decisions {
 /// The aggregator: applies queued decisions in batches until the proxy drops its
 /// [`Decisions`] (the queue's sender).
 fn aggregate(state: &State, rx: &Receiver<Finished>) {
-    while let Ok(first) = rx.recv() {
-        let mut inner = state.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut n = 1;
-        inner.apply(first, state);
-        while n < BATCH {
-            let Ok(next) = rx.try_recv() else { break };
-            inner.apply(next, state);
-            n += 1;
+    // Polls rather than blocks: a sender then never has to wake this thread (a futex call
+    // and a context switch per request on the data plane). The queue holds what arrives
+    // between polls many times over at any rate the proxy reaches.
+    loop {
+        let mut n = 0;
+        let mut gone = false;
+        {
+            let mut inner = state.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            while n < BATCH {
+                match rx.try_recv() {
+                    Ok(f) => {
+                        inner.apply(f, state);
+                        n += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
         }
-        drop(inner);
-        state.applied.fetch_add(n as u64, Ordering::Release);
+        if n > 0 {
+            state.applied.fetch_add(n as u64, Ordering::Release);
+        }
+        if gone {
+            return;
+        }
+        if n < BATCH {
+            std::thread::sleep(POLL);
+        }
     }
 }
 
@@ -524,10 +547,17 @@ fn push_edges(
 
 impl Inner {
     fn apply(&mut self, f: Finished, state: &State) {
+        let outcome = Outcome::classify(
+            f.kind,
+            f.code,
+            &f.flags,
+            f.details.as_deref(),
+            f.cluster.as_deref(),
+        );
         let destination = self.count(
             &f.source,
             f.dest,
-            f.outcome,
+            outcome,
             f.now,
             f.kind == Kind::Http,
             state.edge_cap,
@@ -551,7 +581,7 @@ impl Inner {
             code: f.code,
             flags: f.flags,
             details: f.details,
-            outcome: f.outcome,
+            outcome,
             cluster: f.cluster,
         });
     }

@@ -41,23 +41,40 @@ pub async fn gateway_at(
     identity: Option<&str>,
     env: &[(&str, &str)],
 ) -> SluiceProcess {
-    let admin = SocketAddr::new(bind, 15000);
     let mut cmd = std::process::Command::new(bin());
-    cmd.arg("gateway");
-    for c in config {
-        cmd.args(["-c", c]);
-    }
-    cmd.args(["--bind", &bind.to_string(), "--admin", &admin.to_string()]);
-    cmd.args(["--dns-server", &dns.to_string()]);
-    // The tests' "external" services live on loopback, which the IP guard denies by default.
-    cmd.args(["--allow-range", "127.0.0.0/8"]);
-    if let Some(id) = identity {
-        cmd.args(["--identity-dir", id]);
-    }
+    cmd.args(gateway_args(bind, config, dns, identity));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    start(cmd, admin).await
+    start(cmd, SocketAddr::new(bind, 15000)).await
+}
+
+/// The arguments [`gateway_at`] gives `sluice` (`gateway` first), for a test that starts the
+/// binary through a wrapper (a mount namespace of its own).
+pub fn gateway_args(
+    bind: IpAddr,
+    config: &[String],
+    dns: SocketAddr,
+    identity: Option<&str>,
+) -> Vec<String> {
+    let admin = SocketAddr::new(bind, 15000);
+    let mut cmd: Vec<String> = vec!["gateway".into()];
+    for c in config {
+        cmd.extend(["-c".into(), c.clone()]);
+    }
+    cmd.extend([
+        "--bind".into(),
+        bind.to_string(),
+        "--admin".into(),
+        admin.to_string(),
+    ]);
+    cmd.extend(["--dns-server".into(), dns.to_string()]);
+    // The tests' "external" services live on loopback, which the IP guard denies by default.
+    cmd.extend(["--allow-range".into(), "127.0.0.0/8".into()]);
+    if let Some(id) = identity {
+        cmd.extend(["--identity-dir".into(), id.into()]);
+    }
+    cmd
 }
 
 /// [`gateway_at`] on a fresh loopback address, returned with the process.
