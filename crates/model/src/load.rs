@@ -173,6 +173,22 @@ impl Loader {
                     |r, x| r.rate_limit_configs.push(x),
                 );
             }
+            (None, None) if map.contains_key("spec") => {
+                // An IstioOperator overlay with no envelope, as istio.io's tasks publish them
+                // for `istioctl install -f` (`spec: {meshConfig: …}`); `spec` is no MeshConfig
+                // field. It is named after its file, as istioctl names it `installed-state`.
+                let name = std::path::Path::new(source.file())
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_lowercase().replace(['_', '.'], "-"))
+                    .unwrap_or_else(|| "installed-state".into());
+                map.insert("metadata".into(), serde_json::json!({"name": name}));
+                self.envelope(
+                    "install.istio.io/v1alpha1".into(),
+                    "IstioOperator".into(),
+                    map,
+                    source,
+                )
+            }
             (None, None) => {
                 // istioctl's --meshConfigFile and the `mesh` key of the `istio` ConfigMap hold
                 // a bare MeshConfig with no envelope.

@@ -254,6 +254,23 @@ pub(crate) fn single_host(headers: &http::HeaderMap) -> Result<Option<&str>, Str
 /// authority, a Host header that disagrees with the URI's authority or with another Host
 /// header (400), and a name other than the TLS server name the request arrived under (421,
 /// domain fronting). The error comes with the authority as received, for the log.
+/// A request on a TLS session must name the host the session's SNI named.
+fn check_fronting(ctx: &ConnCtx, raw: &str, name: &str) -> Result<(), (String, Error)> {
+    match &ctx.info.sni {
+        Some(sni) if name != sni => {
+            ctx.shared
+                .telemetry
+                .metrics
+                .refused("fronting", "host_differs_from_sni");
+            Err((
+                raw.to_owned(),
+                Error::Fronting(format!("{name} requested on a TLS session for {sni}")),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn request_authority(ctx: &ConnCtx, parts: &mut Parts) -> Result<String, (String, Error)> {
     let host = single_host(&parts.headers).map_err(|e| (String::new(), Error::Downstream(e)))?;
     let raw = match (parts.uri.authority(), host) {
@@ -267,6 +284,10 @@ fn request_authority(ctx: &ConnCtx, parts: &mut Parts) -> Result<String, (String
         (None, Some(h)) => h,
         (None, None) => "",
     };
+    if let Some(host) = crate::authority::canonical_name_authority(raw) {
+        check_fronting(ctx, raw, host)?;
+        return Ok(raw.to_owned());
+    }
     let parsed = crate::authority::Authority::parse(raw).map_err(|e| {
         ctx.shared
             .telemetry
@@ -277,17 +298,8 @@ fn request_authority(ctx: &ConnCtx, parts: &mut Parts) -> Result<String, (String
             Error::Downstream(format!("bad authority {e}")),
         )
     })?;
-    if let (crate::authority::Host::Name(name), Some(sni)) = (&parsed.host, &ctx.info.sni)
-        && name != sni
-    {
-        ctx.shared
-            .telemetry
-            .metrics
-            .refused("fronting", "host_differs_from_sni");
-        return Err((
-            raw.to_owned(),
-            Error::Fronting(format!("{name} requested on a TLS session for {sni}")),
-        ));
+    if let crate::authority::Host::Name(name) = &parsed.host {
+        check_fronting(ctx, raw, name)?;
     }
     let canonical = parsed.to_string();
     if canonical != raw {

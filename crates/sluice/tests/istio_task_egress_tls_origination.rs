@@ -1,0 +1,101 @@
+//! istio.io task "Egress TLS Origination" (`testdata/acceptance/istio-tasks/egress-tls-origination`):
+//! the sidecar originates TLS for plain `http://edition.cnn.com`. Its YAML unchanged, applied in
+//! the documented order with hot reload; edition.cnn.com is a loopback stand-in whose
+//! certificate the sidecar trusts through `SSL_CERT_FILE` (the DestinationRule names no CA).
+
+use std::net::SocketAddr;
+
+mod common;
+mod istio_tasks;
+
+use istio_tasks::{
+    ConfigDir, Plain, PlainServer, curl_sidecar_env, run_curl, status_lines, wait_log_line,
+};
+use sluice_test_support::{
+    DnsServer, HttpsUpstream, TempDir, TestCa, UpstreamOptions, free_loopback_addr,
+};
+
+const TASK: &str = "egress-tls-origination";
+
+/// 01 (ServiceEntry only): `301` then `HTTP/2 200`; 02 (targetPort 443 + DestinationRule
+/// SIMPLE on port 80): plain http gets a single `HTTP/1.1 200 OK`, https still `HTTP/2 200`.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_origination_at_the_sidecar() {
+    let ca = TestCa::new("public-ca");
+    let tmp = TempDir::new("egress-tls-origination");
+    let ca_file = ca.write_ca_pem(tmp.path()).display().to_string();
+    let ip = free_loopback_addr();
+    let _http = PlainServer::start_at(SocketAddr::new(ip, 80), Plain::RedirectToHttps).await;
+    let https = HttpsUpstream::start(
+        SocketAddr::new(ip, 443),
+        &ca.server_cert(&["edition.cnn.com"]),
+        "cnn",
+        UpstreamOptions::default(),
+    )
+    .await
+    .expect("cnn");
+    let dns = DnsServer::start([("edition.cnn.com", vec![ip])])
+        .await
+        .expect("dns");
+    let cfg = ConfigDir::new("egress-tls-origination-config");
+    cfg.apply("observability-logs-access-log", "01");
+    let (sc, proxy) = curl_sidecar_env(
+        &[cfg.path()],
+        dns.addr(),
+        None,
+        &[("SSL_CERT_FILE", &ca_file)],
+    )
+    .await;
+    let proxy = format!("http://{proxy}");
+    let follow = |url: &'static str| {
+        let (proxy, ca_file) = (proxy.clone(), ca_file.clone());
+        async move {
+            let out = run_curl(&[
+                "-L",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-x",
+                &proxy,
+                "--cacert",
+                &ca_file,
+                url,
+            ])
+            .await;
+            assert_eq!(out.code, Some(0), "{url}: {}\n{}", out.stdout, out.stderr);
+            (status_lines(&out.stdout), out.stdout)
+        }
+    };
+
+    cfg.step(&[&sc], || cfg.apply(TASK, "01")).await;
+    let (lines, head) = follow("http://edition.cnn.com/politics").await;
+    assert_eq!(lines, ["HTTP/1.1 301 Moved Permanently", "HTTP/2 200"]);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("location: https://edition.cnn.com/politics"),
+        "{head}"
+    );
+
+    // 02 replaces 01's ServiceEntry `edition-cnn-com`, as `kubectl apply` does.
+    cfg.step(&[&sc], || {
+        cfg.delete(TASK, "01");
+        cfg.apply(TASK, "02");
+    })
+    .await;
+    let before = https.requests();
+    let (lines, _) = follow("http://edition.cnn.com/politics").await;
+    assert_eq!(lines, ["HTTP/1.1 200 OK"]);
+    assert_eq!(https.requests(), before + 1, "over TLS to port 443");
+    wait_log_line(&sc, &["GET /politics", "outbound|80||edition.cnn.com"]).await;
+    let (lines, _) = follow("https://edition.cnn.com/politics").await;
+    assert_eq!(lines, ["HTTP/2 200"]);
+}
+
+/// "Mutual TLS origination for egress traffic at sidecar" (04, 05): the DestinationRule's
+/// `credentialName: client-credential` names a Kubernetes Secret the task creates with kubectl.
+#[test]
+#[ignore = "sluice's sidecar reads no Kubernetes Secret (kind: Secret among the inputs) and has no --credentials-dir: credentialName cannot be resolved at the sidecar"]
+fn mutual_tls_origination_at_the_sidecar_with_credential_name() {
+    panic!("credentialName at the sidecar is not supported");
+}
