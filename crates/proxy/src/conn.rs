@@ -220,6 +220,9 @@ impl Flow {
             }
             Err(e) => {
                 tracing::debug!(error = %e, peer = %self.info.peer, "tls inspection");
+                if let Some(reason) = e.limit_reason() {
+                    self.shared.telemetry.metrics.refused("limit", reason);
+                }
                 self.rec.fail(&Error::Inspect(e));
                 None
             }

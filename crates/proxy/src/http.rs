@@ -69,6 +69,8 @@ const FIRST_BYTE_TIMEOUT: &str = "first_byte_timeout";
 /// The `reason` of `sluice_refused_total{check="limit"}` for a connection closed because a
 /// request head did not arrive in time.
 pub(crate) const REQUEST_HEAD_TIMEOUT: &str = "request_head_timeout";
+/// The `reason` for a request head hyper refused with `431` (too many bytes or fields).
+pub(crate) const REQUEST_HEAD_TOO_LARGE: &str = "request_head_too_large";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads until the bytes are, or cannot be, HTTP/2's connection preface. A client silent for
@@ -157,8 +159,8 @@ where
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, peer = %ctx.info.peer, "http connection");
-                if head_timed_out(&*e) {
-                    ctx.shared.telemetry.metrics.refused("limit", REQUEST_HEAD_TIMEOUT);
+                if let Some(why) = head_refused(&*e) {
+                    ctx.shared.telemetry.metrics.refused("limit", why);
                 }
             }
         }
@@ -178,11 +180,20 @@ where
     }
 }
 
-/// hyper ended the connection because a request head (or, between requests, the next one)
-/// did not arrive within the head timeout.
-pub(crate) fn head_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout)
+/// The `reason` of `sluice_refused_total{check="limit"}` when an HTTP/1 connection ended at
+/// one of hyper's head limits: the head timeout (a request head, or between requests the
+/// next one, did not arrive in time), or a head hyper answered `431` itself (more
+/// bytes than `max_buf_size`, more than 100 fields; hyper's `is_parse_too_large`). Read once,
+/// from the error the connection ends with: no work per request.
+pub(crate) fn head_refused(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_timeout() {
+        Some(REQUEST_HEAD_TIMEOUT)
+    } else if e.is_parse_too_large() {
+        Some(REQUEST_HEAD_TOO_LARGE)
+    } else {
+        None
+    }
 }
 
 /// When a connection last started a request.

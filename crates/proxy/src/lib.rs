@@ -136,6 +136,12 @@ impl Proxy {
         self.shared.telemetry.decisions.clone()
     }
 
+    /// The telemetry sinks (metrics) shared with every connection, for the admin API to count
+    /// its own refusals in.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.shared.telemetry.clone()
+    }
+
     /// Becomes true once the listeners of the first snapshot are bound.
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()

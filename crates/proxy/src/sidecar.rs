@@ -202,9 +202,8 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
         r = http.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, peer = %conn.peer, "explicit proxy connection");
-                if crate::http::head_timed_out(&e) {
-                    let metrics = &conn.shared.telemetry.metrics;
-                    metrics.refused("limit", crate::http::REQUEST_HEAD_TIMEOUT);
+                if let Some(why) = crate::http::head_refused(&e) {
+                    conn.shared.telemetry.metrics.refused("limit", why);
                 }
             }
         }
@@ -693,7 +692,12 @@ async fn tunnel(
             Ok(Peek::NotTls) => Ok(Transport::Plain),
             Ok(Peek::NeedMore) => Err(Error::Inspect(sni::Error::Eof)),
             Ok(Peek::Malformed(why)) => Err(Error::Inspect(sni::Error::Malformed(why))),
-            Err(e) => Err(Error::Inspect(e)),
+            Err(e) => {
+                if let Some(reason) = e.limit_reason() {
+                    shared.telemetry.metrics.refused("limit", reason);
+                }
+                Err(Error::Inspect(e))
+            }
         };
         let transport = match found {
             Ok(t) => t,

@@ -52,6 +52,18 @@ pub enum Error {
     Malformed(&'static str),
 }
 
+impl Error {
+    /// The `sluice_refused_total{check="limit"}` reason when the peek gave up at one of its
+    /// bounds (time or bytes); `None` for the other failures.
+    pub fn limit_reason(&self) -> Option<&'static str> {
+        match self {
+            Error::Timeout => Some("client_hello_timeout"),
+            Error::TooLarge => Some("client_hello_too_large"),
+            _ => None,
+        }
+    }
+}
+
 /// Reads from `io` until the ClientHello is complete (or the bytes are not TLS), at most
 /// [`MAX_CLIENT_HELLO`] bytes and `timeout`. A connection that sends nothing before the
 /// timeout is plain (a server-first protocol); one that stops inside a ClientHello is an error.

@@ -297,3 +297,224 @@ async fn idle_h2_connections_are_closed_at_the_idle_timeout() {
     assert!(closed.is_ok(), "the idle connection stayed open");
     assert!(idle_from.elapsed() >= Duration::from_millis(300));
 }
+
+/// Polls the proxy's metrics until `needle` shows (counters move when the connection's task
+/// ends, a moment after the client saw the close).
+async fn wait_metric(proxy: &Running, needle: &str) {
+    let until = tokio::time::Instant::now() + PATIENCE;
+    while !proxy.metrics().contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{needle} never showed in\n{}",
+            proxy.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The ClientHello peek is bounded in time (`tls_inspect_timeout`, 1.5 s in these tests) and
+/// in bytes (16 KiB): a client that stops inside its ClientHello, and one that sends more
+/// handshake bytes than that without completing it, are closed and counted.
+#[tokio::test]
+async fn client_hello_limits_close_and_count() {
+    const TLS: u16 = 8443;
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "up")
+        .await
+        .expect("upstream");
+    let proxy = start(
+        snapshot(
+            vec![listener(
+                TLS,
+                vec![passthrough_chain("tls", &["api.example.com"], "up")],
+            )],
+            vec![cluster(
+                "up",
+                "api.example.com",
+                443,
+                static_endpoints(&[up.addr()]),
+                json!({}),
+            )],
+        ),
+        None,
+    )
+    .await;
+
+    // A record header and the start of a ClientHello, then nothing.
+    let mut stalled = TcpStream::connect(proxy.addr(TLS)).await.expect("connect");
+    stalled
+        .write_all(&[0x16, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3])
+        .await
+        .expect("write");
+    assert!(
+        closed_by_proxy(&mut stalled).await,
+        "a stalled ClientHello stayed connected"
+    );
+    wait_metric(
+        &proxy,
+        r#"sluice_refused_total{check="limit",reason="client_hello_timeout"} 1"#,
+    )
+    .await;
+    proxy.log_line(&["tls_inspector_timeout"]).await;
+
+    // A ClientHello announced at 16,000 bytes, sent one byte per record: the records' headers
+    // fill the 16 KiB before the ClientHello completes.
+    let mut endless = vec![0x16, 3, 1, 0, 4, 1, 0, 0x3e, 0x80];
+    for _ in 0..4000 {
+        endless.extend_from_slice(&[0x16, 3, 1, 0, 1, 0]);
+    }
+    let mut large = TcpStream::connect(proxy.addr(TLS)).await.expect("connect");
+    // The proxy may close while bytes are still in flight: the write may fail.
+    let _ = large.write_all(&endless).await;
+    assert!(
+        closed_by_proxy(&mut large).await,
+        "an oversized ClientHello stayed connected"
+    );
+    wait_metric(
+        &proxy,
+        r#"sluice_refused_total{check="limit",reason="client_hello_too_large"} 1"#,
+    )
+    .await;
+    assert_eq!(up.connections(), 0);
+}
+
+/// Request heads beyond hyper's limits (64 KiB at the gateway, 100 fields) are answered `431`
+/// by hyper itself; the connection ends with that error and is counted.
+#[tokio::test]
+async fn oversized_http1_heads_are_refused_and_counted() {
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "up")
+        .await
+        .expect("upstream");
+    let proxy = start(http_snapshot(up.addr()), None).await;
+    let gw = proxy.addr(PORT);
+
+    let fields = format!(
+        "GET / HTTP/1.1\r\nHost: api.example.com\r\n{}\r\n",
+        (0..101)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let reply = raw_tcp(gw, fields.as_bytes(), PATIENCE)
+        .await
+        .expect("request");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    wait_metric(
+        &proxy,
+        r#"sluice_refused_total{check="limit",reason="request_head_too_large"} 1"#,
+    )
+    .await;
+
+    // A head over 64 KiB in one field: hyper's buffer fills before the head ends. The proxy
+    // closes with bytes unread, so the 431 may be lost to a reset; the count is not.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: api.example.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let reply = raw_tcp(gw, big.as_bytes(), PATIENCE)
+        .await
+        .unwrap_or_default();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 431"),
+        "{reply}"
+    );
+    wait_metric(
+        &proxy,
+        r#"sluice_refused_total{check="limit",reason="request_head_too_large"} 2"#,
+    )
+    .await;
+    assert_eq!(up.requests(), 0);
+}
+
+/// An HTTP/2 request whose header list is over 64 KiB (the server's
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`) is refused by h2 on its own stream; the connection
+/// stays up and serves the next request.
+#[tokio::test]
+async fn oversized_h2_header_lists_are_refused_and_the_connection_serves_on() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "api")
+        .await
+        .expect("upstream");
+    let gw = start(http_snapshot(up.addr()), None).await;
+    let tcp = TcpStream::connect(gw.addr(PORT)).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let big = http::Request::get("http://api.example.com/big")
+        .header("x-big", "a".repeat(70 * 1024))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let refused = send.send_request(big).await;
+    let status = refused.as_ref().map(|r| r.status().as_u16());
+    assert!(matches!(status, Ok(431)), "{refused:?}");
+    send.ready().await.expect("connection still usable");
+    let ok = http::Request::get("http://api.example.com/ok")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(ok).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    assert_eq!(up.requests(), 1, "only the normal request was forwarded");
+    assert!(!conn.is_finished());
+    conn.abort();
+}
+
+/// A TCP stream through the gateway is closed at `tunnel_max_lifetime` however busy it is,
+/// and logged with `max_duration_timeout`.
+#[tokio::test]
+async fn tunnels_close_at_their_max_lifetime() {
+    const DB: u16 = 5432;
+    let echo = sluice_test_support::TcpUpstream::start("127.0.0.1:0".parse().expect("addr"), "db")
+        .await
+        .expect("echo");
+    let proxy = start_with(
+        snapshot(
+            vec![listener(DB, vec![tcp_chain("db", "db")])],
+            vec![cluster(
+                "db",
+                "db.example.com",
+                DB,
+                static_endpoints(&[echo.addr()]),
+                json!({}),
+            )],
+        ),
+        |c| c.tunnel_max_lifetime = Some(Duration::from_secs(1)),
+    )
+    .await;
+    let opened = std::time::Instant::now();
+    let mut tcp = TcpStream::connect(proxy.addr(DB)).await.expect("connect");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, tcp.read(&mut buf))
+        .await
+        .expect("banner in time")
+        .expect("banner");
+    assert_eq!(&buf[..n], b"db\n");
+    // Busy all along: bytes both ways every 200 ms, until the proxy closes it.
+    let closed = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if tcp.write_all(b"ping").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(PATIENCE, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) => {}
+            Err(_) => break false,
+        }
+        assert!(
+            opened.elapsed() < PATIENCE,
+            "the tunnel outlived its lifetime"
+        );
+    };
+    assert!(closed, "the tunnel stopped echoing without closing");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        opened.elapsed()
+    );
+    let line = proxy.log_line(&["max_duration_timeout"]).await;
+    assert!(line.contains("db"), "{line}");
+}

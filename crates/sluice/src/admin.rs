@@ -40,6 +40,9 @@ pub struct AdminState {
     /// The egress map (`/ui`, `/api/map`, `/api/decisions`, `/api/config`); `None` serves
     /// nothing there.
     pub map: Option<crate::egress_map::MapState>,
+    /// The proxy's telemetry, where connections refused at the admin API's connection limit
+    /// are counted (`sluice_refused_total{check="limit",reason="admin_max_connections"}`).
+    pub telemetry: Option<Arc<sluice_proxy::telemetry::Telemetry>>,
 }
 
 /// Binds `addr` and serves the admin API until the returned task is aborted. A request head
@@ -57,6 +60,9 @@ pub async fn serve(
             let (stream, peer) = accept::next(&listener, "admin").await;
             let Some(permit) = limit.admit() else {
                 tracing::debug!(%peer, "admin connection limit reached: closed");
+                if let Some(t) = &state.telemetry {
+                    t.metrics.refused("limit", "admin_max_connections");
+                }
                 continue;
             };
             let state = state.clone();

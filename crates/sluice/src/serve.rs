@@ -227,6 +227,7 @@ pub async fn run(
         plan.common.admin,
         AdminState {
             inspector: Some(proxy.inspector()),
+            telemetry: Some(proxy.telemetry()),
             snapshots: rx,
             ready: proxy.ready(),
             map: Some(crate::egress_map::MapState {

@@ -288,3 +288,85 @@ async fn slow_request_heads_are_closed_and_counted() {
         assert_eq!(metric(&stats, &name), n, "{name} in\n{stats}");
     }
 }
+
+/// The admin API holds at most 128 connections: with 128 open (each served once and kept
+/// alive), the next is closed at once without an answer, and counted on `/stats/prometheus`
+/// as `sluice_refused_total{check="limit",reason="admin_max_connections"}` once room is made.
+#[tokio::test]
+async fn the_admin_api_holds_at_most_128_connections_and_counts_the_rest() {
+    use tokio::io::AsyncWriteExt;
+
+    const LIMIT: usize = 128;
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let config = [guide("egress-gateway.yaml"), guide("mesh-config.yaml")];
+    // Held connections wait for their next request head: far longer than the test takes.
+    let (gw, bind) = gateway(
+        &config,
+        dns.addr(),
+        &[("SLUICE_FIRST_BYTE_TIMEOUT", "120s")],
+    )
+    .await;
+    let admin = SocketAddr::new(bind, 15000);
+
+    // Opens a connection and has one request answered on it: it then holds a permit. `None`
+    // when it was closed instead (a connection of the start-up probes still held one).
+    async fn served(admin: SocketAddr) -> Option<TcpStream> {
+        let mut tcp = TcpStream::connect(admin).await.expect("connect");
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await
+            .ok()?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 512];
+        while !reply.ends_with(b"ok\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+                .await
+                .expect("an answer or a close in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            reply.extend_from_slice(&buf[..n]);
+        }
+        assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
+        Some(tcp)
+    }
+
+    let mut held = Vec::new();
+    let mut attempts = 0;
+    while held.len() < LIMIT {
+        attempts += 1;
+        assert!(attempts <= LIMIT + 16, "could not hold {LIMIT} connections");
+        if let Some(tcp) = served(admin).await {
+            held.push(tcp);
+        }
+    }
+    // The next one is accepted and closed at once.
+    let mut extra = TcpStream::connect(admin).await.expect("connect");
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection over the limit was not closed: {read:?}"
+    );
+
+    // Room again once some close; the refusal was counted.
+    held.truncate(LIMIT - 8);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        match gw.admin_get("/stats/prometheus") {
+            Ok((200, stats)) => break stats,
+            other => assert!(
+                std::time::Instant::now() < until,
+                "no room after connections closed: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let name = r#"sluice_refused_total{check="limit",reason="admin_max_connections"}"#;
+    assert!(metric(&stats, name) >= 1.0, "{name} in\n{stats}");
+}

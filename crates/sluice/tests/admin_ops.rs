@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -59,13 +59,7 @@ struct Setup {
 }
 
 async fn setup(name: &str, extra: &str, env: &[(&str, &str)]) -> Setup {
-    let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
-        .await
-        .expect("upstream");
-    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
-        .await
-        .expect("dns");
-    let dir = TempDir::new(name);
+    let PartnerHttp { upstream, dns, dir } = PartnerHttp::start(name).await;
     let file = dir.join("config.yaml");
     let extra = extra.replace("{dir}", &dir.path().display().to_string());
     std::fs::write(
@@ -397,13 +391,7 @@ spec:
 /// so; once the port is free it is bound, `BOUND` on the `--bind` address, and the gauge is 0.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unbound_listener_is_marked_and_counted_until_it_binds() {
-    let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
-        .await
-        .expect("upstream");
-    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
-        .await
-        .expect("dns");
-    let dir = TempDir::new("unbound");
+    let PartnerHttp { upstream, dns, dir } = PartnerHttp::start("unbound").await;
     let file = dir.join("config.yaml");
     std::fs::write(
         &file,

@@ -14,16 +14,13 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    Mesh, bin, gateway, gateway_at, gateway_service, guide, http_gateway, http_route, https_via,
+    ExternalHttps, Mesh, bin, gateway, gateway_service, guide, http_gateway, http_route, https_via,
     sidecar,
 };
 
 use serde_json::Value;
 use sluice_test_support::client::http_get;
-use sluice_test_support::{
-    DnsServer, HttpUpstream, HttpsUpstream, SluiceProcess, TempDir, TestCa, UpstreamOptions,
-    free_loopback_addr,
-};
+use sluice_test_support::{HttpUpstream, SluiceProcess, free_loopback_addr};
 
 const PAYMENT_SERVICE: &str = "spiffe://cluster.local/ns/production/sa/payment-service";
 const REPORTING: &str = "spiffe://cluster.local/ns/production/sa/reporting";
@@ -145,36 +142,21 @@ fn has_edge(map: &Value, source: &str, destination: &str, outcome: &str) -> Opti
 #[tokio::test(flavor = "multi_thread")]
 async fn the_egress_map_shows_who_reached_what_and_what_was_refused() {
     let mesh = Mesh::new();
-    let web_ca = TestCa::new("egress-map-ca");
-    let dir = TempDir::new("egress-map");
-    let web_ca_file = web_ca.write_ca_pem(dir.path());
-    let provider = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &web_ca.server_cert(&["api.payment-provider.com"]),
-        "payment-provider",
-        UpstreamOptions::default(),
+    let ext = ExternalHttps::start(
+        "egress-map-ca",
+        "egress-map",
+        [
+            ("api.payment-provider.com", "payment-provider"),
+            ("api.external-service.com", "external-stand-in"),
+        ],
     )
-    .await
-    .expect("provider");
-    let external = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &web_ca.server_cert(&["api.external-service.com"]),
-        "external-stand-in",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("external");
-    let dns = DnsServer::start([
-        ("api.payment-provider.com", vec![provider.addr().ip()]),
-        ("api.external-service.com", vec![external.addr().ip()]),
-    ])
-    .await
-    .expect("dns");
+    .await;
+    let (dir, web_ca_file, dns) = (&ext.dir, &ext.ca_file, &ext.dns);
 
     let gw_ip = free_loopback_addr();
     let mesh_config = vec![
         guide("production-egress-setup.yaml"),
-        gateway_service(&dir, gw_ip, &[(443, "tls", "TLS")]),
+        gateway_service(dir, gw_ip, &[(443, "tls", "TLS")]),
     ];
     std::fs::write(dir.join("policies.yaml"), POLICIES).expect("write");
     let mut config = mesh_config.clone();
@@ -189,16 +171,7 @@ async fn the_egress_map_shows_who_reached_what_and_what_was_refused() {
         .map(guide),
     );
     config.push(dir.join("policies.yaml").display().to_string());
-    let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
-    let ca_env = web_ca_file.display().to_string();
-    let gw = gateway_at(
-        gw_ip,
-        &config,
-        dns.addr(),
-        Some(&gw_id),
-        &[("SSL_CERT_FILE", &ca_env)],
-    )
-    .await;
+    let gw = ext.mesh_gateway(&mesh, gw_ip, &config, true).await;
     let allowed_id = mesh.svid("production", "payment-service");
     let denied_id = mesh.svid("production", "reporting");
     let (_s1, p1) = sidecar(
@@ -220,11 +193,11 @@ async fn the_egress_map_shows_who_reached_what_and_what_was_refused() {
 
     // Allowed and denied, through the sidecars (TLS passed through inside mesh mTLS).
     let url = "https://api.payment-provider.com/v1/pay";
-    https_via(p1, &web_ca_file, url)
+    https_via(p1, web_ca_file, url)
         .await
         .expect("payment-service is allowed");
     assert!(
-        https_via(p2, &web_ca_file, url).await.is_err(),
+        https_via(p2, web_ca_file, url).await.is_err(),
         "reporting is denied"
     );
     // Rate limited: the guide's bucket holds 100.

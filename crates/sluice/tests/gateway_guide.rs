@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{bin, gateway, guide};
+use common::{ExternalHttps, bin, gateway, guide};
 
 use sluice_test_support::client::{curl, http_get, https_get, raw_tcp};
 use sluice_test_support::{
@@ -34,26 +34,19 @@ fn access_log(dir: &TempDir) -> String {
 /// for api.github.com, so it cannot have seen plaintext.
 #[tokio::test(flavor = "multi_thread")]
 async fn step4_tls_passthrough_to_api_github_com() {
-    let ca = TestCa::new("github-ca");
-    let dir = TempDir::new("step4");
-    let ca_file = ca.write_ca_pem(dir.path());
-    let github = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &ca.server_cert(&["api.github.com"]),
-        "github-stand-in",
-        UpstreamOptions::default(),
+    let ext = ExternalHttps::start(
+        "github-ca",
+        "step4",
+        [("api.github.com", "github-stand-in")],
     )
-    .await
-    .expect("upstream");
-    let dns = DnsServer::start([("api.github.com", vec![github.addr().ip()])])
-        .await
-        .expect("dns");
+    .await;
+    let (dir, ca_file, dns) = (&ext.dir, &ext.ca_file, &ext.dns);
     let config = [
         guide("egress-gateway.yaml"),
         guide("virtualservice-github.yaml"),
         guide("destinationrule-github.yaml"),
         guide("serviceentry-github.yaml"),
-        access_log(&dir),
+        access_log(dir),
     ];
     let (gw, bind) = gateway(&config, dns.addr(), &[]).await;
     let out = curl(&[
@@ -119,20 +112,13 @@ async fn step4_tls_passthrough_to_api_github_com() {
 /// no caCertificates, so the platform store is used — which honours SSL_CERT_FILE.
 #[tokio::test(flavor = "multi_thread")]
 async fn step5_tls_origination_and_a_wrong_certificate() {
-    let ca = TestCa::new("external-ca");
-    let dir = TempDir::new("step5");
-    let ca_file = ca.write_ca_pem(dir.path());
-    let good = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &ca.server_cert(&["api.external-service.com"]),
-        "external-stand-in",
-        UpstreamOptions::default(),
+    let ext = ExternalHttps::start(
+        "external-ca",
+        "step5",
+        [("api.external-service.com", "external-stand-in")],
     )
-    .await
-    .expect("upstream");
-    let dns = DnsServer::start([("api.external-service.com", vec![good.addr().ip()])])
-        .await
-        .expect("dns");
+    .await;
+    let (ca_file, dns) = (&ext.ca_file, &ext.dns);
     let config = [
         guide("gateway-tls-origination.yaml"),
         guide("virtualservice-tls-origination.yaml"),

@@ -9,7 +9,8 @@ use std::time::Duration;
 mod common;
 
 use common::{
-    Mesh, bin, gateway, gateway_args, gateway_at, gateway_service, guide, https_via, sidecar, start,
+    ExternalHttps, Mesh, bin, gateway, gateway_args, gateway_service, guide, https_via, sidecar,
+    start,
 };
 
 use sluice_test_support::client::{curl, http_get};
@@ -75,30 +76,21 @@ fn step1_the_istio_operator_file_is_accepted() {
 /// BlackHoleCluster); the refusal is logged on stdout in the guide's own accessLogFormat.
 #[tokio::test(flavor = "multi_thread")]
 async fn step2_registry_only_and_the_guides_access_log_format() {
-    let ca = TestCa::new("github-ca");
-    let dir = TempDir::new("step2");
-    let ca_file = ca.write_ca_pem(dir.path());
-    let github = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &ca.server_cert(&["api.github.com"]),
-        "github-stand-in",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("upstream");
     let other = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "unregistered")
         .await
         .expect("upstream");
-    let dns = DnsServer::start([
-        ("api.github.com", vec![github.addr().ip()]),
-        ("unregistered.example.org", vec![other.addr().ip()]),
-    ])
-    .await
-    .expect("dns");
+    let ext = ExternalHttps::start_with(
+        "github-ca",
+        "step2",
+        [("api.github.com", "github-stand-in", free_loopback_addr())],
+        &[("unregistered.example.org", other.addr().ip())],
+    )
+    .await;
+    let (ca_file, dns) = (&ext.ca_file, &ext.dns);
     let config = vec![guide("mesh-config.yaml"), guide("serviceentry-github.yaml")];
     let (sc, proxy) = sidecar(&config, "default", "my-app", dns.addr(), None).await;
 
-    let body = https_via(proxy, &ca_file, "https://api.github.com/zen")
+    let body = https_via(proxy, ca_file, "https://api.github.com/zen")
         .await
         .expect("a registered host is reachable");
     assert!(body.contains("\"upstream\":\"github-stand-in\""), "{body}");
@@ -290,20 +282,13 @@ async fn step8_the_servicemonitor_scrapes_the_guides_promql_series() {
     let (text, code) = analyze(&[guide("servicemonitor-egress.yaml")]);
     assert_eq!(code, 0, "{text}");
 
-    let ca = TestCa::new("external-ca");
-    let dir = TempDir::new("step8");
-    let ca_file = ca.write_ca_pem(dir.path());
-    let upstream = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &ca.server_cert(&["api.external-service.com"]),
-        "external-stand-in",
-        UpstreamOptions::default(),
+    let ext = ExternalHttps::start(
+        "external-ca",
+        "step8",
+        [("api.external-service.com", "external-stand-in")],
     )
-    .await
-    .expect("upstream");
-    let dns = DnsServer::start([("api.external-service.com", vec![upstream.addr().ip()])])
-        .await
-        .expect("dns");
+    .await;
+    let (ca_file, dns) = (&ext.ca_file, &ext.dns);
     let mut config = step5_files();
     config.push(guide("telemetry-egress.yaml"));
     let ca_env = ca_file.display().to_string();
@@ -373,34 +358,18 @@ async fn step9_proxy_config_listeners_shows_the_rate_limit_filter() {
 #[tokio::test(flavor = "multi_thread")]
 async fn troubleshooting_proxy_config_and_the_access_log() {
     let mesh = Mesh::new();
-    let ca = TestCa::new("external-ca");
-    let dir = TempDir::new("troubleshooting");
-    let ca_file = ca.write_ca_pem(dir.path());
-    let upstream = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &ca.server_cert(&["api.external-service.com"]),
-        "external-stand-in",
-        UpstreamOptions::default(),
+    let ext = ExternalHttps::start(
+        "external-ca",
+        "troubleshooting",
+        [("api.external-service.com", "external-stand-in")],
     )
-    .await
-    .expect("upstream");
-    let dns = DnsServer::start([("api.external-service.com", vec![upstream.addr().ip()])])
-        .await
-        .expect("dns");
+    .await;
+    let (dir, dns) = (&ext.dir, &ext.dns);
     let gw_ip = free_loopback_addr();
     let mut config = step5_files();
     config.push(guide("mesh-config.yaml"));
-    config.push(gateway_service(&dir, gw_ip, &[(80, "http", "HTTP")]));
-    let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
-    let ca_env = ca_file.display().to_string();
-    let gw = gateway_at(
-        gw_ip,
-        &config,
-        dns.addr(),
-        Some(&gw_id),
-        &[("SSL_CERT_FILE", &ca_env)],
-    )
-    .await;
+    config.push(gateway_service(dir, gw_ip, &[(80, "http", "HTTP")]));
+    let gw = ext.mesh_gateway(&mesh, gw_ip, &config, true).await;
     let app_id = mesh.svid("default", "my-app");
     let (sc, proxy) = sidecar(&config, "default", "my-app", dns.addr(), Some(&app_id)).await;
 

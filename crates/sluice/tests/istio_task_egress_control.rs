@@ -3,50 +3,34 @@
 //! `curl` pod's sidecar is `sluice sidecar` (explicit proxy, curl `-x`); www.google.com,
 //! edition.cnn.com and httpbin.org are loopback stand-ins the DNS server names.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod common;
 mod istio_tasks;
 
+use common::ExternalHttps;
 use istio_tasks::{
-    ConfigDir, Plain, PlainServer, curl_sidecar, run_curl, status_lines, wait_log_line,
+    ConfigDir, Plain, PlainServer, curl_heads, curl_sidecar, run_curl, status_lines, wait_log_line,
 };
-use sluice_test_support::{
-    DnsServer, HttpsUpstream, TempDir, TestCa, UpstreamOptions, free_loopback_addr,
-};
+use sluice_test_support::free_loopback_addr;
 
 const TASK: &str = "egress-control";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn egress_control_allow_any_registry_only_service_entries_and_timeout() {
-    let ca = TestCa::new("public-ca");
-    let tmp = TempDir::new("egress-control");
-    let ca_file = ca.write_ca_pem(tmp.path()).display().to_string();
-    let google = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &ca.server_cert(&["www.google.com"]),
-        "google",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("google");
-    let cnn = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &ca.server_cert(&["edition.cnn.com"]),
-        "cnn",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("cnn");
     let httpbin = PlainServer::start(Plain::Httpbin).await;
-    let dns = DnsServer::start([
-        ("www.google.com", vec![google.addr().ip()]),
-        ("edition.cnn.com", vec![cnn.addr().ip()]),
-        ("httpbin.org", vec![httpbin.ip()]),
-    ])
-    .await
-    .expect("dns");
+    let ext = ExternalHttps::start_with(
+        "public-ca",
+        "egress-control",
+        [
+            ("www.google.com", "google", free_loopback_addr()),
+            ("edition.cnn.com", "cnn", free_loopback_addr()),
+        ],
+        &[("httpbin.org", httpbin.ip())],
+    )
+    .await;
+    let (ca_file, dns) = (&ext.ca_file, &ext.dns);
+    let ca_file = ca_file.display().to_string();
 
     // Before you begin: Envoy's access logging on (the access-log task's Telemetry resource).
     let cfg = ConfigDir::new("egress-control-config");
@@ -57,20 +41,7 @@ async fn egress_control_allow_any_registry_only_service_entries_and_timeout() {
         let (proxy, ca_file) = (proxy.clone(), ca_file.clone());
         // The doc's `curl -I`; the stand-in answers HEAD over h2 with a body, so GET and
         // print the head (`-D -`): the same status line.
-        async move {
-            run_curl(&[
-                "-o",
-                "/dev/null",
-                "-D",
-                "-",
-                "-x",
-                &proxy,
-                "--cacert",
-                &ca_file,
-                url,
-            ])
-            .await
-        }
+        async move { curl_heads(&proxy, &ca_file, false, url).await }
     };
 
     // 1. ALLOW_ANY (the default): both HTTPS hosts answer `HTTP/2 200`.
@@ -160,20 +131,14 @@ async fn egress_control_allow_any_registry_only_service_entries_and_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "sluice's sidecar is an explicit proxy (HTTP_PROXY), not iptables capture: it refuses the CONNECT with 403 (curl exit 56) rather than closing the TLS connection (exit 35)"]
 async fn registry_only_closes_the_tls_connection_exit_35() {
-    let ca = TestCa::new("public-ca");
-    let tmp = TempDir::new("egress-control-35");
-    let ca_file = ca.write_ca_pem(tmp.path()).display().to_string();
-    let google = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &ca.server_cert(&["www.google.com"]),
-        "google",
-        UpstreamOptions::default(),
+    let ext = ExternalHttps::start(
+        "public-ca",
+        "egress-control-35",
+        [("www.google.com", "google")],
     )
-    .await
-    .expect("google");
-    let dns = DnsServer::start([("www.google.com", vec![google.addr().ip()])])
-        .await
-        .expect("dns");
+    .await;
+    let (ca_file, dns) = (&ext.ca_file, &ext.dns);
+    let ca_file = ca_file.display().to_string();
     let cfg = ConfigDir::new("egress-control-35-config");
     cfg.apply(TASK, "01");
     let (_sc, proxy) = curl_sidecar(&[cfg.path()], dns.addr(), None).await;

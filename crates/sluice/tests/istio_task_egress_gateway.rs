@@ -4,28 +4,16 @@
 //! processes with SVIDs of a test mesh CA; edition.cnn.com is a loopback stand-in (port 80
 //! redirects to https, port 443 answers with the test CA's certificate).
 
-use std::net::SocketAddr;
-
 mod common;
 mod istio_tasks;
 
-use common::{Mesh, gateway_at};
-use istio_tasks::{
-    ConfigDir, Plain, PlainServer, curl_sidecar, gateway_svc, run_curl, status_lines, wait_log_line,
-};
-use sluice_test_support::{
-    DnsServer, HttpsUpstream, SluiceProcess, TempDir, TestCa, UpstreamOptions, free_loopback_addr,
-};
+use istio_tasks::{Cnn, ConfigDir, GatewayAndSidecar, curl_heads, status_lines, wait_log_line};
+use sluice_test_support::SluiceProcess;
 
 const TASK: &str = "egress-gateway";
 
 struct World {
-    _ca: TestCa,
-    _tmp: TempDir,
-    ca_file: String,
-    _cnn_http: PlainServer,
-    cnn_https: HttpsUpstream,
-    _dns: DnsServer,
+    cnn: Cnn,
     cfg: ConfigDir,
     gw: SluiceProcess,
     sc: SluiceProcess,
@@ -33,75 +21,31 @@ struct World {
 }
 
 async fn world() -> World {
-    let ca = TestCa::new("public-ca");
-    let tmp = TempDir::new("egress-gateway");
-    let ca_file = ca.write_ca_pem(tmp.path()).display().to_string();
-    let cnn_ip = free_loopback_addr();
-    let cnn_http = PlainServer::start_at(SocketAddr::new(cnn_ip, 80), Plain::RedirectToHttps).await;
-    let cnn_https = HttpsUpstream::start(
-        SocketAddr::new(cnn_ip, 443),
-        &ca.server_cert(&["edition.cnn.com"]),
-        "cnn",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("cnn");
-    let dns = DnsServer::start([("edition.cnn.com", vec![cnn_ip])])
-        .await
-        .expect("dns");
-    let mesh = Mesh::new();
+    let cnn = Cnn::start("egress-gateway").await;
     let cfg = ConfigDir::new("egress-gateway-config");
     // Before you begin: access logging on (the access-log task's Telemetry resource), the
     // gateway deployed (01, the IstioOperator fragment) and its Service.
     cfg.apply("observability-logs-access-log", "01");
     cfg.apply(TASK, "01");
-    let gw_ip = free_loopback_addr();
-    gateway_svc(
-        &cfg,
-        gw_ip,
-        &[(80, "http", "HTTP"), (443, "https", "HTTPS")],
-    );
-    let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
-    let gw = gateway_at(
-        gw_ip,
-        &[cfg.path()],
-        dns.addr(),
-        Some(&gw_id),
-        &[("SLUICE_RELOAD_INTERVAL", "100ms")],
-    )
-    .await;
-    let sc_id = mesh.svid("default", "curl");
-    let (sc, proxy) = curl_sidecar(&[cfg.path()], dns.addr(), Some(&sc_id)).await;
+    let GatewayAndSidecar {
+        mesh: _mesh,
+        gw,
+        sc,
+        proxy,
+    } = GatewayAndSidecar::start(&cfg, cnn.dns(), &[]).await;
     World {
-        _ca: ca,
-        _tmp: tmp,
-        ca_file,
-        _cnn_http: cnn_http,
-        cnn_https,
-        _dns: dns,
+        cnn,
         cfg,
         gw,
         sc,
-        proxy: format!("http://{proxy}"),
+        proxy,
     }
 }
 
 impl World {
     /// `curl -sSL -o /dev/null -D - URL` from the curl pod.
     async fn follow(&self, url: &str) -> Vec<String> {
-        let out = run_curl(&[
-            "-L",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            "-x",
-            &self.proxy,
-            "--cacert",
-            &self.ca_file,
-            url,
-        ])
-        .await;
+        let out = curl_heads(&self.proxy, &self.cnn.ca_file, true, url).await;
         assert_eq!(out.code, Some(0), "{url}: {}\n{}", out.stdout, out.stderr);
         let lines = status_lines(&out.stdout);
         if lines.first().is_some_and(|l| l.contains("301")) {
@@ -170,11 +114,11 @@ async fn https_traffic_through_the_egress_gateway_by_sni() {
     w.cfg.step(&procs, || w.cfg.apply(TASK, "07")).await;
     let url = "https://edition.cnn.com/politics";
     assert_eq!(w.follow(url).await, ["HTTP/2 200"]);
-    let direct = w.cnn_https.connections();
+    let direct = w.cnn.upstream().connections();
 
     w.cfg.step(&procs, || w.cfg.apply(TASK, "08")).await;
     assert_eq!(w.follow(url).await, ["HTTP/2 200"]);
-    assert_eq!(w.cnn_https.connections(), direct + 1);
+    assert_eq!(w.cnn.upstream().connections(), direct + 1);
     let line = wait_log_line(&w.gw, &["outbound|443||edition.cnn.com"]).await;
     assert!(line.contains("edition.cnn.com"), "{line}");
 }

@@ -4,18 +4,10 @@
 //! stand-in's certificate is trusted by the gateway through `SSL_CERT_FILE` (the
 //! DestinationRule names no CA).
 
-use std::net::SocketAddr;
-
 mod common;
 mod istio_tasks;
 
-use common::{Mesh, gateway_at};
-use istio_tasks::{
-    ConfigDir, Plain, PlainServer, curl_sidecar, gateway_svc, run_curl, status_lines, wait_log_line,
-};
-use sluice_test_support::{
-    DnsServer, HttpsUpstream, TempDir, TestCa, UpstreamOptions, free_loopback_addr,
-};
+use istio_tasks::{Cnn, ConfigDir, GatewayAndSidecar, curl_heads, status_lines, wait_log_line};
 
 const TASK: &str = "egress-gateway-tls-origination";
 
@@ -24,63 +16,21 @@ const TASK: &str = "egress-gateway-tls-origination";
 /// `outbound|443||edition.cnn.com`.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_origination_at_the_egress_gateway() {
-    let ca = TestCa::new("public-ca");
-    let tmp = TempDir::new("gw-tls-origination");
-    let ca_file = ca.write_ca_pem(tmp.path()).display().to_string();
-    let ip = free_loopback_addr();
-    let _http = PlainServer::start_at(SocketAddr::new(ip, 80), Plain::RedirectToHttps).await;
-    let https = HttpsUpstream::start(
-        SocketAddr::new(ip, 443),
-        &ca.server_cert(&["edition.cnn.com"]),
-        "cnn",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("cnn");
-    let dns = DnsServer::start([("edition.cnn.com", vec![ip])])
-        .await
-        .expect("dns");
-    let mesh = Mesh::new();
+    let cnn = Cnn::start("gw-tls-origination").await;
+    let ca_file = cnn.ca_file.clone();
     let cfg = ConfigDir::new("gw-tls-origination-config");
     cfg.apply("observability-logs-access-log", "01");
-    let gw_ip = free_loopback_addr();
-    gateway_svc(
-        &cfg,
-        gw_ip,
-        &[(80, "http", "HTTP"), (443, "https", "HTTPS")],
-    );
-    let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
-    let gw = gateway_at(
-        gw_ip,
-        &[cfg.path()],
-        dns.addr(),
-        Some(&gw_id),
-        &[
-            ("SLUICE_RELOAD_INTERVAL", "100ms"),
-            ("SSL_CERT_FILE", &ca_file),
-        ],
-    )
-    .await;
-    let sc_id = mesh.svid("default", "curl");
-    let (sc, proxy) = curl_sidecar(&[cfg.path()], dns.addr(), Some(&sc_id)).await;
-    let proxy = format!("http://{proxy}");
+    let GatewayAndSidecar {
+        mesh: _mesh,
+        gw,
+        sc,
+        proxy,
+    } = GatewayAndSidecar::start(&cfg, cnn.dns(), &[("SSL_CERT_FILE", &ca_file)]).await;
     let procs = [&gw, &sc];
     let follow = || {
         let (proxy, ca_file) = (proxy.clone(), ca_file.clone());
         async move {
-            let out = run_curl(&[
-                "-L",
-                "-o",
-                "/dev/null",
-                "-D",
-                "-",
-                "-x",
-                &proxy,
-                "--cacert",
-                &ca_file,
-                "http://edition.cnn.com/politics",
-            ])
-            .await;
+            let out = curl_heads(&proxy, &ca_file, true, "http://edition.cnn.com/politics").await;
             assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
             status_lines(&out.stdout)
         }
@@ -98,9 +48,9 @@ async fn tls_origination_at_the_egress_gateway() {
         }
     })
     .await;
-    let before = https.requests();
+    let before = cnn.upstream().requests();
     assert_eq!(follow().await, ["HTTP/1.1 200 OK"]);
-    assert_eq!(https.requests(), before + 1);
+    assert_eq!(cnn.upstream().requests(), before + 1);
     let line = wait_log_line(&gw, &["GET /politics", "outbound|443||edition.cnn.com"]).await;
     assert!(line.contains("\"edition.cnn.com\""), "{line}");
 }

@@ -3,17 +3,10 @@
 //! the documented order with hot reload; edition.cnn.com is a loopback stand-in whose
 //! certificate the sidecar trusts through `SSL_CERT_FILE` (the DestinationRule names no CA).
 
-use std::net::SocketAddr;
-
 mod common;
 mod istio_tasks;
 
-use istio_tasks::{
-    ConfigDir, Plain, PlainServer, curl_sidecar_env, run_curl, status_lines, wait_log_line,
-};
-use sluice_test_support::{
-    DnsServer, HttpsUpstream, TempDir, TestCa, UpstreamOptions, free_loopback_addr,
-};
+use istio_tasks::{Cnn, ConfigDir, curl_heads, curl_sidecar_env, status_lines, wait_log_line};
 
 const TASK: &str = "egress-tls-origination";
 
@@ -21,27 +14,13 @@ const TASK: &str = "egress-tls-origination";
 /// SIMPLE on port 80): plain http gets a single `HTTP/1.1 200 OK`, https still `HTTP/2 200`.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_origination_at_the_sidecar() {
-    let ca = TestCa::new("public-ca");
-    let tmp = TempDir::new("egress-tls-origination");
-    let ca_file = ca.write_ca_pem(tmp.path()).display().to_string();
-    let ip = free_loopback_addr();
-    let _http = PlainServer::start_at(SocketAddr::new(ip, 80), Plain::RedirectToHttps).await;
-    let https = HttpsUpstream::start(
-        SocketAddr::new(ip, 443),
-        &ca.server_cert(&["edition.cnn.com"]),
-        "cnn",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("cnn");
-    let dns = DnsServer::start([("edition.cnn.com", vec![ip])])
-        .await
-        .expect("dns");
+    let cnn = Cnn::start("egress-tls-origination").await;
+    let ca_file = cnn.ca_file.clone();
     let cfg = ConfigDir::new("egress-tls-origination-config");
     cfg.apply("observability-logs-access-log", "01");
     let (sc, proxy) = curl_sidecar_env(
         &[cfg.path()],
-        dns.addr(),
+        cnn.dns(),
         None,
         &[("SSL_CERT_FILE", &ca_file)],
     )
@@ -50,19 +29,7 @@ async fn tls_origination_at_the_sidecar() {
     let follow = |url: &'static str| {
         let (proxy, ca_file) = (proxy.clone(), ca_file.clone());
         async move {
-            let out = run_curl(&[
-                "-L",
-                "-o",
-                "/dev/null",
-                "-D",
-                "-",
-                "-x",
-                &proxy,
-                "--cacert",
-                &ca_file,
-                url,
-            ])
-            .await;
+            let out = curl_heads(&proxy, &ca_file, true, url).await;
             assert_eq!(out.code, Some(0), "{url}: {}\n{}", out.stdout, out.stderr);
             (status_lines(&out.stdout), out.stdout)
         }
@@ -83,10 +50,14 @@ async fn tls_origination_at_the_sidecar() {
         cfg.apply(TASK, "02");
     })
     .await;
-    let before = https.requests();
+    let before = cnn.upstream().requests();
     let (lines, _) = follow("http://edition.cnn.com/politics").await;
     assert_eq!(lines, ["HTTP/1.1 200 OK"]);
-    assert_eq!(https.requests(), before + 1, "over TLS to port 443");
+    assert_eq!(
+        cnn.upstream().requests(),
+        before + 1,
+        "over TLS to port 443"
+    );
     wait_log_line(&sc, &["GET /politics", "outbound|80||edition.cnn.com"]).await;
     let (lines, _) = follow("https://edition.cnn.com/politics").await;
     assert_eq!(lines, ["HTTP/2 200"]);

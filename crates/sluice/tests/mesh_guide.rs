@@ -8,13 +8,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Mesh, gateway_at, gateway_service, guide, https_via, sidecar};
+use common::{ExternalHttps, Mesh, gateway_service, guide, https_via, sidecar};
 
 use sluice_test_support::client::{curl, raw_tcp};
-use sluice_test_support::{
-    DnsServer, HttpUpstream, HttpsUpstream, TcpUpstream, TempDir, TestCa, UpstreamOptions,
-    free_loopback_addr,
-};
+use sluice_test_support::{DnsServer, HttpUpstream, TcpUpstream, TempDir, free_loopback_addr};
 
 /// Opens `CONNECT host:port` at the sidecar and returns the first line the far end sends.
 async fn connect_via(proxy: SocketAddr, target: &str) -> Option<String> {
@@ -40,34 +37,16 @@ async fn connect_via(proxy: SocketAddr, target: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn step7_who_may_reach_which_external_host() {
     let mesh = Mesh::new();
-    let web_ca = TestCa::new("public-ca");
-    let dir = TempDir::new("step7");
-    let web_ca_file = web_ca.write_ca_pem(dir.path());
-    let github = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &web_ca.server_cert(&["api.github.com"]),
-        "github",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("github");
-    let stripe = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &web_ca.server_cert(&["api.stripe.com"]),
-        "stripe",
-        UpstreamOptions::default(),
-    )
-    .await
-    .expect("stripe");
     let db = TcpUpstream::start(SocketAddr::new(free_loopback_addr(), 5432), "postgres")
         .await
         .expect("db");
-    let dns = DnsServer::start([
-        ("api.github.com", vec![github.addr().ip()]),
-        ("api.stripe.com", vec![stripe.addr().ip()]),
-    ])
-    .await
-    .expect("dns");
+    let ext = ExternalHttps::start(
+        "public-ca",
+        "step7",
+        [("api.github.com", "github"), ("api.stripe.com", "stripe")],
+    )
+    .await;
+    let (dir, web_ca_file, github, dns) = (&ext.dir, &ext.ca_file, &ext.upstreams[0], &ext.dns);
     let gw_ip = free_loopback_addr();
     let se_db = std::fs::read_to_string(guide("serviceentry-database.yaml"))
         .expect("guide")
@@ -131,12 +110,11 @@ spec:
         dir.join("stripe-and-db.yaml").display().to_string(),
     ];
     config.push(gateway_service(
-        &dir,
+        dir,
         gw_ip,
         &[(443, "tls", "TLS"), (5432, "tcp-postgres", "TCP")],
     ));
-    let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
-    let _gw = gateway_at(gw_ip, &config, dns.addr(), Some(&gw_id), &[]).await;
+    let _gw = ext.mesh_gateway(&mesh, gw_ip, &config, false).await;
 
     let mut sidecars = Vec::new();
     for (ns, sa) in [
@@ -153,21 +131,21 @@ spec:
     let github_url = "https://api.github.com/repos";
     let stripe_url = "https://api.stripe.com/v1/charges";
 
-    let body = https_via(proxy(0), &web_ca_file, github_url)
+    let body = https_via(proxy(0), web_ca_file, github_url)
         .await
         .expect("frontend → github");
     assert!(body.contains("\"upstream\":\"github\""), "{body}");
     assert!(
-        https_via(proxy(0), &web_ca_file, stripe_url).await.is_err(),
+        https_via(proxy(0), web_ca_file, stripe_url).await.is_err(),
         "frontend → stripe"
     );
     for i in [1, 2] {
-        let body = https_via(proxy(i), &web_ca_file, stripe_url)
+        let body = https_via(proxy(i), web_ca_file, stripe_url)
             .await
             .expect("→ stripe");
         assert!(body.contains("\"upstream\":\"stripe\""), "{body}");
         assert!(
-            https_via(proxy(i), &web_ca_file, github_url).await.is_err(),
+            https_via(proxy(i), web_ca_file, github_url).await.is_err(),
             "{i} → github"
         );
     }
@@ -183,7 +161,7 @@ spec:
         None
     );
     assert!(
-        https_via(proxy(4), &web_ca_file, github_url).await.is_err(),
+        https_via(proxy(4), web_ca_file, github_url).await.is_err(),
         "processor → github"
     );
 
@@ -216,27 +194,19 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn step10_production_setup_end_to_end() {
     let mesh = Mesh::new();
-    let web_ca = TestCa::new("payments-ca");
-    let dir = TempDir::new("step10");
-    let web_ca_file = web_ca.write_ca_pem(dir.path());
-    let provider = HttpsUpstream::start(
-        SocketAddr::new(free_loopback_addr(), 443),
-        &web_ca.server_cert(&["api.payment-provider.com"]),
-        "payment-provider",
-        UpstreamOptions::default(),
+    let ext = ExternalHttps::start(
+        "payments-ca",
+        "step10",
+        [("api.payment-provider.com", "payment-provider")],
     )
-    .await
-    .expect("provider");
-    let dns = DnsServer::start([("api.payment-provider.com", vec![provider.addr().ip()])])
-        .await
-        .expect("dns");
+    .await;
+    let (dir, web_ca_file, provider, dns) = (&ext.dir, &ext.ca_file, &ext.upstreams[0], &ext.dns);
     let gw_ip = free_loopback_addr();
     let config = vec![
         guide("production-egress-setup.yaml"),
-        gateway_service(&dir, gw_ip, &[(443, "tls", "TLS")]),
+        gateway_service(dir, gw_ip, &[(443, "tls", "TLS")]),
     ];
-    let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
-    let _gw = gateway_at(gw_ip, &config, dns.addr(), Some(&gw_id), &[]).await;
+    let _gw = ext.mesh_gateway(&mesh, gw_ip, &config, false).await;
     let allowed = mesh.svid("production", "payment-service");
     let other = mesh.svid("production", "reporting");
     let (_s1, p1) = sidecar(
@@ -249,7 +219,7 @@ async fn step10_production_setup_end_to_end() {
     .await;
     let (_s2, p2) = sidecar(&config, "production", "reporting", dns.addr(), Some(&other)).await;
     let url = "https://api.payment-provider.com/v1/pay";
-    let body = https_via(p1, &web_ca_file, url)
+    let body = https_via(p1, web_ca_file, url)
         .await
         .expect("payment-service is allowed");
     assert!(
@@ -257,7 +227,7 @@ async fn step10_production_setup_end_to_end() {
         "{body}"
     );
     assert!(
-        https_via(p2, &web_ca_file, url).await.is_err(),
+        https_via(p2, web_ca_file, url).await.is_err(),
         "reporting is refused"
     );
     assert_eq!(provider.requests(), 1);

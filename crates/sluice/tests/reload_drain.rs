@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bin, gateway, http_gateway, http_route, metric};
+use common::{PartnerHttp, bin, gateway, http_gateway, http_route, metric};
 use sluice_test_support::client::http_get;
-use sluice_test_support::{DnsServer, HttpUpstream, TempDir, free_loopback_addr};
+use sluice_test_support::{DnsServer, TempDir, free_loopback_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(hosts: &[&str], upstream: IpAddr) -> String {
@@ -23,13 +23,7 @@ fn config(hosts: &[&str], upstream: IpAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_at_once_and_bad_configs_are_rejected_and_counted() {
-    let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
-        .await
-        .expect("upstream");
-    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
-        .await
-        .expect("dns");
-    let dir = TempDir::new("sighup");
+    let PartnerHttp { upstream, dns, dir } = PartnerHttp::start("sighup").await;
     let file = dir.join("config.yaml");
     let ip = upstream.addr().ip();
     std::fs::write(&file, config(&["a.partner.test"], ip)).expect("write");
@@ -164,13 +158,7 @@ async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
 /// it is reported, `/ready` stays 503, and it is retried until it binds; then traffic flows.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_port_in_use_is_retried_and_readiness_waits_for_it() {
-    let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
-        .await
-        .expect("upstream");
-    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
-        .await
-        .expect("dns");
-    let dir = TempDir::new("port-in-use");
+    let PartnerHttp { upstream, dns, dir } = PartnerHttp::start("port-in-use").await;
     let file = dir.join("config.yaml");
     std::fs::write(&file, config(&["a.partner.test"], upstream.addr().ip())).expect("write");
     let bind = free_loopback_addr();
@@ -233,13 +221,7 @@ async fn a_port_in_use_is_retried_and_readiness_waits_for_it() {
 /// stayed so for the hold time.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_emptied_config_is_held_back_before_it_closes_every_listener() {
-    let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
-        .await
-        .expect("upstream");
-    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
-        .await
-        .expect("dns");
-    let dir = TempDir::new("emptied");
+    let PartnerHttp { upstream, dns, dir } = PartnerHttp::start("emptied").await;
     let file = dir.join("config.yaml");
     std::fs::write(&file, config(&["a.partner.test"], upstream.addr().ip())).expect("write");
     let (gw, bind) = gateway(

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use sluice_identity::{Ca, Validity};
 use sluice_test_support::client::curl;
-use sluice_test_support::{SluiceProcess, TempDir, free_loopback_addr};
+use sluice_test_support::{
+    DnsServer, HttpUpstream, HttpsUpstream, SluiceProcess, TempDir, TestCa, UpstreamOptions,
+    free_loopback_addr,
+};
 
 /// A file of the guide, unchanged.
 pub fn guide(file: &str) -> String {
@@ -254,4 +257,110 @@ spec:
     )
     .expect("write");
     path.display().to_string()
+}
+
+/// Stand-ins for external HTTPS hosts: a test CA (its certificate written into a fresh
+/// directory), one HTTPS upstream per host on port 443 with the CA's certificate for that host,
+/// and a DNS server resolving each host to its stand-in. Bind the fields to named variables
+/// (not `_` or `..`), so that nothing is dropped early.
+pub struct ExternalHttps<const N: usize> {
+    pub ca: TestCa,
+    pub dir: TempDir,
+    pub ca_file: PathBuf,
+    pub upstreams: [HttpsUpstream; N],
+    pub dns: DnsServer,
+}
+
+impl<const N: usize> ExternalHttps<N> {
+    /// `hosts`: (host name, stand-in name), each on a fresh loopback address; the CA is named
+    /// `ca_name`, the directory `dir`.
+    pub async fn start(ca_name: &str, dir: &str, hosts: [(&str, &str); N]) -> Self {
+        let hosts = hosts.map(|(host, name)| (host, name, free_loopback_addr()));
+        Self::start_with(ca_name, dir, hosts, &[]).await
+    }
+
+    /// [`ExternalHttps::start`] with each stand-in on the given address, and `extra` DNS
+    /// records (name, address) for servers the test starts itself.
+    pub async fn start_with(
+        ca_name: &str,
+        dir: &str,
+        hosts: [(&str, &str, IpAddr); N],
+        extra: &[(&str, IpAddr)],
+    ) -> Self {
+        let ca = TestCa::new(ca_name);
+        let dir = TempDir::new(dir);
+        let ca_file = ca.write_ca_pem(dir.path());
+        let mut upstreams = Vec::with_capacity(N);
+        for (host, name, ip) in hosts {
+            let upstream = HttpsUpstream::start(
+                SocketAddr::new(ip, 443),
+                &ca.server_cert(&[host]),
+                name,
+                UpstreamOptions::default(),
+            )
+            .await
+            .expect(name);
+            upstreams.push(upstream);
+        }
+        let records = hosts
+            .iter()
+            .map(|(host, _, ip)| (*host, vec![*ip]))
+            .chain(extra.iter().map(|(host, ip)| (*host, vec![*ip])));
+        let dns = DnsServer::start(records).await.expect("dns");
+        let Ok(upstreams) = <[HttpsUpstream; N]>::try_from(upstreams) else {
+            unreachable!("one upstream per host")
+        };
+        ExternalHttps {
+            ca,
+            dir,
+            ca_file,
+            upstreams,
+            dns,
+        }
+    }
+}
+
+impl<const N: usize> ExternalHttps<N> {
+    /// The mesh's egress gateway on `gw_ip` (its SVID from `mesh`) reading `config` and this
+    /// DNS server; with `trust_ca`, trusting this CA through `SSL_CERT_FILE`.
+    pub async fn mesh_gateway(
+        &self,
+        mesh: &Mesh,
+        gw_ip: IpAddr,
+        config: &[String],
+        trust_ca: bool,
+    ) -> SluiceProcess {
+        let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
+        let ca_env = self.ca_file.display().to_string();
+        let env: &[(&str, &str)] = if trust_ca {
+            &[("SSL_CERT_FILE", &ca_env)]
+        } else {
+            &[]
+        };
+        gateway_at(gw_ip, config, self.dns.addr(), Some(&gw_id), env).await
+    }
+}
+
+/// A plain-HTTP upstream ("partner", port 80 of a fresh loopback address), a DNS server with no
+/// records and a fresh directory named `dir`: what a gateway test with one routed host needs.
+pub struct PartnerHttp {
+    pub upstream: HttpUpstream,
+    pub dns: DnsServer,
+    pub dir: TempDir,
+}
+
+impl PartnerHttp {
+    pub async fn start(dir: &str) -> PartnerHttp {
+        let upstream = HttpUpstream::start(SocketAddr::new(free_loopback_addr(), 80), "partner")
+            .await
+            .expect("upstream");
+        let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+            .await
+            .expect("dns");
+        PartnerHttp {
+            upstream,
+            dns,
+            dir: TempDir::new(dir),
+        }
+    }
 }

@@ -14,7 +14,7 @@ use sluice_test_support::client::curl;
 use sluice_test_support::{SluiceProcess, TempDir, free_loopback_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{bin, metric, start};
+use crate::common::{ExternalHttps, Mesh, bin, gateway_at, metric, start};
 
 /// A file of an Istio task folder, unchanged.
 pub fn task_file(task: &str, file: &str) -> PathBuf {
@@ -368,4 +368,90 @@ pub fn gateway_svc(cfg: &ConfigDir, gateway_ip: IpAddr, ports: &[(u16, &str, &st
         "gateway-service.yaml",
         &std::fs::read_to_string(path).expect("read"),
     );
+}
+
+/// edition.cnn.com on a fresh loopback address: port 80 redirects to https, port 443 answers
+/// with the certificate of a test CA `public-ca` (written into a directory `dir`, its path in
+/// `ca_file`), and DNS resolves the name to it.
+pub struct Cnn {
+    pub http: PlainServer,
+    pub https: ExternalHttps<1>,
+    pub ca_file: String,
+}
+
+impl Cnn {
+    pub async fn start(dir: &str) -> Cnn {
+        let ip = free_loopback_addr();
+        let http = PlainServer::start_at(SocketAddr::new(ip, 80), Plain::RedirectToHttps).await;
+        let https =
+            ExternalHttps::start_with("public-ca", dir, [("edition.cnn.com", "cnn", ip)], &[])
+                .await;
+        let ca_file = https.ca_file.display().to_string();
+        Cnn {
+            http,
+            https,
+            ca_file,
+        }
+    }
+
+    /// The port-443 stand-in.
+    pub fn upstream(&self) -> &sluice_test_support::HttpsUpstream {
+        &self.https.upstreams[0]
+    }
+
+    pub fn dns(&self) -> SocketAddr {
+        self.https.dns.addr()
+    }
+}
+
+/// The egress gateway (its Service on ports 80 and 443, `gw_env` besides a 100 ms reload
+/// interval) and the curl pod's sidecar, both reading `cfg` with SVIDs of a fresh mesh CA.
+pub struct GatewayAndSidecar {
+    pub mesh: Mesh,
+    pub gw: SluiceProcess,
+    pub sc: SluiceProcess,
+    /// The sidecar's explicit-proxy URL (`http://…`).
+    pub proxy: String,
+}
+
+impl GatewayAndSidecar {
+    pub async fn start(
+        cfg: &ConfigDir,
+        dns: SocketAddr,
+        gw_env: &[(&str, &str)],
+    ) -> GatewayAndSidecar {
+        let mesh = Mesh::new();
+        let gw_ip = free_loopback_addr();
+        gateway_svc(cfg, gw_ip, &[(80, "http", "HTTP"), (443, "https", "HTTPS")]);
+        let gw_id = mesh.svid("istio-system", "istio-egressgateway-service-account");
+        let mut env = vec![("SLUICE_RELOAD_INTERVAL", "100ms")];
+        env.extend_from_slice(gw_env);
+        let gw = gateway_at(gw_ip, &[cfg.path()], dns, Some(&gw_id), &env).await;
+        let sc_id = mesh.svid("default", "curl");
+        let (sc, proxy) = curl_sidecar(&[cfg.path()], dns, Some(&sc_id)).await;
+        GatewayAndSidecar {
+            mesh,
+            gw,
+            sc,
+            proxy: format!("http://{proxy}"),
+        }
+    }
+}
+
+/// `curl [-L] -o /dev/null -D - -x PROXY --cacert CA_FILE URL` (the doc's `curl -I`, or
+/// `curl -sSL -o /dev/null -D -` with `follow`): the heads of the responses only.
+pub async fn curl_heads(proxy: &str, ca_file: &str, follow: bool, url: &str) -> Curl {
+    let mut args = if follow { vec!["-L"] } else { vec![] };
+    args.extend([
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-x",
+        proxy,
+        "--cacert",
+        ca_file,
+        url,
+    ]);
+    run_curl(&args).await
 }
