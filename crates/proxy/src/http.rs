@@ -172,6 +172,7 @@ where
         }
         () = idled => {
             // GOAWAY: streams still in flight finish, no new one starts.
+            ctx.shared.telemetry.metrics.refused("limit", "idle_timeout");
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "http connection at its idle timeout");

@@ -189,10 +189,14 @@ where
         Ok(()) => Ok(()),
         Err(CopyEnd::Idle) => {
             rec.termination = Some("idle_timeout".into());
+            let metrics = &ctx.shared.telemetry.metrics;
+            metrics.refused("limit", "tunnel_idle_timeout");
             Ok(())
         }
         Err(CopyEnd::Lifetime) => {
             rec.termination = Some("max_duration_timeout".into());
+            let metrics = &ctx.shared.telemetry.metrics;
+            metrics.refused("limit", "tunnel_max_lifetime");
             Ok(())
         }
         Err(CopyEnd::Revoked(e)) => {

@@ -296,6 +296,7 @@ async fn idle_h2_connections_are_closed_at_the_idle_timeout() {
     let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
     assert!(closed.is_ok(), "the idle connection stayed open");
     assert!(idle_from.elapsed() >= Duration::from_millis(300));
+    wait_metric(&gw, r#"check="limit",reason="idle_timeout"} 1"#).await;
 }
 
 /// Polls the proxy's metrics until `needle` shows (counters move when the connection's task
@@ -517,4 +518,5 @@ async fn tunnels_close_at_their_max_lifetime() {
     );
     let line = proxy.log_line(&["max_duration_timeout"]).await;
     assert!(line.contains("db"), "{line}");
+    wait_metric(&proxy, r#"check="limit",reason="tunnel_max_lifetime"} 1"#).await;
 }

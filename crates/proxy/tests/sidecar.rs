@@ -951,6 +951,13 @@ spec:
         .await;
     assert!(line.contains(&format!("{ip}:7000")), "{line}");
     assert_eq!(echo.connections(), 1);
+    assert!(
+        sidecar
+            .metrics()
+            .contains(r#"check="limit",reason="tunnel_idle_timeout"} 1"#),
+        "{}",
+        sidecar.metrics()
+    );
 }
 
 /// A WebSocket upgrade through the explicit proxy (absolute-form, as an app with `HTTP_PROXY`

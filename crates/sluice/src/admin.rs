@@ -23,7 +23,7 @@ use sluice_snapshot::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Connections the admin API holds open (probes and scrapers need a handful).
+/// Connections the admin API holds open by default (probes and scrapers need a handful).
 pub const MAX_CONNECTIONS: usize = 128;
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -37,6 +37,8 @@ pub struct AdminState {
     pub inspector: Option<sluice_proxy::inspect::Inspector>,
     /// `--admin-writable`: the endpoints that change state (`POST /logging`) answer.
     pub writable: bool,
+    /// `--admin-max-connections`: more are closed as they are accepted, and counted.
+    pub max_connections: usize,
     /// The egress map (`/ui`, `/api/map`, `/api/decisions`, `/api/config`); `None` serves
     /// nothing there.
     pub map: Option<crate::egress_map::MapState>,
@@ -54,7 +56,7 @@ pub async fn serve(
     head_timeout: Duration,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    let limit = ConnLimit::new(MAX_CONNECTIONS);
+    let limit = ConnLimit::new(state.max_connections);
     Ok(tokio::spawn(async move {
         loop {
             let (stream, peer) = accept::next(&listener, "admin").await;

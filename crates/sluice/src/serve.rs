@@ -65,6 +65,13 @@ pub struct CommonArgs {
     /// Connections each listener holds open; more are closed as they are accepted.
     #[arg(long, default_value_t = sluice_proxy::accept::DEFAULT_MAX_CONNECTIONS, env = "SLUICE_MAX_CONNECTIONS")]
     pub max_connections: usize,
+    /// Connections the admin API holds open; more are closed as they are accepted.
+    #[arg(long, default_value_t = crate::admin::MAX_CONNECTIONS, env = "SLUICE_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: usize,
+    /// A TLS client must send its whole ClientHello within this time (the SNI decides the
+    /// route); slower ones are closed.
+    #[arg(long, default_value = "5s", env = "SLUICE_TLS_INSPECT_TIMEOUT", value_parser = crate::gateway::parse_duration)]
+    pub tls_inspect_timeout: Duration,
     /// An HTTP client (the admin API's included) that sends nothing for this long after
     /// connecting is closed.
     #[arg(long, default_value = "10s", env = "SLUICE_FIRST_BYTE_TIMEOUT", value_parser = crate::gateway::parse_duration)]
@@ -166,6 +173,7 @@ pub async fn run(
     plan.proxy.also_listening.push(plan.common.admin);
     plan.proxy.max_connections = plan.common.max_connections;
     plan.proxy.first_byte_timeout = plan.common.first_byte_timeout;
+    plan.proxy.tls_inspect_timeout = plan.common.tls_inspect_timeout;
     plan.proxy.request_head_timeout = plan.common.request_head_timeout;
     plan.proxy.idle_timeout = plan.common.idle_timeout;
     plan.proxy.drain_timeout = plan.common.drain_timeout;
@@ -237,6 +245,7 @@ pub async fn run(
             }),
             registry: Arc::new(Mutex::new(registry)),
             writable: plan.common.admin_writable,
+            max_connections: plan.common.admin_max_connections,
         },
         plan.common.first_byte_timeout,
     )

@@ -293,10 +293,11 @@ async fn slow_request_heads_are_closed_and_counted() {
 /// alive), the next is closed at once without an answer, and counted on `/stats/prometheus`
 /// as `sluice_refused_total{check="limit",reason="admin_max_connections"}` once room is made.
 #[tokio::test]
-async fn the_admin_api_holds_at_most_128_connections_and_counts_the_rest() {
+async fn the_admin_api_holds_at_most_its_max_connections_and_counts_the_rest() {
     use tokio::io::AsyncWriteExt;
 
-    const LIMIT: usize = 128;
+    // `--admin-max-connections` (default 128), smaller here to keep the test short.
+    const LIMIT: usize = 16;
     let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
         .await
         .expect("dns");
@@ -305,7 +306,10 @@ async fn the_admin_api_holds_at_most_128_connections_and_counts_the_rest() {
     let (gw, bind) = gateway(
         &config,
         dns.addr(),
-        &[("SLUICE_FIRST_BYTE_TIMEOUT", "120s")],
+        &[
+            ("SLUICE_FIRST_BYTE_TIMEOUT", "120s"),
+            ("SLUICE_ADMIN_MAX_CONNECTIONS", "16"),
+        ],
     )
     .await;
     let admin = SocketAddr::new(bind, 15000);
