@@ -35,6 +35,7 @@
 //! `hosts` hold Istio's lookups.
 
 mod cluster;
+pub mod credential;
 mod destination;
 mod gateway;
 mod hosts;
@@ -95,6 +96,9 @@ pub struct CompileOptions {
     /// `<dir>/<name>/tls.crt`, `tls.key`, `ca.crt`. `None`: servers and clusters naming a
     /// credential are left out, with a diagnostic.
     pub credentials_dir: Option<PathBuf>,
+    /// Where the serving process writes the Secrets of the inputs (see
+    /// [`credential::secret_dir`]); `None`: a `credentialName` naming one is left out.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl CompileOptions {
@@ -105,6 +109,7 @@ impl CompileOptions {
             labels: BTreeMap::from([("istio".to_owned(), "egressgateway".to_owned())]),
             namespace: "istio-system".to_owned(),
             credentials_dir: None,
+            secrets_dir: None,
         }
     }
 
@@ -115,6 +120,7 @@ impl CompileOptions {
             labels: BTreeMap::new(),
             namespace: namespace.to_owned(),
             credentials_dir: None,
+            secrets_dir: None,
         }
     }
 }

@@ -101,6 +101,7 @@ fn mutated_configs_give_diagnostics_never_panics() {
         namespace: "default".into(),
         labels: Default::default(),
         credentials_dir: None,
+        secrets_dir: None,
     };
     let mut rng = XorShift(0x5eed_5eed_1234_5678);
     let mut runs = 0;

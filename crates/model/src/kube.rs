@@ -13,6 +13,8 @@
 //!
 //! A ServiceEntry of the inputs for the same host is preferred by the registry.
 
+pub mod secret;
+
 use serde_json::{Value, json};
 
 use crate::networking::ServiceEntry;

@@ -42,8 +42,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The stream inside a mesh mTLS layer (one type, so the nesting is bounded by construction).
 type MeshIo = Box<dyn Io>;
 
-/// Serves one connection with the listener of `snapshot` at `info.listener_port`. The
-/// connection keeps this snapshot to its end.
+/// Serves one connection with the listener of `snapshot` at `info.listener_port`. A tunnel
+/// is re-checked against each later snapshot; each new request on an HTTP connection is served
+/// by the latest ([`crate::flow::Bound`]).
 ///
 /// At the gateway, a ClientHello offering ALPN `istio` is the mesh hop: it is terminated with
 /// the workload identity on whatever server it arrives, the peer's verified identity is

@@ -3,12 +3,13 @@
 //! phases (`conn`, `http`, `tcp`, `authz`, `sidecar`) all read it, it reads none of them.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 use sluice_snapshot::listener::{App, FilterChain};
 use sluice_snapshot::route::{TcpRoute, VirtualHost, select_virtual_host};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::runtime::Runtime;
@@ -68,6 +69,9 @@ pub enum Routes {
     /// The snapshot's fallback (a sidecar's outbound policy, for destinations no listener,
     /// chain or virtual host takes).
     Fallback,
+    /// The chain the connection was served by is not in the current snapshot: no route takes
+    /// its requests (`404 NR`), and it closes ([`Bound`]).
+    Gone,
 }
 
 /// A connection's context once its routes are chosen: shared by its requests.
@@ -114,7 +118,7 @@ impl ConnCtx {
                 .listener(self.info.listener_port)?
                 .chains
                 .get(index),
-            Routes::Fallback => None,
+            Routes::Fallback | Routes::Gone => None,
         }
     }
 
@@ -126,6 +130,7 @@ impl ConnCtx {
                 let fallback = &self.runtime.snapshot.fallback.as_ref()?.http;
                 select_virtual_host(std::slice::from_ref(fallback), host)
             }
+            Routes::Gone => None,
         }
     }
 
@@ -143,6 +148,7 @@ impl ConnCtx {
                 .as_ref()
                 .map(|f| std::slice::from_ref(&f.tcp))
                 .unwrap_or(&[]),
+            Routes::Gone => &[],
         }
     }
 
@@ -156,5 +162,106 @@ impl ConnCtx {
 
     pub fn scheme(&self) -> &'static str {
         if self.info.tls { "https" } else { "http" }
+    }
+
+    /// This connection's context under `runtime`: its chain is the one of the new snapshot's
+    /// listener with the same match (the same Gateway server), `Gone` when there is none or
+    /// it no longer serves HTTP. True: the connection must close after the request at hand
+    /// (its chain is gone, or the TLS it was terminated with is no longer what the chain
+    /// says).
+    fn rebind(&self, runtime: Arc<Runtime>) -> (ConnCtx, bool) {
+        let (routes, close) = match self.routes {
+            Routes::Fallback => (Routes::Fallback, false),
+            Routes::Chain(_) | Routes::Gone => {
+                let found = self.chain().and_then(|old| {
+                    let chains = &runtime.snapshot.listener(self.info.listener_port)?.chains;
+                    let index = chains.iter().position(|c| {
+                        c.match_ == old.match_ && matches!(c.app, App::Http { .. })
+                    })?;
+                    Some((index, chains[index].tls != old.tls))
+                });
+                match found {
+                    Some((index, tls_changed)) => (Routes::Chain(index), tls_changed),
+                    None => (Routes::Gone, true),
+                }
+            }
+        };
+        let log = runtime.sinks.clone();
+        let ctx = ConnCtx::new(self.info.clone(), runtime, self.shared.clone(), log, routes);
+        ctx.content_length_and_chunked.store(
+            self.content_length_and_chunked.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        (ctx, close)
+    }
+}
+
+/// What the proxy publishes as the runtime in use.
+type Runtimes = watch::Receiver<Option<Arc<Runtime>>>;
+
+/// The runtime in use, as a long-lived connection re-reads it for each request.
+pub struct Latest {
+    state: Mutex<(Runtimes, Arc<Runtime>)>,
+}
+
+impl Latest {
+    pub fn new(shared: &Shared, runtime: Arc<Runtime>) -> Latest {
+        Latest {
+            state: Mutex::new((shared.runtime.clone(), runtime)),
+        }
+    }
+
+    /// The runtime in use now. Cheap when none was applied since the last call: one
+    /// uncontended lock and an atomic load.
+    pub fn get(&self) -> Arc<Runtime> {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (runtimes, runtime) = &mut *guard;
+        if runtimes.has_changed().unwrap_or(false) {
+            let latest = runtimes.borrow_and_update().clone();
+            if let Some(latest) = latest {
+                *runtime = latest;
+            }
+        }
+        runtime.clone()
+    }
+}
+
+/// An HTTP connection's context as its requests find it: each request starts with the runtime
+/// in use at that moment, so a kept-alive connection never keeps a revoked route, policy or
+/// credential (Envoy applies route and cluster updates to open connections likewise). When
+/// the connection cannot go on under the new snapshot, [`Bound::closing`] resolves: the
+/// connection closes gracefully after the requests in flight.
+pub struct Bound {
+    latest: Latest,
+    ctx: Mutex<Arc<ConnCtx>>,
+    close: Notify,
+}
+
+impl Bound {
+    pub fn new(ctx: Arc<ConnCtx>) -> Bound {
+        Bound {
+            latest: Latest::new(&ctx.shared, ctx.runtime.clone()),
+            ctx: Mutex::new(ctx),
+            close: Notify::new(),
+        }
+    }
+
+    /// The context for a request starting now.
+    pub fn current(&self) -> Arc<ConnCtx> {
+        let runtime = self.latest.get();
+        let mut ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&runtime, &ctx.runtime) {
+            let (next, close) = ctx.rebind(runtime);
+            *ctx = Arc::new(next);
+            if close {
+                self.close.notify_one();
+            }
+        }
+        ctx.clone()
+    }
+
+    /// Resolves once the connection must close (see [`Bound`]).
+    pub async fn closing(&self) {
+        self.close.notified().await;
     }
 }

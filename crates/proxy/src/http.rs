@@ -27,7 +27,7 @@ use hyper_util::server::conn::auto;
 use sluice_snapshot::route::{Redirect, RequestMatch, Route, RouteAction, VirtualHost};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::flow::ConnCtx;
+use crate::flow::{Bound, ConnCtx};
 use crate::framing::{CONTENT_LENGTH_AND_CHUNKED, HeadScan};
 use crate::rewind::Rewind;
 use crate::shared::wait_true;
@@ -127,10 +127,11 @@ where
     // When the connection last started a request (HTTP/2's idle timeout); HTTP/1's idle time
     // between requests is the head timeout above.
     let idle = Arc::new(Idle::default());
-    let svc_ctx = ctx.clone();
+    let bound = Arc::new(Bound::new(ctx.clone()));
+    let svc_bound = bound.clone();
     let svc_idle = idle.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        let ctx = svc_ctx.clone();
+        let ctx = svc_bound.current();
         if h2 {
             svc_idle.touch();
         }
@@ -168,6 +169,12 @@ where
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "http connection during drain");
+            }
+        }
+        () = bound.closing() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection its new snapshot does not serve");
             }
         }
         () = idled => {

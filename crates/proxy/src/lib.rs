@@ -3,12 +3,14 @@
 //! metrics — on tokio, hyper and rustls.
 //!
 //! The proxy runs a [`Snapshot`] received through a `watch` channel. A connection takes the
-//! snapshot current when it is accepted and keeps it to its end; a new snapshot only changes
-//! which ports are bound and what new connections see.
+//! snapshot current when it is accepted; a new one changes which ports are bound, what new
+//! connections see, and what each new request on a kept-alive HTTP connection sees (its filter
+//! chain found again in the new snapshot; a connection whose chain is gone or whose TLS
+//! termination changed closes after that request). Open tunnels are re-checked against it.
 //!
 //! The phases of a flow, each in one place (pingora's `ProxyHttp` in spirit):
 //! 1. **accept** — [`listener`]: bound ports and the sidecar's explicit proxy, one task per
-//!    connection, the runtime current at accept kept to the end.
+//!    connection, given the runtime current at accept.
 //! 2. **inspect** — [`conn`]: the ClientHello ([`sni`]), the mesh hop (mesh mTLS terminated,
 //!    the peer's identity verified), the filter chain, TLS termination. The sidecar's front
 //!    end ([`sidecar`]) reads CONNECT / absolute-form / Host-addressed requests and hands each
@@ -75,6 +77,7 @@ pub struct Proxy {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: watch::Sender<bool>,
     drain: watch::Sender<bool>,
+    applied: watch::Sender<Arc<Snapshot>>,
     /// The runtime in use and the listeners bound, for [`Proxy::inspector`].
     current: watch::Sender<Option<Arc<Runtime>>>,
     listeners: watch::Sender<Vec<inspect::ListenerStatus>>,
@@ -94,6 +97,8 @@ impl Proxy {
             .map_err(|e| Error::Resolver(e.to_string()))?;
         let guard = upstream::guard::Guard::new(&config.allow_ranges, &config.deny_ranges);
         let (drain, drain_rx) = watch::channel(false);
+        let (applied, _) = watch::channel(snapshots.borrow().clone());
+        let (current, runtime) = watch::channel(None);
         let upstreams = Upstreams::new(resolver, guard, telemetry.clone())
             .with_identity(config.identity.clone());
         let global_rate_limit = ratelimit::global::store(config.rate_limit_redis.as_deref())
@@ -107,15 +112,16 @@ impl Proxy {
             rate_limits: ratelimit::Buckets::default(),
             drain: drain_rx,
             snapshots: snapshots.clone(),
+            runtime,
         });
         let (ready, _) = watch::channel(false);
-        let (current, _) = watch::channel(None);
         let (listeners, _) = watch::channel(Vec::new());
         Ok(Proxy {
             shared,
             snapshots,
             ready,
             drain,
+            applied,
             current,
             listeners,
         })
@@ -142,6 +148,12 @@ impl Proxy {
         self.shared.telemetry.clone()
     }
 
+    /// The snapshot whose runtime new connections are given: it follows the published one
+    /// once its endpoints are resolved and its TLS files loaded.
+    pub fn applied(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.applied.subscribe()
+    }
+
     /// Becomes true once the listeners of the first snapshot are bound.
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
@@ -151,14 +163,16 @@ impl Proxy {
     /// listeners are virtual: the explicit proxy is bound on `config.listen` instead, default
     /// [`sidecar::DEFAULT_LISTEN`]), serves until `shutdown`
     /// resolves, then drains (bounded by `config.drain_timeout`). Listeners are re-bound or
-    /// closed when a new snapshot adds or removes ports; open connections keep the snapshot
-    /// they started with.
+    /// closed when a new snapshot adds or removes ports; open tunnels are re-checked against
+    /// it, and each new request on a kept-alive HTTP connection is served by it
+    /// ([`flow::Bound`]).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let Proxy {
             shared,
             mut snapshots,
             ready,
             drain,
+            applied,
             current,
             listeners,
         } = self;
@@ -168,6 +182,7 @@ impl Proxy {
         let first = snapshots.borrow_and_update().clone();
         let runtime = Arc::new(Runtime::build_blocking(first, None, shared.clone()).await);
         let (runtimes, runtimes_rx) = watch::channel(runtime.clone());
+        applied.send_replace(runtime.snapshot.clone());
         current.send_replace(Some(runtime.clone()));
         let mut manager = listener::Manager::new(
             shared.clone(),
@@ -217,6 +232,7 @@ impl Proxy {
                     let next = Runtime::build_blocking(snapshot, Some(previous), shared.clone()).await;
                     let next = Arc::new(next);
                     runtimes.send_replace(next.clone());
+                    applied.send_replace(next.snapshot.clone());
                     current.send_replace(Some(next.clone()));
                     if let Err(e) = manager.reconcile(&next.snapshot).await {
                         tracing::error!(error = %e, "applying the new snapshot's listeners");

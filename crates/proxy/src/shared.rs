@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::ratelimit;
+use crate::runtime::Runtime;
 use crate::telemetry::Telemetry;
 use crate::tls::server::ServerConfigs;
 use crate::upstream::Upstreams;
@@ -26,6 +27,9 @@ pub struct Shared {
     pub drain: watch::Receiver<bool>,
     /// Every snapshot as it is published: open streams re-check themselves against each.
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// The runtime new connections are given (`None` before the first is built): a
+    /// kept-alive HTTP connection serves each new request with it ([`crate::flow::Bound`]).
+    pub runtime: watch::Receiver<Option<Arc<Runtime>>>,
 }
 
 /// Resolves once `rx` holds `true` (or its sender is gone).

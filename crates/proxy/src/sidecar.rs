@@ -71,12 +71,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::authority::Host;
 use crate::conn::{serve_connection, serve_fallback_stream};
-use crate::flow::{ConnCtx, ConnInfo, Routes};
+use crate::flow::{ConnCtx, ConnInfo, Latest, Routes};
 use crate::framing::HeadScan;
 use crate::runtime::Runtime;
 use crate::shared::{Shared, wait_true};
 use crate::sni::{self, Peek};
-use crate::telemetry::{Kind, Record, Sinks};
+use crate::telemetry::{Kind, Record};
 use crate::upstream::pool::BoxError;
 use crate::{Error, authz, tcp};
 
@@ -101,9 +101,9 @@ type BoxStream = Box<dyn Stream>;
 struct Conn {
     local: SocketAddr,
     peer: SocketAddr,
-    runtime: Arc<Runtime>,
+    /// Re-read for each request: a kept-alive connection is routed by the snapshot in use.
+    runtime: Latest,
     shared: Arc<Shared>,
-    log: Option<Arc<Sinks>>,
     /// Inside a CONNECT tunnel: its host and port (every request goes to that virtual
     /// listener, and must name that host).
     tunnel: Option<(Host, u16)>,
@@ -155,7 +155,8 @@ impl Dialed {
     }
 }
 
-/// Serves one connection accepted by the explicit proxy with `snapshot` (kept to its end).
+/// Serves one connection accepted by the explicit proxy, each request with the runtime in use
+/// when it starts (a tunnel with the one its CONNECT was decided by, re-checked after).
 pub async fn serve<S>(
     io: S,
     local: SocketAddr,
@@ -165,13 +166,11 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let log = runtime.sinks.clone();
     let conn = Arc::new(Conn {
         local,
         peer,
-        runtime,
+        runtime: Latest::new(&shared, runtime),
         shared,
-        log,
         tunnel: None,
         pending: Mutex::new(None),
         content_length_and_chunked: AtomicBool::new(false),
@@ -242,6 +241,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     if req.method() == Method::CONNECT {
         return connect(req, &conn).await;
     }
+    let runtime = conn.runtime.get();
     let (mut parts, body) = req.into_parts();
     let target = match Target::of(&parts, conn.tunnel.as_ref().map(|t| t.1)) {
         Ok(t) => t,
@@ -296,15 +296,15 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     // Under REGISTRY_ONLY the catch-all route refuses such a request as Istio does (502); under
     // ALLOW_ANY it would pass through to a port the registry leaves out.
     if let Host::Name(name) = &target.host
-        && conn.runtime.snapshot.outbound_policy == OutboundPolicy::AllowAny
-        && !conn.runtime.port_declared(name, target.port)
+        && runtime.snapshot.outbound_policy == OutboundPolicy::AllowAny
+        && !runtime.port_declared(name, target.port)
     {
         let e = Error::PortNotDeclared(format!("{name}:{}", target.port));
         tracing::info!(target: "sluice::refused", peer = %conn.peer, error = %e, "request refused");
         return text(403, format!("{e}\n"));
     }
     let req = Request::from_parts(parts, body);
-    let snapshot = &conn.runtime.snapshot;
+    let snapshot = &runtime.snapshot;
     let chain = snapshot.listener(target.port).and_then(|l| {
         let chain = l.select(Transport::Plain, None)?;
         let index = l.chains.iter().position(|c| std::ptr::eq(c, chain))?;
@@ -327,11 +327,12 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     let mut info = ConnInfo::new(conn.local, conn.peer, target.port);
     info.original_dst = target.host.ip().map(|ip| SocketAddr::new(ip, target.port));
     info.requested = Some((target.host.to_string(), target.port));
+    let log = runtime.sinks.clone();
     let ctx = Arc::new(ConnCtx::new(
         info,
-        conn.runtime.clone(),
+        runtime,
         conn.shared.clone(),
-        conn.log.clone(),
+        log,
         routes,
     ));
     crate::http::handle(req, ctx)
@@ -347,7 +348,7 @@ fn refuse_framing(conn: &Conn) -> Response<ProxyBody> {
     tracing::info!(target: "sluice::refused", peer = %conn.peer, error = %e, "request refused");
     let mut rec = Record::new(
         conn.shared.telemetry.clone(),
-        conn.log.clone(),
+        conn.runtime.get().sinks.clone(),
         Kind::Http,
         conn.local,
         conn.peer,
@@ -427,21 +428,22 @@ async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody>
             return bad_request(&format!("CONNECT needs host:port: {e}"));
         }
     };
-    let dialed = match plan(conn, &host, port).await {
+    let runtime = conn.runtime.get();
+    let dialed = match plan(conn, &runtime, &host, port).await {
         Ok(Plan::Inside) => None,
         Ok(Plan::Stream {
             info,
             routes,
             transport,
             passthrough,
-        }) => match dial(conn, *info, routes, transport, passthrough).await {
+        }) => match dial(conn, &runtime, *info, routes, transport, passthrough).await {
             Ok(dialed) => Some(dialed),
             Err((rec, e)) => return refuse_connect(conn, &host, port, rec, &e),
         },
         Err(e) => {
             let rec = Record::new(
                 conn.shared.telemetry.clone(),
-                conn.log.clone(),
+                runtime.sinks.clone(),
                 Kind::Connection,
                 conn.local,
                 conn.peer,
@@ -534,8 +536,7 @@ enum Plan {
 /// `BlackHoleCluster` refuses it when dialed, ALLOW_ANY's `PassthroughCluster` resolves the
 /// host and applies the IP guard). Refused here: a port the host's ServiceEntries do not
 /// declare.
-async fn plan(conn: &Conn, host: &Host, port: u16) -> Result<Plan, Error> {
-    let runtime = &conn.runtime;
+async fn plan(conn: &Conn, runtime: &Runtime, host: &Host, port: u16) -> Result<Plan, Error> {
     let snapshot = &runtime.snapshot;
     if let Host::Name(name) = host
         && !runtime.port_declared(name, port)
@@ -611,6 +612,7 @@ async fn plan(conn: &Conn, host: &Host, port: u16) -> Result<Plan, Error> {
 /// hop's mTLS handshake included). On failure, the record to log the refusal with.
 async fn dial(
     conn: &Conn,
+    runtime: &Arc<Runtime>,
     info: ConnInfo,
     routes: Routes,
     transport: Transport,
@@ -618,14 +620,14 @@ async fn dial(
 ) -> Result<Dialed, (Record, Error)> {
     let ctx = ConnCtx::new(
         info,
-        conn.runtime.clone(),
+        runtime.clone(),
         conn.shared.clone(),
-        conn.log.clone(),
+        runtime.sinks.clone(),
         routes,
     );
     let mut rec = Record::new(
         conn.shared.telemetry.clone(),
-        conn.log.clone(),
+        runtime.sinks.clone(),
         Kind::Tcp,
         conn.local,
         conn.peer,
@@ -660,7 +662,7 @@ async fn tunnel(
     mut dialed: Option<Dialed>,
     conn: &Arc<Conn>,
 ) {
-    let runtime = &conn.runtime;
+    let runtime = &conn.runtime.get();
     let snapshot = &runtime.snapshot;
     let shared = &conn.shared;
     let mut info = ConnInfo::new(conn.local, conn.peer, port);
@@ -735,9 +737,8 @@ async fn tunnel(
             let inner = Arc::new(Conn {
                 local: conn.local,
                 peer: conn.peer,
-                runtime: runtime.clone(),
+                runtime: Latest::new(shared, runtime.clone()),
                 shared: shared.clone(),
-                log: conn.log.clone(),
                 tunnel: Some((host.clone(), port)),
                 pending: Mutex::new(None),
                 content_length_and_chunked: AtomicBool::new(false),
@@ -777,7 +778,7 @@ fn refuse_connection(info: &ConnInfo, conn: &Conn, dialed: Option<Dialed>, e: &E
         Some(d) => d.rec,
         None => Record::new(
             conn.shared.telemetry.clone(),
-            conn.log.clone(),
+            conn.runtime.get().sinks.clone(),
             Kind::Connection,
             conn.local,
             conn.peer,

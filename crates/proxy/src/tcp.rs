@@ -245,6 +245,7 @@ fn revoked(ctx: &ConnCtx, snapshot: &Snapshot, cluster: &str) -> Option<Error> {
                 _ => &[],
             }
         }
+        Routes::Gone => return Some(Error::Revoked("route")),
         Routes::Fallback => snapshot
             .fallback
             .as_ref()

@@ -129,33 +129,16 @@ async fn bad_input_is_refused_and_the_next_client_served() {
     proxy.stop().await;
 }
 
+/// A kept-alive connection does not keep its snapshot: each new request on it is served by
+/// the one in use. Here its listener is gone: the request finds no route (`404 NR`, as on a
+/// port nothing serves) and the connection closes after it.
 #[tokio::test]
-async fn new_snapshots_rebind_listeners_and_old_connections_keep_theirs() {
+async fn new_snapshots_rebind_listeners_and_old_connections_follow_them() {
     let (proxy, up) = proxy_and_upstream().await;
     still_serves(&proxy, HTTP).await;
-    // A connection accepted before the reload keeps working after it.
-    let open = tokio::net::TcpStream::connect(proxy.addr(HTTP))
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(open))
-            .await
-            .expect("handshake");
-    let driver = tokio::spawn(conn);
-    let get = |path: &str| {
-        http::Request::get(path)
-            .header("host", "a.example.com")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .expect("request")
-    };
-    let first = sender
-        .send_request(get("/early"))
-        .await
-        .expect("first request");
-    assert_eq!(first.status(), 200);
-    http_body_util::BodyExt::collect(first.into_body())
-        .await
-        .expect("body");
+    let (mut sender, driver) = kept_alive(&proxy, HTTP).await;
+    let first = send(&mut sender, "a.example.com", "/early").await;
+    assert_eq!(first, 200);
 
     // Move HTTP from 8080 to 8081.
     let snap = snapshot(
@@ -166,13 +149,7 @@ async fn new_snapshots_rebind_listeners_and_old_connections_keep_theirs() {
                 vec![vhost(&["*"], vec![forward_route("all", "up")])],
             )],
         )],
-        vec![cluster(
-            "up",
-            "up.example.com",
-            80,
-            static_endpoints(&[up.addr()]),
-            json!({}),
-        )],
+        vec![up_cluster(&up)],
     );
     proxy.publish(snap);
     let mut moved = false;
@@ -191,14 +168,89 @@ async fn new_snapshots_rebind_listeners_and_old_connections_keep_theirs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(moved, "8081 bound and 8080 closed");
-    let late = tokio::time::timeout(Duration::from_secs(5), sender.send_request(get("/late")))
+    assert_eq!(send(&mut sender, "a.example.com", "/late").await, 404);
+    proxy.log_line(&["\"GET /late HTTP/1.1\" 404 NR"]).await;
+    // ... and the proxy closes the connection after that response.
+    tokio::time::timeout(Duration::from_secs(5), driver)
         .await
-        .expect("in time")
-        .expect("request on the old connection");
-    assert_eq!(late.status(), 200);
-    drop(sender);
+        .expect("the connection is closed within 5s")
+        .expect("join")
+        .expect("closed cleanly");
+    proxy.stop().await;
+}
+
+/// A route removed (or a policy, or a cluster changed) applies to the next request of a
+/// kept-alive connection, which stays open: its listener and chain are still there.
+#[tokio::test]
+async fn kept_alive_connections_take_new_routes_at_their_next_request() {
+    let (proxy, up) = proxy_and_upstream().await;
+    let (mut sender, driver) = kept_alive(&proxy, HTTP).await;
+    assert_eq!(send(&mut sender, "a.example.com", "/").await, 200);
+    assert_eq!(send(&mut sender, "b.example.com", "/").await, 200);
+
+    let snap = snapshot(
+        vec![listener(
+            HTTP,
+            vec![http_chain(
+                HTTP,
+                vec![vhost(&["b.example.com"], vec![forward_route("b", "up")])],
+            )],
+        )],
+        vec![up_cluster(&up)],
+    );
+    proxy.publish_applied(snap).await;
+    assert_eq!(send(&mut sender, "a.example.com", "/").await, 404);
+    assert_eq!(send(&mut sender, "b.example.com", "/").await, 200);
+    assert!(!driver.is_finished(), "the connection stays open");
     driver.abort();
     proxy.stop().await;
+}
+
+async fn kept_alive(
+    proxy: &Running,
+    port: u16,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let open = tokio::net::TcpStream::connect(proxy.addr(port))
+        .await
+        .expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(open))
+        .await
+        .expect("handshake");
+    (sender, tokio::spawn(conn))
+}
+
+/// One request on `sender`: its status, the body read.
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    host: &str,
+    path: &str,
+) -> u16 {
+    let req = http::Request::get(path)
+        .header("host", host)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    let status = resp.status().as_u16();
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body");
+    status
+}
+
+fn up_cluster(up: &HttpUpstream) -> serde_json::Value {
+    cluster(
+        "up",
+        "up.example.com",
+        80,
+        static_endpoints(&[up.addr()]),
+        json!({}),
+    )
 }
 
 #[tokio::test]

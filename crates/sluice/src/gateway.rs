@@ -69,6 +69,7 @@ pub async fn start(
             labels: args.labels.clone(),
             namespace: args.namespace.clone(),
             credentials_dir: args.credentials_dir.clone(),
+            secrets_dir: None,
         },
         proxy: ProxyConfig {
             bind: args.bind,

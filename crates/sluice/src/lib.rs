@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod logging;
 pub mod proxy_config;
 pub mod reload;
+pub mod secrets;
 pub mod serve;
 pub mod sidecar;
 pub mod stats;

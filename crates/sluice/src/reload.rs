@@ -24,6 +24,8 @@ pub struct Built {
     pub diagnostics: Vec<Diagnostic>,
     /// The egress map's config at a glance, of this snapshot's resources.
     pub view: crate::egress_map::ConfigView,
+    /// The credential Secrets of the inputs, to be written just before the snapshot is applied.
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// Loads, validates, analyzes and compiles. Fails with the diagnostics when a file cannot be
@@ -75,10 +77,12 @@ pub fn build(
     }
     sluice_compile::sort(&mut diagnostics);
     let view = crate::egress_map::config::build(&loaded.resources, options, &snapshot);
+    let secrets = crate::secrets::Secrets::of(&loaded.resources, options);
     Ok(Built {
         snapshot,
         diagnostics,
         view,
+        secrets,
     })
 }
 
@@ -211,6 +215,10 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// accident (a failed write, a ConfigMap being replaced) than the intent.
 pub const HOLD: Duration = Duration::from_secs(5);
 
+/// How long a reload waits for the proxy to apply a published snapshot (resolve its
+/// endpoints, load its TLS files) before it is counted anyway.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+
 /// Polls the config every `interval` and reloads at once on SIGHUP; on a change (or a
 /// signal), once the files are stable, rebuilds off the async threads and publishes the new
 /// snapshot, or keeps the last good one and says why. A snapshot that would drop every
@@ -225,6 +233,7 @@ pub async fn watch_config(
     metrics: ReloadMetrics,
     mut triggers: Triggers,
     views: watch::Sender<Arc<crate::egress_map::ConfigView>>,
+    mut applied: watch::Receiver<Arc<Snapshot>>,
 ) {
     let mut last = fingerprint(&paths);
     // A drastic configuration seen, by its files' fingerprint, and since when.
@@ -274,9 +283,26 @@ pub async fn watch_config(
                 held = None;
                 last = now;
                 log_diagnostics(&built.diagnostics);
-                tracing::info!("configuration reloaded");
-                tx.send_replace(Arc::new(built.snapshot));
+                if let Err(e) = built.secrets.write() {
+                    tracing::error!(
+                        "writing the credential Secrets failed ({e}); keeping the last good configuration"
+                    );
+                    metrics.count("rejected");
+                    continue;
+                }
+                let snapshot = Arc::new(built.snapshot);
+                tx.send_replace(snapshot.clone());
                 views.send_replace(Arc::new(built.view));
+                // Said and counted once the proxy serves it (new connections get it, HTTP
+                // connections of the last one close): a client that sees the generation rise
+                // meets the new configuration.
+                let serving = applied.wait_for(|s| Arc::ptr_eq(s, &snapshot));
+                match tokio::time::timeout(APPLY_WAIT, serving).await {
+                    Ok(_) => tracing::info!("configuration reloaded"),
+                    Err(_) => tracing::warn!(
+                        "configuration reloaded; the proxy has not applied it after {APPLY_WAIT:?}"
+                    ),
+                }
                 metrics.count("applied");
             }
             Ok(Err(diags)) => {

@@ -190,6 +190,12 @@ pub async fn run(
         tracing::info!(identity = %rx.borrow().identity(), "workload identity loaded");
         plan.proxy.identity = Some(rx);
     }
+    // Removed when serving ends: the credentials of the inputs live no longer than the proxy.
+    let secrets_dir = tempfile::Builder::new()
+        .prefix("sluice-secrets-")
+        .tempdir()
+        .context("creating the directory for credential Secrets")?;
+    plan.options.secrets_dir = Some(secrets_dir.path().to_owned());
     let (paths, opts) = (plan.common.config.clone(), plan.options.clone());
     let built = tokio::task::spawn_blocking(move || reload::build(&paths, &opts, rate_limit_store))
         .await
@@ -205,6 +211,10 @@ pub async fn run(
         }
     };
     reload::log_diagnostics(&built.diagnostics);
+    built
+        .secrets
+        .write()
+        .context("writing the credential Secrets of the configuration")?;
     let (tx, rx) = watch::channel(Arc::new(built.snapshot));
     let (views_tx, views) = watch::channel(Arc::new(built.view));
     let who = crate::egress_map::Who {
@@ -260,6 +270,7 @@ pub async fn run(
         reload_metrics,
         triggers,
         views_tx,
+        proxy.applied(),
     ));
     tracing::info!(admin = %plan.common.admin, "sluice started");
     let result = proxy.run(shutdown).await;

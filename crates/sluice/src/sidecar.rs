@@ -70,6 +70,7 @@ pub async fn start(
             labels: args.labels.clone(),
             namespace: args.namespace.clone(),
             credentials_dir: None,
+            secrets_dir: None,
         },
         proxy: ProxyConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),

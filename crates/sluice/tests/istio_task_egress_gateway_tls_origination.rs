@@ -7,7 +7,9 @@
 mod common;
 mod istio_tasks;
 
-use istio_tasks::{Cnn, ConfigDir, GatewayAndSidecar, curl_heads, status_lines, wait_log_line};
+use istio_tasks::{
+    Cnn, ConfigDir, GatewayAndSidecar, MyNginx, curl_heads, status_lines, wait_log_line,
+};
 
 const TASK: &str = "egress-gateway-tls-origination";
 
@@ -55,12 +57,53 @@ async fn tls_origination_at_the_egress_gateway() {
     assert!(line.contains("\"edition.cnn.com\""), "{line}");
 }
 
-/// Part 2 (08–14): nginx requiring client certificates answers `Welcome to nginx!` to
-/// `curl http://my-nginx.mesh-external.svc.cluster.local`; the gateway's DestinationRule (13,
-/// applied with `-n istio-system`) originates mutual TLS with `credentialName: client-credential`,
-/// a Secret the task creates with kubectl.
-#[test]
-#[ignore = "needs Kubernetes Secrets among the inputs for credentialName (sluice reads it only from --credentials-dir), the namespace of 13 from `kubectl apply -n istio-system`, and the client calls port 80, which the my-nginx Service (08) does not declare: sluice's sidecar sends it to PassthroughCluster instead of the mesh VirtualService's port-80 rule (issue 15)"]
-fn mutual_tls_origination_at_the_gateway_with_credential_name() {
-    panic!("credentialName from a Kubernetes Secret is not supported");
+/// Part 2 (08–13; 14 is the Gateway API variant's): nginx requiring client certificates answers `Welcome to nginx!` to
+/// `curl http://my-nginx.mesh-external.svc.cluster.local` — port 80, which the my-nginx Service
+/// (08) does not declare: the sidecar takes the mesh VirtualService's `port: 80` rule (11) to
+/// the gateway over mesh mTLS, and the gateway originates mutual TLS with
+/// `credentialName: client-credential` (13, applied with `-n istio-system`), the Secret the
+/// task creates with kubectl in istio-system and default. The gateway logs the request with
+/// `outbound|443||my-nginx.mesh-external.svc.cluster.local`.
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_origination_at_the_gateway_with_credential_name() {
+    let nginx = MyNginx::start().await;
+    let cfg = ConfigDir::new("gw-mtls-origination-config");
+    cfg.apply("observability-logs-access-log", "01");
+    let GatewayAndSidecar {
+        mesh: _mesh,
+        gw,
+        sc,
+        proxy,
+    } = GatewayAndSidecar::start(&cfg, nginx.dns.addr(), &[]).await;
+    let procs = [&gw, &sc];
+    cfg.step(&procs, || {
+        cfg.apply(TASK, "08");
+        for ns in ["istio-system", "default"] {
+            cfg.write(
+                &format!("client-credential-{ns}.yaml"),
+                &nginx.client_credential(ns),
+            );
+        }
+        cfg.apply(TASK, "09");
+        cfg.apply(TASK, "11");
+        cfg.apply_in(TASK, "13", "istio-system");
+    })
+    .await;
+    nginx
+        .expect_welcome(
+            &proxy,
+            &gw,
+            "outbound|443||my-nginx.mesh-external.svc.cluster.local",
+        )
+        .await;
+
+    // `kubectl delete secret client-credential -n istio-system`: the gateway has no client
+    // certificate any more, so the cluster refuses traffic (`502 UH`, as for any cluster sluice
+    // cannot set up as written) rather than connect without one. The sidecar's kept-alive mesh
+    // connection does not keep the old credential: its next request meets the new snapshot.
+    cfg.step(&procs, || {
+        cfg.delete_file("client-credential-istio-system.yaml")
+    })
+    .await;
+    nginx.expect_refused(&proxy, &gw).await;
 }

@@ -6,7 +6,9 @@
 mod common;
 mod istio_tasks;
 
-use istio_tasks::{Cnn, ConfigDir, curl_heads, curl_sidecar_env, status_lines, wait_log_line};
+use istio_tasks::{
+    Cnn, ConfigDir, MyNginx, curl_heads, curl_sidecar_env, status_lines, wait_log_line,
+};
 
 const TASK: &str = "egress-tls-origination";
 
@@ -63,10 +65,39 @@ async fn tls_origination_at_the_sidecar() {
     assert_eq!(lines, ["HTTP/2 200"]);
 }
 
-/// "Mutual TLS origination for egress traffic at sidecar" (04, 05): the DestinationRule's
-/// `credentialName: client-credential` names a Kubernetes Secret the task creates with kubectl.
-#[test]
-#[ignore = "sluice's sidecar reads no Kubernetes Secret (kind: Secret among the inputs) and has no --credentials-dir: credentialName cannot be resolved at the sidecar"]
-fn mutual_tls_origination_at_the_sidecar_with_credential_name() {
-    panic!("credentialName at the sidecar is not supported");
+/// "Mutual TLS origination for egress traffic at sidecar" (04, 05): nginx requiring client
+/// certificates answers `Welcome to nginx!` to plain `curl http://my-nginx.mesh-external...`:
+/// the ServiceEntry's port 80 (`targetPort: 443`) and the DestinationRule selecting the curl
+/// workload (`workloadSelector: app=curl`) originate mutual TLS with `credentialName:
+/// client-credential`, the Secret the task creates with kubectl in the curl pod's namespace.
+/// The sidecar logs the request with `outbound|80||my-nginx.mesh-external.svc.cluster.local`.
+/// Deleting the Secret (the task's cleanup) leaves the cluster refusing traffic.
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_origination_at_the_sidecar_with_credential_name() {
+    let nginx = MyNginx::start().await;
+    let cfg = ConfigDir::new("sidecar-mtls-origination-config");
+    cfg.apply("observability-logs-access-log", "01");
+    let (sc, proxy) = curl_sidecar_env(&[cfg.path()], nginx.dns.addr(), None, &[]).await;
+    let proxy = format!("http://{proxy}");
+    cfg.step(&[&sc], || {
+        cfg.apply(TASK, "04");
+        cfg.write(
+            "client-credential.yaml",
+            &nginx.client_credential("default"),
+        );
+        cfg.apply(TASK, "05");
+    })
+    .await;
+    nginx
+        .expect_welcome(
+            &proxy,
+            &sc,
+            "outbound|80||my-nginx.mesh-external.svc.cluster.local",
+        )
+        .await;
+
+    // `kubectl delete secret client-credential`: no client certificate, no connection.
+    cfg.step(&[&sc], || cfg.delete_file("client-credential.yaml"))
+        .await;
+    nginx.expect_refused(&proxy, &sc).await;
 }

@@ -65,8 +65,15 @@ impl Squid {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .unwrap_or("squid");
+        // Squid names its shared-memory segments after the service name (`-n`): one of
+        // its own, so squids of tests running at once (or one a killed run left) never meet.
+        let service = format!(
+            "sluice{}{}",
+            std::process::id(),
+            ip.to_string().replace('.', "")
+        );
         let child = Command::new(bin)
-            .args(["-N", "-f"])
+            .args(["-n", &service, "-N", "-f"])
             .arg(dir.join("squid.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -105,6 +112,18 @@ impl Squid {
 
 impl Drop for Squid {
     fn drop(&mut self) {
+        // SIGTERM first: with `shutdown_lifetime 0` squid exits at once and removes its
+        // shared-memory segments; SIGKILL only if it has not within 2 s.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

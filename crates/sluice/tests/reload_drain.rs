@@ -301,3 +301,56 @@ async fn a_second_sigterm_exits_at_once() {
     );
     assert_eq!(status.code(), Some(1));
 }
+
+/// A kept-alive HTTP/1.1 connection does not keep the snapshot it began with: once a reload
+/// is counted, the next request on it meets the new routes — a route removed is `404`, not
+/// still served to whoever held a connection open — and the connection stays open for the
+/// routes that remain.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_alive_connections_meet_the_new_routes_at_their_next_request() {
+    let PartnerHttp { upstream, dns, dir } = PartnerHttp::start("keepalive").await;
+    let file = dir.join("config.yaml");
+    let ip = upstream.addr().ip();
+    std::fs::write(&file, config(&["a.partner.test"], ip)).expect("write");
+    let (gw, bind) = gateway(
+        &[file.display().to_string()],
+        dns.addr(),
+        &[("SLUICE_RELOAD_INTERVAL", "1h")],
+    )
+    .await;
+    let mut kept = tokio::net::TcpStream::connect(SocketAddr::new(bind, 80))
+        .await
+        .expect("connect");
+    let mut ask = async |host: &str| -> String {
+        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+        kept.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), kept.read(&mut buf))
+            .await
+            .expect("a response within 5s")
+            .expect("read");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let head = ask("a.partner.test").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let generation = |gw: &sluice_test_support::SluiceProcess| {
+        let (_, stats) = gw.admin_get("/stats/prometheus").expect("stats");
+        metric(&stats, "sluice_config_generation")
+    };
+    let before = generation(&gw);
+    std::fs::write(&file, config(&["b.partner.test"], ip)).expect("write");
+    gw.signal("HUP").expect("SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while generation(&gw) <= before {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload within 5s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let head = ask("a.partner.test").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let head = ask("b.partner.test").await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "on the same connection: {head}"
+    );
+}

@@ -713,25 +713,24 @@ fn upstream_tls(
         ClientTLSMode::Mutual => UpstreamTlsMode::Mutual,
     };
     let (cert, key, ca) = if let Some(name) = &t.credential_name {
-        let Some(dir) = &cx.opts.credentials_dir else {
-            cx.report(
-                *dr,
-                DROPPED,
-                Level::Error,
-                &format!("{path}.credentialName"),
-                format!(
-                    "credentialName {name:?} needs a credentials directory (<dir>/{name}/tls.crt, tls.key, ca.crt) and none is configured: the cluster refuses traffic rather than send it without TLS"
-                ),
-            );
-            return Err(());
+        let files = match super::credential::lookup(cx, name) {
+            Ok(f) => f,
+            Err(why) => {
+                cx.report(
+                    *dr,
+                    DROPPED,
+                    Level::Error,
+                    &format!("{path}.credentialName"),
+                    format!("{why}: the cluster refuses traffic rather than send it without TLS"),
+                );
+                return Err(());
+            }
         };
-        let base = dir.join(name);
-        let (cert, key) = if mode == UpstreamTlsMode::Mutual {
-            (Some(base.join("tls.crt")), Some(base.join("tls.key")))
+        if mode == UpstreamTlsMode::Mutual {
+            (files.cert, files.key, files.ca)
         } else {
-            (None, None)
-        };
-        (cert, key, Some(base.join("ca.crt")))
+            (None, None, files.ca)
+        }
     } else {
         (
             t.client_certificate.as_ref().map(PathBuf::from),

@@ -346,21 +346,20 @@ fn server_tls(cx: &mut Ctx<'_>, s: &ServerRef<'_>) -> Option<ServerTls> {
         );
     }
     let (chain, key, mut ca) = if let Some(name) = credential {
-        let Some(dir) = cx.opts.credentials_dir.clone() else {
-            s.report(
-                cx,
-                DROPPED,
-                Level::Error,
-                "tls.credentialName",
-                format!(
-                    "credentialName {name:?} needs a credentials directory (<dir>/{name}/tls.crt, tls.key, ca.crt) and none is configured: server left out"
-                ),
-            );
-            return None;
-        };
-        let base = dir.join(&name);
-        let ca = (mode == ServerTlsMode::Mutual).then(|| base.join("ca.crt"));
-        (base.join("tls.crt"), base.join("tls.key"), ca)
+        let files = super::credential::lookup(cx, &name).and_then(|f| match (f.cert, f.key) {
+            (Some(chain), Some(key)) => Ok((chain, key, f.ca)),
+            _ => Err(format!(
+                "credentialName {name:?} holds no certificate and key"
+            )),
+        });
+        match files {
+            Ok((chain, key, ca)) => (chain, key, ca.filter(|_| mode == ServerTlsMode::Mutual)),
+            Err(why) => {
+                let why = format!("{why}: server left out");
+                s.report(cx, DROPPED, Level::Error, "tls.credentialName", why);
+                return None;
+            }
+        }
     } else {
         match (&tls.server_certificate, &tls.private_key) {
             (Some(c), Some(k)) => (
@@ -394,16 +393,14 @@ fn server_tls(cx: &mut Ctx<'_>, s: &ServerRef<'_>) -> Option<ServerTls> {
         .as_ref()
         .filter(|_| mode == ServerTlsMode::Mutual)
     {
-        match &cx.opts.credentials_dir {
-            Some(dir) => ca = Some(dir.join(ca_name).join("ca.crt")),
-            None => {
-                s.report(
-                    cx,
-                    DROPPED,
-                    Level::Error,
-                    "tls.caCertCredentialName",
-                    format!("caCertCredentialName {ca_name:?} needs a credentials directory and none is configured: server left out"),
-                );
+        let file = super::credential::lookup(cx, ca_name).and_then(|f| {
+            f.ca.ok_or_else(|| format!("caCertCredentialName {ca_name:?} holds no CA certificate"))
+        });
+        match file {
+            Ok(file) => ca = Some(file),
+            Err(why) => {
+                let why = format!("{why}: server left out");
+                s.report(cx, DROPPED, Level::Error, "tls.caCertCredentialName", why);
                 return None;
             }
         }

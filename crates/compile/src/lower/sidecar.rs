@@ -71,21 +71,40 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// other virtual host names takes it; the proxy takes the same routes for ports no listener
 /// declares.
 /// The hosts the registry holds for this proxy, each with the ports its ServiceEntries
-/// declare.
+/// declare and the ports a mesh HTTP rule for it is bound to by `match.port` (such a rule
+/// serves the host on that port, see [`http_chain`]).
 pub fn registered(cx: &Ctx<'_>) -> BTreeMap<String, Vec<u16>> {
     let mut out: BTreeMap<String, Vec<u16>> = BTreeMap::new();
     for (host, se) in cx.reg.services() {
-        let ports = out.entry(host).or_default();
-        ports.extend(
+        out.entry(host).or_default().extend(
             se.spec
                 .ports
                 .iter()
                 .filter_map(|p| u16::try_from(p.number).ok()),
         );
+    }
+    for vs in cx.reg.virtual_services_for(MESH) {
+        let bound: Vec<u16> = http_match_ports(vs).collect();
+        for h in fqdn_hosts(vs) {
+            if let Some(ports) = out.get_mut(&h) {
+                ports.extend(&bound);
+            }
+        }
+    }
+    for ports in out.values_mut() {
         ports.sort_unstable();
         ports.dedup();
     }
     out
+}
+
+/// The ports the HTTP rules of `vs` are bound to by `match.port`.
+fn http_match_ports(vs: &Resource<VirtualService>) -> impl Iterator<Item = u16> + '_ {
+    vs.spec
+        .http
+        .iter()
+        .flat_map(|r| r.match_.iter())
+        .filter_map(|m| m.port.and_then(|p| u16::try_from(p).ok()))
 }
 
 pub fn fallback(
@@ -362,19 +381,17 @@ fn http_chain(
         if vs.spec.http.is_empty() {
             continue;
         }
-        let explicit = vs
-            .spec
-            .http
-            .iter()
-            .flat_map(|r| r.match_.iter())
-            .any(|m| m.port == Some(u32::from(port)));
+        let explicit = http_match_ports(vs).any(|p| p == port);
         let attach: Vec<String> = fqdn_hosts(vs)
             .into_iter()
             .filter(|h| {
                 let on_port = http_svcs.iter().any(|s| covers(h, &s.host));
                 let known = is_registered(cx, h)
                     || (hosts::is_wildcard(h) && http_svcs.iter().any(|s| covers(h, &s.host)));
-                on_port || (!known && (port == 80 || explicit))
+                // A rule bound to this port by `match.port` serves the VirtualService's
+                // hosts on it, declared there or not (Istio's egress-gateway TLS-origination
+                // task sends `http://my-nginx…` on port 80, which my-nginx's Service lacks).
+                on_port || explicit || (!known && port == 80)
             })
             .collect();
         if attach.is_empty() {

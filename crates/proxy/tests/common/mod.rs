@@ -20,6 +20,8 @@ pub struct Running {
     pub log: PathBuf,
     pub snapshots: watch::Sender<Arc<Snapshot>>,
     pub registry: Arc<std::sync::Mutex<Registry>>,
+    /// The snapshot new connections (and new requests) are served by.
+    pub applied: watch::Receiver<Arc<Snapshot>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), sluice_proxy::Error>>>,
 }
@@ -100,6 +102,22 @@ impl Running {
         self.snapshots.send_replace(Arc::new(snapshot));
     }
 
+    /// Publishes `snapshot` and waits (up to 5s) until the proxy serves it.
+    pub async fn publish_applied(&self, mut snapshot: Value) {
+        snapshot["access_log"] = json!({"path": self.log.to_string_lossy(), "json": false});
+        let snapshot: Arc<Snapshot> =
+            Arc::new(serde_json::from_value(snapshot).expect("snapshot json"));
+        self.snapshots.send_replace(snapshot.clone());
+        let mut applied = self.applied.clone();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            applied.wait_for(|s| Arc::ptr_eq(s, &snapshot)),
+        )
+        .await
+        .expect("applied within 5s")
+        .expect("proxy running");
+    }
+
     /// Stops the proxy and waits for its drain.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -150,6 +168,7 @@ pub async fn start_with(mut snapshot: Value, tweak: impl FnOnce(&mut ProxyConfig
     let mut registry = Registry::default();
     let proxy = Proxy::new(config, rx, &mut registry).expect("proxy");
     let mut ready = proxy.ready();
+    let applied = proxy.applied();
     let (shutdown, on_shutdown) = oneshot::channel::<()>();
     let task = tokio::spawn(proxy.run(async move {
         let _ = on_shutdown.await;
@@ -164,6 +183,7 @@ pub async fn start_with(mut snapshot: Value, tweak: impl FnOnce(&mut ProxyConfig
         log,
         snapshots: tx,
         registry: Arc::new(std::sync::Mutex::new(registry)),
+        applied,
         shutdown: Some(shutdown),
         task: Some(task),
     }

@@ -406,6 +406,7 @@ mod tests {
             labels: [("istio".to_owned(), "egressgateway".to_owned())].into(),
             namespace: "istio-system".into(),
             credentials_dir: None,
+            secrets_dir: None,
         };
         let (snapshot, _) = sluice_compile::lower::compile(&loaded.resources, &options);
         let view = build(&loaded.resources, &options, &snapshot);

@@ -97,6 +97,14 @@ impl ConfigDir {
         );
     }
 
+    /// `kubectl delete` of what the test wrote with [`ConfigDir::write`].
+    pub fn delete_file(&self, name: &str) {
+        assert!(
+            self.files.lock().expect("lock").remove(name).is_some(),
+            "{name} was not written"
+        );
+    }
+
     /// Makes the current set of files what the proxies read, in one rename.
     pub fn publish(&self) {
         let n = self
@@ -454,4 +462,129 @@ pub async fn curl_heads(proxy: &str, ca_file: &str, follow: bool, url: &str) -> 
         url,
     ]);
     run_curl(&args).await
+}
+
+impl ConfigDir {
+    /// `kubectl apply -n <namespace> -f <task>/<file>`: the file, each resource given the
+    /// namespace kubectl gives it (the file names none).
+    pub fn apply_in(&self, task: &str, file: &str, namespace: &str) {
+        let src = task_file(task, file);
+        let name = src
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&src).expect("read");
+        assert!(!text.contains("namespace:"), "{name} names a namespace");
+        let text = text.replace(
+            "\nmetadata:\n",
+            &format!("\nmetadata:\n  namespace: {namespace}\n"),
+        );
+        self.files.lock().expect("lock").insert(name, text);
+    }
+}
+
+/// The tasks' `my-nginx` in namespace mesh-external: an HTTPS server on a fresh loopback
+/// address, port 443, with a certificate for my-nginx.mesh-external.svc.cluster.local from the
+/// task's `example.com` CA, that refuses clients without a certificate of that CA and answers
+/// nginx's welcome page; and a DNS server naming it.
+pub struct MyNginx {
+    pub ca: sluice_test_support::TestCa,
+    pub https: sluice_test_support::HttpsUpstream,
+    pub dns: sluice_test_support::DnsServer,
+}
+
+pub const MY_NGINX: &str = "my-nginx.mesh-external.svc.cluster.local";
+
+impl MyNginx {
+    pub async fn start() -> MyNginx {
+        let ca = sluice_test_support::TestCa::new("example.com");
+        let ip = free_loopback_addr();
+        let https = sluice_test_support::HttpsUpstream::start(
+            SocketAddr::new(ip, 443),
+            &ca.server_cert(&[MY_NGINX]),
+            "my-nginx",
+            sluice_test_support::UpstreamOptions::default()
+                .require_client_cert(&ca)
+                .respond(
+                    "/",
+                    200,
+                    "<!DOCTYPE html>\n<html>\n<head>\n<title>Welcome to nginx!</title>\n</head>\n</html>\n",
+                ),
+        )
+        .await
+        .expect("my-nginx");
+        let dns = sluice_test_support::DnsServer::start([(MY_NGINX, vec![ip])])
+            .await
+            .expect("dns");
+        MyNginx { ca, https, dns }
+    }
+
+    /// `curl -sS http://my-nginx.mesh-external.svc.cluster.local` through `proxy` answers
+    /// Welcome to nginx (one more request, over mutual TLS); `logged_by` logs it with
+    /// `cluster`. Returns the log line.
+    pub async fn expect_welcome(
+        &self,
+        proxy: &str,
+        logged_by: &SluiceProcess,
+        cluster: &str,
+    ) -> String {
+        let before = self.https.requests();
+        let out = run_curl(&["-sS", "-x", proxy, &format!("http://{MY_NGINX}")]).await;
+        assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.starts_with("<!DOCTYPE html>")
+                && out.stdout.contains("<title>Welcome to nginx!</title>"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(
+            self.https.requests(),
+            before + 1,
+            "one request, over mutual TLS"
+        );
+        let line = wait_log_line(logged_by, &["\"GET / HTTP/1.1\" 200", cluster]).await;
+        assert!(line.contains(&format!("\"{MY_NGINX}\"")), "{line}");
+        line
+    }
+
+    /// The same request once the credential is gone: `502`, logged `UH` by `logged_by`, and
+    /// nothing reaches nginx.
+    pub async fn expect_refused(&self, proxy: &str, logged_by: &SluiceProcess) {
+        let before = self.https.requests();
+        let url = format!("http://{MY_NGINX}");
+        let out = run_curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            proxy,
+            &url,
+        ])
+        .await;
+        assert_eq!(out.stdout, "502", "{}\n{}", out.stderr, logged_by.stderr());
+        wait_log_line(
+            logged_by,
+            &["\"GET / HTTP/1.1\" 502 UH no_healthy_upstream"],
+        )
+        .await;
+        assert_eq!(self.https.requests(), before);
+    }
+
+    /// What `kubectl create secret [-n NS] generic client-credential
+    /// --from-file=tls.key=client.example.com.key --from-file=tls.crt=client.example.com.crt
+    /// --from-file=ca.crt=example.com.crt` creates (as `kubectl get secret -o yaml` shows it).
+    pub fn client_credential(&self, namespace: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let client = self.ca.client_cert("client.example.com", None);
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: client-credential\n  namespace: {namespace}\ntype: Opaque\ndata:\n  ca.crt: {}\n  tls.crt: {}\n  tls.key: {}\n",
+            b64(&self.ca.cert_pem()),
+            b64(&client.cert_pem),
+            b64(&client.key_pem),
+        )
+    }
 }

@@ -772,3 +772,53 @@ fn auto_mtls_to_mesh_internal_endpoints_at_sidecars() {
     let (c, _) = cluster_for(Role::Gateway, entry(true), "", host, 443, "");
     assert_eq!(c.tls, None, "gateways do not originate auto mTLS");
 }
+
+/// A Secret of the proxy's namespace among the inputs is the credential (Istio reads
+/// `credentialName` from the cluster's Secrets), before the credentials directory; without a
+/// CA in it, the platform roots verify the server; a Secret of another namespace is not this
+/// proxy's, and the cluster refuses traffic.
+#[test]
+fn credential_names_read_secrets_of_the_proxys_namespace() {
+    let base = format!(
+        "{}\n{}{}",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: default}\nspec: {hosts: [a.example.com], ports: [{number: 443, name: https, protocol: HTTPS}], resolution: DNS}",
+        dr(
+            "r",
+            "default",
+            "a.example.com",
+            json!({"trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": "partner"}}})
+        ),
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: default}\nspec: {hosts: [a.example.com], tls: [{match: [{port: 443, sniHosts: [a.example.com]}], route: [{destination: {host: a.example.com}}]}]}\n",
+    );
+    let secret = |ns: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: partner, namespace: {ns}}}\ndata: {{tls.crt: Q0VSVA==, tls.key: S0VZ}}\n"
+        )
+    };
+    let mut opts = CompileOptions::sidecar("default");
+    opts.credentials_dir = Some("/creds".into());
+    opts.secrets_dir = Some("/run/secrets".into());
+    let (s, _) = compile(&load(&format!("{base}{}", secret("default"))), &opts);
+    let tls = s
+        .cluster("outbound|443||a.example.com")
+        .and_then(|c| c.tls.clone())
+        .expect("tls");
+    assert_eq!(
+        tls.client_certificate,
+        Some("/run/secrets/default/partner/tls.crt".into())
+    );
+    assert_eq!(
+        tls.private_key,
+        Some("/run/secrets/default/partner/tls.key".into())
+    );
+    assert_eq!(tls.trust, Trust::Platform);
+
+    opts.credentials_dir = None;
+    let (s, d) = compile(&load(&format!("{base}{}", secret("other"))), &opts);
+    let c = s.cluster("outbound|443||a.example.com").expect("cluster");
+    assert_eq!(c.discovery, Discovery::BlackHole);
+    assert!(
+        has(&d, "SLC0201", "names no Secret of namespace default"),
+        "{d:#?}"
+    );
+}
