@@ -110,21 +110,22 @@ impl Protocol {
     }
 }
 
-/// Decides `req` with the snapshot's policies and reports the decision. `Err(Error::Denied)`
-/// carries Envoy's details (`rbac_access_denied_matched_policy[…]`).
+/// Decides `req` with the snapshot's policies and reports the decision. `Ok` carries the ALLOW
+/// rule that allowed it (policy name, rule index), when ALLOW policies applied;
+/// `Err(Error::Denied)` Envoy's details (`rbac_access_denied_matched_policy[…]`).
 pub fn authorize(
     snapshot: &Snapshot,
     telemetry: &Telemetry,
     protocol: Protocol,
     req: &Request,
-) -> Result<(), Error> {
+) -> Result<Option<(String, usize)>, Error> {
     if !enforced(snapshot) {
-        return Ok(());
+        return Ok(None);
     }
     let decision = snapshot.authz.evaluate(req);
     report(telemetry, protocol, req, &decision);
     if decision.allowed {
-        Ok(())
+        Ok(decision.matched)
     } else {
         Err(Error::Denied(decision.details))
     }

@@ -496,14 +496,17 @@ impl Flow {
         rec.kind = Kind::Tcp;
         let ctx = ConnCtx::new(info, runtime, shared, log, routes);
         let req = authz::connection_request(&ctx.info);
-        if let Err(e) = authz::authorize(
+        match authz::authorize(
             &ctx.runtime.snapshot,
             &ctx.shared.telemetry,
             authz::Protocol::Tcp,
             &req,
         ) {
-            rec.fail(&e);
-            return;
+            Ok(by) => rec.allowed_by = by,
+            Err(e) => {
+                rec.fail(&e);
+                return;
+            }
         }
         Box::pin(tcp::proxy(io, &ctx, &mut rec, passthrough)).await;
     }

@@ -444,6 +444,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Respons
             authz::Protocol::Http,
             &authz::http_request(&ctx.info, &parts, &authority),
         )
+        .map(|by| rec.allowed_by = by)
     } else {
         Ok(())
     };

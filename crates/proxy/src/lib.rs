@@ -66,6 +66,28 @@ use telemetry::Telemetry;
 use tls::server::ServerConfigs;
 use upstream::Upstreams;
 
+/// [`Runtime::build`] on tokio's blocking pool.
+async fn build_runtime(
+    snapshot: Arc<Snapshot>,
+    previous: Option<Arc<Runtime>>,
+    shared: Arc<Shared>,
+) -> Runtime {
+    let fallback = (snapshot.clone(), previous.clone(), shared.clone());
+    let build = |snapshot, previous: Option<Arc<Runtime>>, shared: &Shared| {
+        Runtime::build(
+            snapshot,
+            previous.as_deref(),
+            &shared.upstreams,
+            &shared.telemetry,
+        )
+    };
+    match tokio::task::spawn_blocking(move || build(snapshot, previous, &shared)).await {
+        Ok(rt) => rt,
+        // The blocking pool is gone (shutdown): build here rather than not at all.
+        Err(_) => build(fallback.0, fallback.1, &fallback.2),
+    }
+}
+
 /// How often idle pooled connections are swept and TLS files checked for changes.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -180,7 +202,7 @@ impl Proxy {
         let (hard_stop, hard_stop_rx) = watch::channel(false);
 
         let first = snapshots.borrow_and_update().clone();
-        let runtime = Arc::new(Runtime::build_blocking(first, None, shared.clone()).await);
+        let runtime = Arc::new(build_runtime(first, None, shared.clone()).await);
         let (runtimes, runtimes_rx) = watch::channel(runtime.clone());
         applied.send_replace(runtime.snapshot.clone());
         current.send_replace(Some(runtime.clone()));
@@ -207,7 +229,7 @@ impl Proxy {
                 tick.tick().await;
                 let rt = upkeep_runtimes.borrow_and_update().clone();
                 let shared = upkeep_shared.clone();
-                let _ = tokio::task::spawn_blocking(move || rt.maintain(&shared)).await;
+                let _ = tokio::task::spawn_blocking(move || rt.maintain(&shared.upstreams)).await;
             }
         });
 
@@ -229,7 +251,7 @@ impl Proxy {
                     let snapshot = snapshots.borrow_and_update().clone();
                     shared.rate_limits.retain_for(&snapshot);
                     let previous = runtimes.borrow().clone();
-                    let next = Runtime::build_blocking(snapshot, Some(previous), shared.clone()).await;
+                    let next = build_runtime(snapshot, Some(previous), shared.clone()).await;
                     let next = Arc::new(next);
                     runtimes.send_replace(next.clone());
                     applied.send_replace(next.snapshot.clone());

@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use sluice_snapshot::{HostMatch, Snapshot};
 
-use crate::shared::Shared;
-use crate::telemetry::Sinks;
-use crate::upstream::ClusterRt;
+use crate::telemetry::{Sinks, Telemetry};
+use crate::upstream::{ClusterRt, Upstreams};
 
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
@@ -53,19 +52,24 @@ impl Registry {
 
 impl Runtime {
     /// Resolves `snapshot`, carrying state over from `previous`. Reads TLS files: run it off
-    /// the async runtime ([`Runtime::build_blocking`]).
-    pub fn build(snapshot: Arc<Snapshot>, previous: Option<&Runtime>, shared: &Shared) -> Runtime {
+    /// the async runtime.
+    pub fn build(
+        snapshot: Arc<Snapshot>,
+        previous: Option<&Runtime>,
+        upstreams: &Upstreams,
+        telemetry: &Telemetry,
+    ) -> Runtime {
         let clusters = snapshot
             .clusters
             .iter()
             .map(|(name, cluster)| {
                 let before = previous.and_then(|p| p.clusters.get(name)).map(|c| &**c);
-                let rt = ClusterRt::new(cluster, before, &shared.upstreams);
+                let rt = ClusterRt::new(cluster, before, upstreams);
                 (name.clone(), Arc::new(rt))
             })
             .collect();
         let registry = Registry::of(&snapshot);
-        let sinks = shared.telemetry.sinks(&snapshot);
+        let sinks = telemetry.sinks(&snapshot);
         Runtime {
             snapshot,
             sinks,
@@ -95,24 +99,6 @@ impl Runtime {
         !registered
     }
 
-    /// [`Runtime::build`] on tokio's blocking pool.
-    pub async fn build_blocking(
-        snapshot: Arc<Snapshot>,
-        previous: Option<Arc<Runtime>>,
-        shared: Arc<Shared>,
-    ) -> Runtime {
-        let fallback = (snapshot.clone(), previous.clone(), shared.clone());
-        match tokio::task::spawn_blocking(move || {
-            Runtime::build(snapshot, previous.as_deref(), &shared)
-        })
-        .await
-        {
-            Ok(rt) => rt,
-            // The blocking pool is gone (shutdown): build here rather than not at all.
-            Err(_) => Runtime::build(fallback.0, fallback.1.as_deref(), &fallback.2),
-        }
-    }
-
     pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterRt>> {
         self.clusters.get(name)
     }
@@ -125,13 +111,13 @@ impl Runtime {
     /// Periodic upkeep, off the async runtime: idle connections past their timeout are
     /// closed, TLS files that changed are read again, and the IP guard learns this host's
     /// addresses anew.
-    pub fn maintain(&self, shared: &Shared) {
-        shared.upstreams.guard.refresh_local();
+    pub fn maintain(&self, upstreams: &Upstreams) {
+        upstreams.guard.refresh_local();
         for c in self.clusters.values() {
             c.state
                 .pool
                 .sweep(c.idle_timeout(), c.cluster.limits.max_connection_duration);
-            c.reload_tls(&shared.upstreams, false);
+            c.reload_tls(upstreams, false);
         }
     }
 }

@@ -634,13 +634,14 @@ async fn dial(
         ctx.info.sni.clone(),
     );
     let req = authz::connection_request(&ctx.info);
-    if let Err(e) = authz::authorize(
+    match authz::authorize(
         &ctx.runtime.snapshot,
         &ctx.shared.telemetry,
         authz::Protocol::Tcp,
         &req,
     ) {
-        return Err((rec, e));
+        Ok(by) => rec.allowed_by = by,
+        Err(e) => return Err((rec, e)),
     }
     match tcp::open(&ctx, &mut rec, passthrough).await {
         Ok(opened) => Ok(Dialed {

@@ -132,9 +132,13 @@ impl ClusterRt {
         let Some(config) = self.tls_config(ups)? else {
             return Ok(None);
         };
+        // Through a tunnel the server is the tunnel's target, not the proxy.
         let server_name = match self.cluster.tls.as_ref().and_then(|t| t.sni.as_deref()) {
             Some(sni) => sni.to_owned(),
-            None => dns::unbracket(host).to_owned(),
+            None => match &self.cluster.tunnel {
+                Some(t) => t.target_host.clone(),
+                None => dns::unbracket(host).to_owned(),
+            },
         };
         Ok(Some(Origination {
             config,
@@ -424,6 +428,7 @@ impl Upstreams {
             addr,
             cluster.connect_timeout,
             cluster.limits.tcp_keepalive.as_ref(),
+            cluster.tunnel.as_ref(),
             tls,
         )
         .await;

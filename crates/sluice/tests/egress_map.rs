@@ -84,28 +84,22 @@ async fn drive(mode: &str, url: &str) -> Value {
     let artifacts = target_dir().join("ui-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifact dir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/map.mjs");
-    let mut child = Command::new("node")
+    // Its output is read while it runs (a pipe left unread fills at 64 KiB and stalls the
+    // driver); killed on drop, so a driver past its deadline is stopped.
+    let child = tokio::process::Command::new("node")
         .arg(script)
         .args([mode, url])
         .arg(&artifacts)
         .env("UI_NODE_MODULES", &modules)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("node is needed for the browser test (scripts/test installs nodejs)");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match child.try_wait().expect("wait") {
-            Some(_) => break,
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the page driver ran over 60 s");
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let out = child.wait_with_output().expect("driver output");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the page driver ran over 60 s")
+        .expect("driver output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -268,6 +262,17 @@ async fn the_egress_map_shows_who_reached_what_and_what_was_refused() {
     assert_eq!(denied["policy"]["namespace"], "istio-system");
     assert_eq!(denied["policy"]["name"], "deny-reporting");
     assert_eq!(denied["policy"]["rule"], 0);
+    // An allowed call names the ALLOW rule that let it through (the guide's policy).
+    let allowed = decisions["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .find(|d| d["outcome"] == "allowed" && d["source"] == PAYMENT_SERVICE)
+        .expect("the allowed connection is in the table")
+        .clone();
+    assert_eq!(allowed["policy"]["namespace"], "istio-system", "{allowed}");
+    assert_eq!(allowed["policy"]["name"], "payment-api-authz", "{allowed}");
+    assert_eq!(allowed["policy"]["rule"], 0, "{allowed}");
     let next = decisions["next"].as_u64().expect("next");
     let later = api(&gw, &format!("/api/decisions?since={next}")).await;
     assert_eq!(later["decisions"].as_array().map(Vec::len), Some(0));
@@ -345,6 +350,32 @@ async fn the_egress_map_shows_who_reached_what_and_what_was_refused() {
         decided.contains("istio-system/deny-reporting rule 0")
             && decided.contains("policies.yaml:"),
         "{denied_row}"
+    );
+    let allowed_row = wide["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["outcome"] == "allowed" && r["source"] == PAYMENT_SERVICE)
+        .expect("the allowed call is in the table")
+        .clone();
+    let decided = allowed_row["cells"][5].as_str().unwrap_or_default();
+    assert!(
+        decided.contains("ALLOW istio-system/payment-api-authz rule 0")
+            && decided.contains("production-egress-setup.yaml:"),
+        "the ALLOW rule that let it through: {allowed_row}"
+    );
+    let limited_row = wide["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["outcome"] == "rate_limited")
+        .expect("a rate-limited call is in the table")
+        .clone();
+    assert!(
+        limited_row["cells"][5]
+            .as_str()
+            .is_some_and(|c| c.contains("local_rate_limited")),
+        "the rate limit decided it, not the ALLOW rule before it: {limited_row}"
     );
     let filtered = seen["filtered"].as_array().expect("filtered");
     assert!(

@@ -30,6 +30,17 @@ pub struct Cluster {
     /// destination IP guard lets this cluster reach even in ranges it denies by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<ipnet::IpNet>,
+    /// DestinationRule `trafficPolicy.tunnel`: the endpoints are HTTP proxies, each connection
+    /// asks them to `CONNECT` to this target first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
+}
+
+/// Tunnelling through an HTTP proxy (`tunnel: {protocol: CONNECT, targetHost, targetPort}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub target_host: String,
+    pub target_port: u16,
 }
 
 /// Where endpoints come from (ServiceEntry `resolution`).

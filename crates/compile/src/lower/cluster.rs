@@ -12,11 +12,13 @@ use sluice_model::networking::ServiceEntry;
 use sluice_model::networking::destination_rule::{
     ClientTLSMode, ClientTLSSettings, ConnectionPoolSettings, ConsistentHashLB, DestinationRule,
     H2UpgradePolicy, LoadBalancerSettings, OutlierDetection, SimpleLB, TrafficPolicy,
+    TunnelSettings,
 };
 use sluice_model::networking::service_entry::{Location, Protocol, Resolution, ServicePort};
 use sluice_model::{Level, Resource};
 use sluice_snapshot::cluster::{
-    CookieAttribute, HashAlgorithm, HashKey, Limits, Outlier, TcpKeepalive, Trust, UpstreamTlsMode,
+    CookieAttribute, HashAlgorithm, HashKey, Limits, Outlier, TcpKeepalive, Trust, Tunnel,
+    UpstreamTlsMode,
 };
 use sluice_snapshot::{Cluster, Discovery, Endpoint, LbPolicy, Role, UpstreamTls};
 
@@ -55,6 +57,7 @@ fn black_hole(cx: &Ctx<'_>, key: &ClusterKey) -> Cluster {
         outlier: None,
         http2: false,
         addresses: Vec::new(),
+        tunnel: None,
     }
 }
 
@@ -190,6 +193,9 @@ fn cluster(cx: &mut Ctx<'_>, key: &ClusterKey, origin: &Origin) -> Cluster {
         Ok(t) => t,
         Err(()) => return black_hole(cx, key),
     };
+    let Ok(tunnel) = tunnel(cx, &policy) else {
+        return black_hole(cx, key);
+    };
     let protocol = port_protocol(svc_port);
     let (limits, connect_timeout) = limits(cx, policy.pool.as_ref().map(|(p, _, _)| *p));
     Cluster {
@@ -209,6 +215,41 @@ fn cluster(cx: &mut Ctx<'_>, key: &ClusterKey, origin: &Origin) -> Cluster {
             .iter()
             .filter_map(|a| super::tcp::parse_subnet(a))
             .collect(),
+        tunnel,
+    }
+}
+
+/// DestinationRule `trafficPolicy.tunnel`: `CONNECT` (the default) through the cluster's
+/// endpoints, which are HTTP proxies. `Err` (with a diagnostic) for `POST`, which sluice does
+/// not speak: the cluster then refuses traffic rather than send it to the proxy untunnelled.
+fn tunnel(cx: &mut Ctx<'_>, p: &Policy<'_>) -> Result<Option<Tunnel>, ()> {
+    let Some((t, dr, path)) = &p.tunnel else {
+        return Ok(None);
+    };
+    let protocol = t
+        .protocol
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("CONNECT");
+    let port = u16::try_from(t.target_port).ok().filter(|p| *p > 0);
+    match (protocol.eq_ignore_ascii_case("CONNECT"), port) {
+        (true, Some(target_port)) if !t.target_host.is_empty() => Ok(Some(Tunnel {
+            target_host: t.target_host.to_ascii_lowercase(),
+            target_port,
+        })),
+        (true, _) => Err(()), // validation has said why (targetHost, targetPort)
+        (false, _) => {
+            cx.report(
+                *dr,
+                DROPPED,
+                Level::Error,
+                &format!("{path}.protocol"),
+                format!(
+                    "tunnelling over HTTP {protocol} is not supported (only CONNECT): the cluster refuses traffic rather than send it to the proxy untunnelled"
+                ),
+            );
+            Err(())
+        }
     }
 }
 
@@ -255,6 +296,8 @@ struct Policy<'a> {
     pool: Part<'a, ConnectionPoolSettings>,
     outlier: Part<'a, OutlierDetection>,
     tls: Part<'a, ClientTLSSettings>,
+    /// Only at the policy's top level (port-level settings have none, as in Istio).
+    tunnel: Part<'a, TunnelSettings>,
     /// Whole policies that contributed, for fields reported as not supported.
     sources: Vec<(&'a TrafficPolicy, &'a Resource<DestinationRule>, String)>,
 }
@@ -274,6 +317,7 @@ fn effective_policy<'a>(
         pool: None,
         outlier: None,
         tls: None,
+        tunnel: None,
         sources: Vec::new(),
     };
     for layer in [top, subset].into_iter().flatten() {
@@ -291,6 +335,9 @@ fn effective_policy<'a>(
         }
         if let Some(x) = &tp.tls {
             p.tls = Some((x, dr, at("tls")));
+        }
+        if let Some(x) = &tp.tunnel {
+            p.tunnel = Some((x, dr, at("tunnel")));
         }
         if let Some((i, pl)) = tp
             .port_level_settings
@@ -321,11 +368,6 @@ fn effective_policy<'a>(
 fn report_unsupported(cx: &mut Ctx<'_>, p: &Policy<'_>) {
     for (tp, dr, path) in &p.sources {
         for (set, field, what) in [
-            (
-                tp.tunnel.is_some(),
-                "tunnel",
-                "tunnelling TCP through HTTP CONNECT",
-            ),
             (
                 tp.proxy_protocol.is_some(),
                 "proxyProtocol",

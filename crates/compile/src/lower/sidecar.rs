@@ -132,6 +132,7 @@ pub fn fallback(
         outlier: None,
         http2: false,
         addresses: Vec::new(),
+        tunnel: None,
     };
     let to = || {
         vec![WeightedCluster {

@@ -148,6 +148,7 @@ struct Entry {
     code: u16,
     flags: Cow<'static, str>,
     details: Option<Cow<'static, str>>,
+    allowed_by: Option<(String, usize)>,
     outcome: Outcome,
     cluster: Option<Arc<str>>,
 }
@@ -281,6 +282,7 @@ struct Finished {
     code: u16,
     flags: Cow<'static, str>,
     details: Option<Cow<'static, str>>,
+    allowed_by: Option<(String, usize)>,
     cluster: Option<Arc<str>>,
 }
 
@@ -392,6 +394,7 @@ impl Decisions {
             code: rec.response_code,
             flags,
             details,
+            allowed_by: rec.allowed_by.take(),
             cluster: rec.cluster.clone(),
         };
         let queued = self.queue().is_some_and(|q| q.try_send(finished).is_ok());
@@ -581,6 +584,7 @@ impl Inner {
             code: f.code,
             flags: f.flags,
             details: f.details,
+            allowed_by: f.allowed_by,
             outcome,
             cluster: f.cluster,
         });
@@ -638,7 +642,16 @@ impl Entry {
             .start
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let policy = self.details.as_deref().and_then(PolicyRef::from_details);
+        // A denial names its rule in the details; an allowed flow carries its ALLOW rule.
+        let policy = self
+            .details
+            .as_deref()
+            .and_then(PolicyRef::from_details)
+            .or_else(|| {
+                self.allowed_by.as_ref().and_then(|(policy, rule)| {
+                    PolicyRef::from_rule(&format!("{policy}-rule[{rule}]"))
+                })
+            });
         DecisionView {
             seq: self.seq,
             time_ms,
@@ -694,14 +707,16 @@ pub struct DecisionView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<String>,
     pub outcome: Outcome,
-    /// The AuthorizationPolicy rule that decided a denial.
+    /// The AuthorizationPolicy rule that decided: the one that denied (`name` empty when no
+    /// ALLOW policy matched), or the ALLOW rule that allowed. Absent when no policy applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
 }
 
-/// The policy and rule a denial names (Envoy's `rbac_access_denied_matched_policy[…]`).
+/// An AuthorizationPolicy rule as Envoy names it (`ns[NS]-policy[NAME]-rule[I]`, as in
+/// `rbac_access_denied_matched_policy[…]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {
     /// Empty when no ALLOW policy matched (`[none]`): the denial is every ALLOW policy's.
@@ -719,6 +734,11 @@ impl PolicyRef {
         let raw = details
             .strip_prefix("rbac_access_denied_matched_policy[")?
             .strip_suffix(']')?;
+        PolicyRef::from_rule(raw)
+    }
+
+    /// From a rule name, `ns[NS]-policy[NAME]-rule[I]` (or `none`).
+    pub fn from_rule(raw: &str) -> Option<PolicyRef> {
         if raw == "none" {
             return Some(PolicyRef {
                 namespace: String::new(),

@@ -74,6 +74,9 @@ pub struct Record {
     pub response_code: u16,
     pub details: Option<Cow<'static, str>>,
     pub termination: Option<Cow<'static, str>>,
+    /// The ALLOW rule that let the flow through, as (Envoy's policy name, rule index), when
+    /// ALLOW policies applied: what the egress map names beside an allowed decision.
+    pub allowed_by: Option<(String, usize)>,
     pub transport_failure: Option<String>,
     /// Why the client's TLS (or mesh mTLS) handshake failed.
     pub downstream_failure: Option<String>,
@@ -117,6 +120,7 @@ impl Record {
             response_code: 0,
             details: None,
             termination: None,
+            allowed_by: None,
             transport_failure: None,
             downstream_failure: None,
             peer_principal: None,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod squid;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -822,3 +822,63 @@ fn credential_names_read_secrets_of_the_proxys_namespace() {
         "{d:#?}"
     );
 }
+
+/// `trafficPolicy.tunnel` (Istio's TunnelSettings): CONNECT, the default protocol, lowers to
+/// the cluster's tunnel (subset policies override it, as any traffic-policy field); POST,
+/// which sluice does not speak, refuses traffic rather than reach the proxy untunnelled.
+#[test]
+fn tunnel_settings_lower_to_connect_through_the_endpoints() {
+    let host = "proxy.corp.test";
+    let tunnel = |protocol: &str| {
+        dr(
+            "t",
+            "default",
+            host,
+            json!({"trafficPolicy": {"tunnel": {"protocol": protocol, "targetHost": "API.Partner.test", "targetPort": 443}},
+                   "subsets": [{"name": "alt", "labels": {}, "trafficPolicy": {"tunnel": {"targetHost": "other.partner.test", "targetPort": 8443}}}]}),
+        )
+    };
+    let (c, d) = cluster_for(
+        Role::Gateway,
+        dns_entry(host),
+        &tunnel("CONNECT"),
+        host,
+        443,
+        "",
+    );
+    assert_eq!(
+        c.tunnel,
+        Some(Tunnel {
+            target_host: "api.partner.test".into(),
+            target_port: 443
+        }),
+        "{d:#?}"
+    );
+    assert_ne!(c.discovery, Discovery::BlackHole);
+    let (c, _) = cluster_for(
+        Role::Gateway,
+        dns_entry(host),
+        &tunnel("CONNECT"),
+        host,
+        443,
+        "alt",
+    );
+    assert_eq!(
+        c.tunnel.map(|t| (t.target_host, t.target_port)),
+        Some(("other.partner.test".into(), 8443))
+    );
+
+    let (c, d) = cluster_for(
+        Role::Gateway,
+        dns_entry(host),
+        &tunnel("POST"),
+        host,
+        443,
+        "",
+    );
+    assert_eq!(c.discovery, Discovery::BlackHole);
+    assert!(has(&d, "SLC0201", "tunnelling over HTTP POST"), "{d:#?}");
+
+    let (c, _) = cluster_for(Role::Gateway, dns_entry(host), "", host, 443, "");
+    assert_eq!(c.tunnel, None);
+}

@@ -317,3 +317,39 @@ fn destinations_drop_the_port() {
     assert_eq!(into_host("a.com:8080".into()), "a.com");
     assert_eq!(into_host("[::1]:80".into()), "::1");
 }
+
+/// An allowed flow names the ALLOW rule that let it through (when ALLOW policies applied);
+/// one no policy decided names none.
+#[test]
+fn an_allowed_decision_names_its_allow_rule() {
+    let t = telemetry(10, 100);
+    let mut rec = Record::new(
+        t.clone(),
+        None,
+        Kind::Tcp,
+        addr("127.0.0.1:443"),
+        addr("127.0.0.2:40000"),
+        Some("api.payment-provider.com".into()),
+    );
+    rec.allowed_by = Some(("ns[istio-system]-policy[payment-api-authz]".into(), 1));
+    drop(rec);
+    http(&t, None, "api.github.com", 200, "-", None);
+    let d = t.decisions.decisions(0);
+    let p = d.decisions[0].policy.as_ref().expect("the ALLOW rule");
+    assert_eq!(d.decisions[0].outcome, Outcome::Allowed);
+    assert_eq!(
+        (
+            p.namespace.as_str(),
+            p.name.as_str(),
+            p.rule,
+            p.raw.as_str()
+        ),
+        (
+            "istio-system",
+            "payment-api-authz",
+            Some(1),
+            "ns[istio-system]-policy[payment-api-authz]-rule[1]"
+        )
+    );
+    assert_eq!(d.decisions[1].policy, None);
+}

@@ -151,7 +151,8 @@ function renderMap() {
 }
 
 function policyCell(d) {
-  if (d.policy) {
+  // A rate limit or an upstream error decided a call its ALLOW rule let through: say that.
+  if (d.policy && (d.outcome === "allowed" || d.outcome === "denied")) {
     if (!d.policy.name) return "no ALLOW policy matched";
     const name = `${d.policy.namespace}/${d.policy.name}`;
     const rule = d.policy.rule != null ? ` rule ${d.policy.rule}` : "";
