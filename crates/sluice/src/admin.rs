@@ -45,6 +45,8 @@ pub struct AdminState {
     /// The proxy's telemetry, where connections refused at the admin API's connection limit
     /// are counted (`sluice_refused_total{check="limit",reason="admin_max_connections"}`).
     pub telemetry: Option<Arc<sluice_proxy::telemetry::Telemetry>>,
+    /// Where the credentials `/certs` names come from.
+    pub certs: crate::certs::Sources,
 }
 
 /// Binds `addr` and serves the admin API until the returned task is aborted. A request head
@@ -126,6 +128,15 @@ fn handle(state: &AdminState, req: &Request<Incoming>, peer: SocketAddr) -> Resp
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
+        "/certs" => {
+            let snapshot = state.snapshots.borrow().clone();
+            // A few small local files (each read bounded), on an admin request.
+            let rows = crate::certs::list(&snapshot, &state.certs, std::time::SystemTime::now());
+            match serde_json::to_string_pretty(&rows) {
+                Ok(json) => with_type(StatusCode::OK, "application/json", json + "\n"),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
         "/clusters" => {
             let clusters = state
                 .inspector
@@ -165,7 +176,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>, peer: SocketAddr) -> Resp
         "/" => text(
             StatusCode::OK,
             "sluice admin: /ready /healthz /stats /stats/prometheus /config_dump /clusters \
-             /listeners /logging\n"
+             /listeners /certs /logging\n"
                 .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod analyze;
+pub mod certs;
 pub mod cli;
 pub mod demo;
 pub mod egress_map;

@@ -22,6 +22,9 @@ pub enum Section {
     All,
     /// The log levels (`/logging`); `--level` changes them (needs `--admin-writable`).
     Log,
+    /// The certificates the proxy presents and trusts (`/certs`), as istioctl's
+    /// `proxy-config secret` lists Envoy's SDS secrets.
+    Secret,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +100,9 @@ pub fn run(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     if args.section == Section::Log {
         return log(args, out);
     }
+    if args.section == Section::Secret {
+        return secrets(args, out);
+    }
     if args.level.is_some() {
         bail!("--level goes with `proxy-config log`");
     }
@@ -135,7 +141,7 @@ pub fn run(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
             Section::Listeners => value["listeners"].clone(),
             Section::Routes => serde_json::to_value(routes(&snapshot))?,
             Section::Clusters | Section::Endpoints => value["clusters"].clone(),
-            Section::All | Section::Log => value,
+            Section::All | Section::Log | Section::Secret => value,
         };
         serde_json::to_writer_pretty(&mut *out, &part)?;
         writeln!(out)?;
@@ -150,6 +156,50 @@ pub fn run(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
         Vec::new()
     };
     render(&snapshot, &health, &bound, args.section, out)?;
+    Ok(exit::OK)
+}
+
+/// `proxy-config secret`: `/certs` as istioctl prints secrets.
+fn secrets(args: &ProxyConfigArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    if args.level.is_some() {
+        bail!("--level goes with `proxy-config log`");
+    }
+    let body = fetch(args.admin, "/certs")
+        .with_context(|| format!("reading /certs from {}", args.admin))?;
+    let rows: Vec<crate::certs::CertView> =
+        serde_json::from_str(&body).context("the admin API answered /certs unexpectedly")?;
+    if args.output == Output::Json {
+        serde_json::to_writer_pretty(&mut *out, &rows)?;
+        writeln!(out)?;
+        return Ok(exit::OK);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.resource_name,
+                r.kind,
+                r.status,
+                r.valid_cert.to_string(),
+                r.serial_number,
+                r.not_after,
+                r.not_before,
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "RESOURCE NAME",
+            "TYPE",
+            "STATUS",
+            "VALID CERT",
+            "SERIAL NUMBER",
+            "NOT AFTER",
+            "NOT BEFORE",
+        ],
+        &cells,
+    )?;
     Ok(exit::OK)
 }
 

@@ -196,6 +196,14 @@ pub async fn run(
         .tempdir()
         .context("creating the directory for credential Secrets")?;
     plan.options.secrets_dir = Some(secrets_dir.path().to_owned());
+    // Credentials are read from the proxy's namespace's Secrets, else --credentials-dir.
+    let certs_dirs: Vec<PathBuf> =
+        std::iter::once(sluice_compile::lower::credential::namespace_dir(
+            secrets_dir.path(),
+            &plan.options.namespace,
+        ))
+        .chain(plan.options.credentials_dir.clone())
+        .collect();
     let (paths, opts) = (plan.common.config.clone(), plan.options.clone());
     let built = tokio::task::spawn_blocking(move || reload::build(&paths, &opts, rate_limit_store))
         .await
@@ -256,6 +264,10 @@ pub async fn run(
             registry: Arc::new(Mutex::new(registry)),
             writable: plan.common.admin_writable,
             max_connections: plan.common.admin_max_connections,
+            certs: crate::certs::Sources {
+                credential_dirs: certs_dirs,
+                identity_dir: plan.common.identity_dir.clone(),
+            },
         },
         plan.common.first_byte_timeout,
     )

@@ -89,6 +89,7 @@ async fn mutual_tls_origination_at_the_gateway_with_credential_name() {
         cfg.apply_in(TASK, "13", "istio-system");
     })
     .await;
+    nginx.expect_secrets(&gw);
     nginx
         .expect_welcome(
             &proxy,

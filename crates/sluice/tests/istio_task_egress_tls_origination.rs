@@ -88,6 +88,7 @@ async fn mutual_tls_origination_at_the_sidecar_with_credential_name() {
         cfg.apply(TASK, "05");
     })
     .await;
+    nginx.expect_secrets(&sc);
     nginx
         .expect_welcome(
             &proxy,

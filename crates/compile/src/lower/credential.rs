@@ -18,7 +18,12 @@ pub const CA_FILE: &str = "ca.crt";
 
 /// Where the serving process writes the Secret `namespace/name` of the inputs.
 pub fn secret_dir(base: &Path, namespace: &str, name: &str) -> PathBuf {
-    base.join(namespace).join(name)
+    namespace_dir(base, namespace).join(name)
+}
+
+/// Where the serving process writes the Secrets of `namespace`: one directory per Secret.
+pub fn namespace_dir(base: &Path, namespace: &str) -> PathBuf {
+    base.join(namespace)
 }
 
 /// The files of one credential; a part the Secret does not hold is `None`.
