@@ -441,7 +441,7 @@ async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody>
             Err((rec, e)) => return refuse_connect(conn, &host, port, rec, &e),
         },
         Err(e) => {
-            let rec = Record::new(
+            let mut rec = Record::new(
                 conn.shared.telemetry.clone(),
                 runtime.sinks.clone(),
                 Kind::Connection,
@@ -449,6 +449,12 @@ async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody>
                 conn.peer,
                 None,
             );
+            if matches!(e, Error::BlackHole) {
+                // As REGISTRY_ONLY's refusal names it wherever it happens.
+                let black_hole: Arc<str> = Arc::from(sluice_snapshot::BLACK_HOLE_CLUSTER);
+                rec.cluster = Some(black_hole.clone());
+                rec.service = Some(black_hole);
+            }
             return refuse_connect(conn, &host, port, rec, &e);
         }
     };
@@ -586,6 +592,9 @@ async fn plan(conn: &Conn, runtime: &Runtime, host: &Host, port: u16) -> Result<
         });
     };
     let (None, App::Tcp { routes }) = (&chain.tls, &chain.app) else {
+        if refuses_every_request(snapshot, &chain.app, host) {
+            return Err(Error::BlackHole);
+        }
         return Ok(Plan::Inside);
     };
     if info.original_dst.is_none() && routes_need_destination(routes) {
@@ -606,6 +615,23 @@ async fn plan(conn: &Conn, runtime: &Runtime, host: &Host, port: u16) -> Result<
         transport,
         passthrough,
     })
+}
+
+/// True when plain HTTP through a tunnel to `host` could only meet REGISTRY_ONLY's catch-all
+/// (`block_all`): every request inside must name the tunnel's host, so no request could be
+/// served, and the CONNECT is refused now (`403`, as Squid and Smokescreen refuse a
+/// destination they do not allow) rather than answered `200` and each request `502` inside.
+fn refuses_every_request(snapshot: &sluice_snapshot::Snapshot, app: &App, host: &Host) -> bool {
+    let (App::Http { .. }, Host::Name(name)) = (app, host) else {
+        return false;
+    };
+    snapshot.outbound_policy == OutboundPolicy::RegistryOnly
+        && app.virtual_host(name).is_none_or(|vh| {
+            snapshot
+                .fallback
+                .as_ref()
+                .is_some_and(|f| vh.name == f.http.name)
+        })
 }
 
 /// Authorizes the planned stream as its TCP chain would, then connects its upstream (the mesh

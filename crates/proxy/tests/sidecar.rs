@@ -1211,6 +1211,61 @@ spec:
     assert_eq!(echo.connections(), 1);
 }
 
+/// A CONNECT to a plain-HTTP port is routed per request inside the tunnel, each request for
+/// the tunnel's host; under REGISTRY_ONLY a host only the catch-all would take is refused at
+/// the CONNECT (`403`, as Squid and Smokescreen refuse), not answered `200` with every request
+/// inside then `502`. A registered host gets its `200` and its requests served.
+#[tokio::test]
+async fn connect_to_a_plain_http_port_is_refused_when_no_request_could_be_served() {
+    let up = sluice_test_support::HttpUpstream::start(
+        SocketAddr::new(free_loopback_addr(), 80),
+        "plain",
+    )
+    .await
+    .expect("upstream");
+    let dns = DnsServer::start([("plain.example", vec![up.addr().ip()])])
+        .await
+        .expect("dns");
+    let entry = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: plain, namespace: default}}
+spec:
+  hosts: [plain.example]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+"#,
+        ip = up.addr().ip()
+    );
+    let snapshot = compile_snapshot(
+        &CompileOptions::sidecar("default"),
+        &[gateway_service(free_loopback_addr()), entry],
+    );
+    assert_eq!(snapshot.outbound_policy, OutboundPolicy::RegistryOnly);
+    let sidecar = start_sidecar(&snapshot, None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    let (_tcp, head) = open_tunnel(proxy, "unregistered.example:80").await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    sidecar
+        .log_line(&["unregistered.example", "BlackHoleCluster"])
+        .await;
+
+    let (mut tcp, head) = open_tunnel(proxy, "plain.example:80").await;
+    assert!(
+        head.starts_with("HTTP/1.1 200 Connection Established\r\n"),
+        "{head}"
+    );
+    tcp.write_all(b"GET /inside HTTP/1.1\r\nhost: plain.example\r\n\r\n")
+        .await
+        .expect("write");
+    let head = common::read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(up.requests(), 1);
+}
+
 /// Request smuggling shapes at the explicit proxy (security issue), as Envoy's codec refuses
 /// them: Content-Length with Transfer-Encoding (either order, also on a CONNECT), two
 /// different lengths, a folded header line and two different Host headers are each answered
