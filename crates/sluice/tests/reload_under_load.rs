@@ -211,8 +211,22 @@ async fn a_hundred_reloads_under_load_lose_nothing() {
     for i in 0..REWRITES {
         let written = Instant::now();
         if i % 2 == 1 {
+            // Each invalid config is read and rejected before the next write replaces it
+            // (waited for, bounded: on a loaded machine a fixed pause could be too short).
+            let rejected = |gw: &sluice_test_support::SluiceProcess| {
+                let (_, stats) = gw.admin_get("/stats/prometheus").expect("stats");
+                metric(&stats, "sluice_config_reloads_total{result=\"rejected\"}")
+            };
+            let before = rejected(&gw);
             std::fs::write(&file, format!("kind: [unclosed {i}")).expect("write invalid");
-            tokio::time::sleep(EVERY).await;
+            while rejected(&gw) <= before {
+                assert!(
+                    written.elapsed() < Duration::from_secs(5),
+                    "rewrite {i}: the invalid config was not rejected within 5s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(EVERY.saturating_sub(written.elapsed())).await;
             continue;
         }
         let with_b = i % 4 == 0;
