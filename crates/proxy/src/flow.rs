@@ -199,6 +199,15 @@ impl ConnCtx {
 /// What the proxy publishes as the runtime in use.
 type Runtimes = watch::Receiver<Option<Arc<Runtime>>>;
 
+/// A runtime applied since `runtimes` was last read, if any. Cheap when none was: an atomic
+/// load.
+fn applied_since(runtimes: &mut Runtimes) -> Option<Arc<Runtime>> {
+    if !runtimes.has_changed().unwrap_or(false) {
+        return None;
+    }
+    runtimes.borrow_and_update().clone()
+}
+
 /// The runtime in use, as a long-lived connection re-reads it for each request.
 pub struct Latest {
     state: Mutex<(Runtimes, Arc<Runtime>)>,
@@ -211,16 +220,13 @@ impl Latest {
         }
     }
 
-    /// The runtime in use now. Cheap when none was applied since the last call: one
-    /// uncontended lock and an atomic load.
+    /// The runtime in use now: one uncontended lock and an atomic load when none was applied
+    /// since the last call.
     pub fn get(&self) -> Arc<Runtime> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (runtimes, runtime) = &mut *guard;
-        if runtimes.has_changed().unwrap_or(false) {
-            let latest = runtimes.borrow_and_update().clone();
-            if let Some(latest) = latest {
-                *runtime = latest;
-            }
+        if let Some(latest) = applied_since(runtimes) {
+            *runtime = latest;
         }
         runtime.clone()
     }
@@ -232,25 +238,27 @@ impl Latest {
 /// the connection cannot go on under the new snapshot, [`Bound::closing`] resolves: the
 /// connection closes gracefully after the requests in flight.
 pub struct Bound {
-    latest: Latest,
-    ctx: Mutex<Arc<ConnCtx>>,
+    /// The context's own `runtime` is the one in use as of the last request.
+    state: Mutex<(Runtimes, Arc<ConnCtx>)>,
     close: Notify,
 }
 
 impl Bound {
     pub fn new(ctx: Arc<ConnCtx>) -> Bound {
         Bound {
-            latest: Latest::new(&ctx.shared, ctx.runtime.clone()),
-            ctx: Mutex::new(ctx),
+            state: Mutex::new((ctx.shared.runtime.clone(), ctx)),
             close: Notify::new(),
         }
     }
 
-    /// The context for a request starting now.
+    /// The context for a request starting now: one uncontended lock and an atomic load when
+    /// no runtime was applied since the last request.
     pub fn current(&self) -> Arc<ConnCtx> {
-        let runtime = self.latest.get();
-        let mut ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
-        if !Arc::ptr_eq(&runtime, &ctx.runtime) {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (runtimes, ctx) = &mut *guard;
+        if let Some(runtime) = applied_since(runtimes)
+            && !Arc::ptr_eq(&runtime, &ctx.runtime)
+        {
             let (next, close) = ctx.rebind(runtime);
             *ctx = Arc::new(next);
             if close {
