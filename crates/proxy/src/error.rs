@@ -110,6 +110,10 @@ pub enum Error {
     /// Envoy's details (`http1.content_length_and_chunked_not_allowed`).
     #[error("downstream request framing: {0}")]
     Http1Framing(&'static str),
+    /// An HTTP/2 request whose header list (RFC 9113 §6.5.2: each field's name and value
+    /// octets plus 32, pseudo-headers included) is over the listener's bound (`431`, `DPE`).
+    #[error("request header list of {0} bytes is over the limit")]
+    HeaderListTooLarge(usize),
     /// The request path cannot be normalised (an escaped NUL): Envoy's 400 with an empty body,
     /// no response flag and details `path_normalization_failed`.
     #[error("request path cannot be normalised")]
@@ -147,7 +151,7 @@ impl Error {
             Error::RateLimited(_) => "RL",
             Error::RateLimitService(_) => "RLSE",
             Error::RateLimitStore(_) => "-",
-            Error::Downstream(_) | Error::Http1Framing(_) => "DPE",
+            Error::Downstream(_) | Error::Http1Framing(_) | Error::HeaderListTooLarge(_) => "DPE",
             Error::PathNormalization => "-",
             Error::UpstreamProtocol(_) => "UPE",
             // Envoy's RBAC filters set no response flag: a denial shows as `403 -` (HTTP) or
@@ -173,6 +177,7 @@ impl Error {
             Error::RateLimitService(status) => *status,
             Error::Downstream(_) | Error::Http1Framing(_) | Error::PathNormalization => 400,
             Error::Fronting(_) => 421,
+            Error::HeaderListTooLarge(_) => 431,
             Error::PortNotDeclared(_) => 403,
             Error::UpstreamProtocol(_) => 502,
             Error::Denied(_) | Error::DestinationDenied(_) => sluice_snapshot::authz::DENIED_STATUS,
@@ -228,6 +233,7 @@ impl Error {
             Error::Downstream(_) => "downstream_protocol_error",
             Error::Http1Framing(details) => details,
             Error::PathNormalization => "path_normalization_failed",
+            Error::HeaderListTooLarge(_) => "http2.header_list_too_large",
             Error::UpstreamProtocol(_) => "upstream_reset_before_response_started{protocol_error}",
             Error::DownstreamTls(_) => "tls_handshake_failed",
             Error::NoIdentity => "mesh_mtls_without_identity",
@@ -284,6 +290,7 @@ impl Error {
             Error::Overflow(_) => "upstream connect error or disconnect/reset before headers. reset reason: overflow".into(),
             Error::NoHealthyUpstream(_) => "no healthy upstream".into(),
             Error::Http1Framing(_) => "Bad Request".into(),
+            Error::HeaderListTooLarge(_) => "Request Header Fields Too Large".into(),
             Error::FaultAbort(_) => "fault filter abort".into(),
             // Envoy's local rate limit answers with its details; the global one with nothing.
             Error::RateLimited(l) if l.details == crate::ratelimit::LOCAL_RATE_LIMITED => {

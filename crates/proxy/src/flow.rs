@@ -3,7 +3,6 @@
 //! phases (`conn`, `http`, `tcp`, `authz`, `sidecar`) all read it, it reads none of them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
@@ -12,6 +11,7 @@ use sluice_snapshot::route::{TcpRoute, VirtualHost, select_virtual_host};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::framing::Framing;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
 use crate::telemetry::Sinks;
@@ -84,9 +84,9 @@ pub struct ConnCtx {
     pub routes: Routes,
     /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection.
     pub peer_ip: HeaderValue,
-    /// The connection's first HTTP/1 request head carried both `Content-Length` and
-    /// `Transfer-Encoding` (set by [`crate::framing::HeadScan`]): that request is refused.
-    pub content_length_and_chunked: AtomicBool,
+    /// What the scan of an HTTP/1 connection's request heads found ([`crate::framing`]);
+    /// shared by every context the connection is rebound to.
+    pub framing: Arc<Framing>,
 }
 
 impl ConnCtx {
@@ -106,7 +106,7 @@ impl ConnCtx {
             log,
             routes,
             peer_ip,
-            content_length_and_chunked: AtomicBool::new(false),
+            framing: Arc::default(),
         }
     }
 
@@ -187,11 +187,8 @@ impl ConnCtx {
             }
         };
         let log = runtime.sinks.clone();
-        let ctx = ConnCtx::new(self.info.clone(), runtime, self.shared.clone(), log, routes);
-        ctx.content_length_and_chunked.store(
-            self.content_length_and_chunked.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        let mut ctx = ConnCtx::new(self.info.clone(), runtime, self.shared.clone(), log, routes);
+        ctx.framing = self.framing.clone();
         (ctx, close)
     }
 }

@@ -28,7 +28,7 @@ use sluice_snapshot::route::{Redirect, RequestMatch, Route, RouteAction, Virtual
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::flow::{Bound, ConnCtx};
-use crate::framing::{CONTENT_LENGTH_AND_CHUNKED, HeadScan};
+use crate::framing::{BothFramings, CONTENT_LENGTH_AND_CHUNKED, HeadScan};
 use crate::rewind::Rewind;
 use crate::shared::wait_true;
 use crate::telemetry::{ByteCounts, HttpFields, Kind, Record};
@@ -69,6 +69,12 @@ const FIRST_BYTE_TIMEOUT: &str = "first_byte_timeout";
 /// The `reason` of `sluice_refused_total{check="limit"}` for a connection closed because a
 /// request head did not arrive in time.
 pub(crate) const REQUEST_HEAD_TIMEOUT: &str = "request_head_timeout";
+/// The header list h2 itself refuses (`431` on the stream, uncounted: its frame decoder
+/// answers before the service runs). Requests between [`MAX_HEADER_BYTES`] and this reach the
+/// service, which refuses and counts them; the backstop bounds what one stream's decoded
+/// headers may hold (HPACK lets a few bytes stand for many).
+const H2_HEADER_LIST_BACKSTOP: usize = 4 * MAX_HEADER_BYTES;
+
 /// The `reason` for a request head hyper refused with `431` (too many bytes or fields).
 pub(crate) const REQUEST_HEAD_TOO_LARGE: &str = "request_head_too_large";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -117,7 +123,10 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        // h2 answers a list over its own bound itself, before any service sees it: that
+        // bound is the backstop, and the service refuses (and counts) what is over
+        // MAX_HEADER_BYTES below it (request_shape).
+        .max_header_list_size(H2_HEADER_LIST_BACKSTOP as u32)
         .max_concurrent_streams(1024);
     let builder = if h2 {
         builder.http2_only()
@@ -130,16 +139,20 @@ where
     let bound = Arc::new(Bound::new(ctx.clone()));
     let svc_bound = bound.clone();
     let svc_idle = idle.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
+    let framing = ctx.framing.clone();
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = svc_bound.current();
+        if !h2 && framing.take_request() {
+            req.extensions_mut().insert(BothFramings);
+        }
         if h2 {
             svc_idle.touch();
         }
         async move { Ok::<_, Infallible>(handle(req, ctx).await) }
     });
-    // The first HTTP/1 head is watched for what hyper accepts and Envoy refuses
-    // (crate::framing); HTTP/2 has no such framing.
-    let io = HeadScan::new(io, ctx.clone(), |c| &c.content_length_and_chunked, !h2);
+    // HTTP/1 heads are watched for what hyper accepts and Envoy refuses (crate::framing);
+    // HTTP/2 has no such framing.
+    let io = HeadScan::new(io, ctx.framing.clone(), !h2);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.shared.drain.clone();
@@ -238,16 +251,47 @@ impl Idle {
 fn request_shape(ctx: &ConnCtx, parts: &Parts) -> Result<(), Error> {
     // Content-Length with Transfer-Encoding: hyper dropped the length (and will close the
     // connection after the response); Envoy's codec refuses the request, and so does sluice.
-    if ctx.content_length_and_chunked.load(Ordering::Relaxed) {
+    if parts.extensions.get::<BothFramings>().is_some() {
         let metrics = &ctx.shared.telemetry.metrics;
         metrics.refused("framing", "content_length_and_chunked");
         return Err(Error::Http1Framing(CONTENT_LENGTH_AND_CHUNKED));
+    }
+    if parts.version == http::Version::HTTP_2 {
+        let size = header_list_size(parts);
+        if size > MAX_HEADER_BYTES {
+            let metrics = &ctx.shared.telemetry.metrics;
+            metrics.refused("limit", REQUEST_HEAD_TOO_LARGE);
+            return Err(Error::HeaderListTooLarge(size));
+        }
     }
     // Envoy without a `connect_matcher` route answers CONNECT 404 (`NR`): never forwarded.
     if parts.method == http::Method::CONNECT {
         return Err(Error::NoRoute);
     }
     Ok(())
+}
+
+/// An HTTP/2 request's header list size as RFC 9113 §6.5.2 (and h2's own bound) counts it:
+/// every field's name and value octets plus 32, the pseudo-headers included.
+fn header_list_size(parts: &Parts) -> usize {
+    const FIELD: usize = 32;
+    let pseudo = |name: &str, value: usize| name.len() + value + FIELD;
+    let uri = &parts.uri;
+    let mut size = pseudo(":method", parts.method.as_str().len())
+        + uri.scheme_str().map_or(0, |s| pseudo(":scheme", s.len()))
+        + uri
+            .authority()
+            .map_or(0, |a| pseudo(":authority", a.as_str().len()))
+        + uri
+            .path_and_query()
+            .map_or(0, |p| pseudo(":path", p.as_str().len()));
+    if let Some(protocol) = parts.extensions.get::<hyper::ext::Protocol>() {
+        size += pseudo(":protocol", protocol.as_str().len());
+    }
+    for (name, value) in &parts.headers {
+        size += name.as_str().len() + value.len() + FIELD;
+    }
+    size
 }
 
 /// The one Host header of a request. Two different ones are refused (request smuggling: a

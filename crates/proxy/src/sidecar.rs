@@ -50,7 +50,6 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,7 +71,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::authority::Host;
 use crate::conn::{serve_connection, serve_fallback_stream};
 use crate::flow::{ConnCtx, ConnInfo, Latest, Routes};
-use crate::framing::HeadScan;
+use crate::framing::{Framing, HeadScan};
 use crate::runtime::Runtime;
 use crate::shared::{Shared, wait_true};
 use crate::sni::{self, Peek};
@@ -109,9 +108,9 @@ struct Conn {
     tunnel: Option<(Host, u16)>,
     /// The CONNECT answered on this connection, run once hyper hands the socket over.
     pending: Mutex<Option<PendingTunnel>>,
-    /// The first request head had both `Content-Length` and `Transfer-Encoding`
+    /// Which request heads had both `Content-Length` and `Transfer-Encoding`
     /// ([`crate::framing`]).
-    content_length_and_chunked: AtomicBool,
+    framing: Arc<Framing>,
 }
 
 struct PendingTunnel {
@@ -173,7 +172,7 @@ pub async fn serve<S>(
         shared,
         tunnel: None,
         pending: Mutex::new(None),
-        content_length_and_chunked: AtomicBool::new(false),
+        framing: Arc::default(),
     });
     serve_http(Box::new(io), conn).await;
 }
@@ -191,7 +190,7 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
         let conn = svc_conn.clone();
         async move { Ok::<_, Infallible>(handle(req, conn).await) }
     });
-    let io = HeadScan::new(io, conn.clone(), |c| &c.content_length_and_chunked, true);
+    let io = HeadScan::new(io, conn.framing.clone(), true);
     let http = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -235,7 +234,7 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
 }
 
 async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> {
-    if conn.content_length_and_chunked.load(Ordering::Relaxed) {
+    if conn.framing.take_request() {
         return refuse_framing(&conn);
     }
     if req.method() == Method::CONNECT {
@@ -328,13 +327,10 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     info.original_dst = target.host.ip().map(|ip| SocketAddr::new(ip, target.port));
     info.requested = Some((target.host.to_string(), target.port));
     let log = runtime.sinks.clone();
-    let ctx = Arc::new(ConnCtx::new(
-        info,
-        runtime,
-        conn.shared.clone(),
-        log,
-        routes,
-    ));
+    let mut ctx = ConnCtx::new(info, runtime, conn.shared.clone(), log, routes);
+    // An upgrade the request makes switches this connection (crate::framing).
+    ctx.framing = conn.framing.clone();
+    let ctx = Arc::new(ctx);
     crate::http::handle(req, ctx)
         .await
         .map(|b| b.boxed_unsync())
@@ -465,6 +461,8 @@ async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody>
         port,
         dialed,
     });
+    // The tunnel's bytes are no requests to this connection (crate::framing).
+    conn.framing.switch();
     let mut resp = Response::new(empty());
     resp.extensions_mut()
         .insert(hyper::ext::ReasonPhrase::from_static(
@@ -768,7 +766,7 @@ async fn tunnel(
                 shared: shared.clone(),
                 tunnel: Some((host.clone(), port)),
                 pending: Mutex::new(None),
-                content_length_and_chunked: AtomicBool::new(false),
+                framing: Arc::default(),
             });
             Box::pin(serve_http(Box::new(io), inner)).await;
         }

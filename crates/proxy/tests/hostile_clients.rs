@@ -222,8 +222,50 @@ async fn smuggling_shapes_are_refused() {
         0,
         "a request with two framings was forwarded"
     );
-    // The same connection then carries no other request, and one with a single framing is
-    // served: only the first head is scanned, the flag belongs to its connection.
+    // A later request on a kept-alive connection is refused as the first is: the requests
+    // before it (no body, a length, chunks with a trailer) are served, the one with both
+    // framings is answered 400 and closes the connection, the one hidden behind is never read.
+    let pipelined = concat!(
+        "GET /k1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+        "POST /k2 HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 5\r\n\r\nhello",
+        "POST /k3 HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+        "POST /k4 HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 4\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "GET /k5-smuggled HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+    );
+    let reply = raw_tcp(proxy.addr(PORT), pipelined.as_bytes(), PATIENCE)
+        .await
+        .expect("request");
+    let reply = String::from_utf8_lossy(&reply);
+    let statuses: Vec<&str> = reply
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &reply[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200", "400"], "{reply}");
+    proxy
+        .wait_lines(
+            &[
+                " 400 DPE http1.content_length_and_chunked_not_allowed ",
+                "/k4",
+            ],
+            1,
+        )
+        .await;
+    assert_eq!(
+        up.requests(),
+        3,
+        "/k4 or the request behind it was forwarded"
+    );
+    assert!(
+        proxy.metrics().contains(
+            r#"sluice_refused_total{check="framing",reason="content_length_and_chunked"} 3"#
+        ),
+        "{}",
+        proxy.metrics()
+    );
+
+    // A connection's refusal is its own: one with a single framing is served.
     let reply = raw_tcp(
         proxy.addr(PORT),
         b"POST /one HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n1\r\na\r\n0\r\n\r\n",
@@ -233,6 +275,7 @@ async fn smuggling_shapes_are_refused() {
     .expect("request");
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert_eq!(up.requests(), 4);
     let forwarded = up.requests();
 
     for head in [
@@ -427,9 +470,10 @@ async fn oversized_http1_heads_are_refused_and_counted() {
     assert_eq!(up.requests(), 0);
 }
 
-/// An HTTP/2 request whose header list is over 64 KiB (the server's
-/// `SETTINGS_MAX_HEADER_LIST_SIZE`) is refused by h2 on its own stream; the connection
-/// stays up and serves the next request.
+/// An HTTP/2 request whose header list is over 64 KiB is refused `431` on its own stream,
+/// logged and counted (`request_head_too_large`); one over the h2 codec's own backstop
+/// (256 KiB, the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`) is refused `431` by h2 itself.
+/// Neither is forwarded; the connection stays up and serves the next request.
 #[tokio::test]
 async fn oversized_h2_header_lists_are_refused_and_the_connection_serves_on() {
     use http_body_util::{BodyExt, Empty};
@@ -445,14 +489,27 @@ async fn oversized_h2_header_lists_are_refused_and_the_connection_serves_on() {
             .await
             .expect("h2c handshake");
     let conn = tokio::spawn(conn);
-    let big = http::Request::get("http://api.example.com/big")
-        .header("x-big", "a".repeat(70 * 1024))
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
-    let refused = send.send_request(big).await;
-    let status = refused.as_ref().map(|r| r.status().as_u16());
-    assert!(matches!(status, Ok(431)), "{refused:?}");
-    send.ready().await.expect("connection still usable");
+    for (path, size) in [
+        ("/big", 70 * 1024),
+        ("/huge", 300 * 1024),
+        ("/big2", 65 * 1024),
+    ] {
+        let big = http::Request::get(format!("http://api.example.com{path}"))
+            .header("x-big", "a".repeat(size))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let refused = send.send_request(big).await;
+        let status = refused.as_ref().map(|r| r.status().as_u16());
+        assert!(matches!(status, Ok(431)), "{path}: {refused:?}");
+        send.ready().await.expect("connection still usable");
+    }
+    gw.wait_lines(&[" 431 DPE http2.header_list_too_large ", "/big"], 2)
+        .await;
+    wait_metric(
+        &gw,
+        r#"sluice_refused_total{check="limit",reason="request_head_too_large"} 2"#,
+    )
+    .await;
     let ok = http::Request::get("http://api.example.com/ok")
         .body(Empty::<bytes::Bytes>::new())
         .expect("request");

@@ -1324,6 +1324,35 @@ async fn smuggling_shapes_are_refused_at_the_sidecar() {
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
     assert_eq!(up.requests(), 1);
+
+    // A later request of a kept-alive connection: the ones before it are served, it is
+    // refused, and the one behind it is never read.
+    let pipelined = format!(
+        "GET http://{ip}/k1 HTTP/1.1\r\nHost: {ip}\r\n\r\n\
+         POST http://{ip}/k2 HTTP/1.1\r\nHost: {ip}\r\nContent-Length: 5\r\n\r\nhello\
+         POST http://{ip}/k3 HTTP/1.1\r\nHost: {ip}\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n\
+         GET http://{ip}/k4-smuggled HTTP/1.1\r\nHost: {ip}\r\n\r\n"
+    );
+    let reply = client::raw_tcp(proxy, pipelined.as_bytes(), STEP)
+        .await
+        .expect("request");
+    let reply = String::from_utf8_lossy(&reply);
+    let statuses: Vec<&str> = reply
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &reply[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{reply}");
+    sidecar
+        .wait_lines(
+            &[" 400 DPE http1.content_length_and_chunked_not_allowed "],
+            4,
+        )
+        .await;
+    assert_eq!(
+        up.requests(),
+        3,
+        "/k3 or the request behind it was forwarded"
+    );
 }
 
 /// The explicit proxy's head timeout (security issue): a client that sends nothing, or half a

@@ -297,6 +297,8 @@ pub async fn forward(
     check_response(&resp)?;
     let switched = upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if switched {
+        // What the client sends from now on is no request: not scanned as one.
+        ctx.framing.switch();
         let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let upstream = hyper::upgrade::on(&mut resp);
         match downstream {
