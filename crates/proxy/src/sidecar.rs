@@ -4,14 +4,13 @@
 //! one for each flow and hands the flow to it.
 //!
 //! - `CONNECT host:port` is answered `200 Connection Established` only once the destination
-//!   is allowed and, when the tunnel will be one stream to one upstream (a TCP chain, TLS
-//!   passed through by the host's SNI, the fallback), that upstream — or the mesh hop to the
-//!   gateway — is connected ([`plan`], [`dial`]); else `403`/`502`/`503`/`504`
+//!   is allowed and the upstream the tunnel will take — or the mesh hop to the gateway — is
+//!   connected ([`plan`], [`dial`], [`warm`]); else `403`/`502`/`503`/`504`
 //!   ([`connect_status`]). The tunnel then belongs to the virtual listener of `port`, with
 //!   `requested = (host, port)`: its ClientHello's SNI (which must name `host`) picks a TLS
 //!   chain, a TCP chain takes plain bytes, and plain HTTP inside the tunnel (for `host` only)
-//!   is routed per request like below (no upstream is dialed for such a tunnel before its
-//!   requests arrive).
+//!   is routed per request like below (the clusters the host's routes forward to were
+//!   connected before the `200`, and its requests ride those connections).
 //! - Any other request (absolute-form `GET http://host[:port]/p`, or origin-form with `Host`)
 //!   goes to the HTTP chain of the virtual listener of its port (default 80), by its own host:
 //!   one keep-alive connection may carry requests for different hosts **and ports**, each is
@@ -336,20 +335,38 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         .map(|b| b.boxed_unsync())
 }
 
+impl Conn {
+    /// The record of a flow of this connection, written to `runtime`'s sinks.
+    fn record(&self, runtime: &Runtime, kind: Kind, sni: Option<String>) -> Record {
+        Record::new(
+            self.shared.telemetry.clone(),
+            runtime.sinks.clone(),
+            kind,
+            self.local,
+            self.peer,
+            sni,
+        )
+    }
+
+    /// The context of a flow of this connection under `runtime`, routed by `routes`.
+    fn flow(&self, runtime: &Arc<Runtime>, info: ConnInfo, routes: Routes) -> ConnCtx {
+        ConnCtx::new(
+            info,
+            runtime.clone(),
+            self.shared.clone(),
+            runtime.sinks.clone(),
+            routes,
+        )
+    }
+}
+
 /// A request whose head had both `Content-Length` and `Transfer-Encoding`: `400` (`DPE`,
 /// Envoy's details), logged, the connection closed — whatever its method or host, so no
 /// routing decision reads a request whose body two servers could frame differently.
 fn refuse_framing(conn: &Conn) -> Response<ProxyBody> {
     let e = Error::Http1Framing(crate::framing::CONTENT_LENGTH_AND_CHUNKED);
     tracing::info!(target: "sluice::refused", peer = %conn.peer, error = %e, "request refused");
-    let mut rec = Record::new(
-        conn.shared.telemetry.clone(),
-        conn.runtime.get().sinks.clone(),
-        Kind::Http,
-        conn.local,
-        conn.peer,
-        None,
-    );
+    let mut rec = conn.record(&conn.runtime.get(), Kind::Http, None);
     conn.shared
         .telemetry
         .metrics
@@ -427,6 +444,10 @@ async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody>
     let runtime = conn.runtime.get();
     let dialed = match plan(conn, &runtime, &host, port).await {
         Ok(Plan::Inside) => None,
+        Ok(Plan::Http { info, routes }) => match warm(conn, &runtime, *info, routes).await {
+            Ok(()) => None,
+            Err((rec, e)) => return refuse_connect(conn, &host, port, rec, &e),
+        },
         Ok(Plan::Stream {
             info,
             routes,
@@ -437,14 +458,7 @@ async fn connect(mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody>
             Err((rec, e)) => return refuse_connect(conn, &host, port, rec, &e),
         },
         Err(e) => {
-            let mut rec = Record::new(
-                conn.shared.telemetry.clone(),
-                runtime.sinks.clone(),
-                Kind::Connection,
-                conn.local,
-                conn.peer,
-                None,
-            );
+            let mut rec = conn.record(&runtime, Kind::Connection, None);
             if matches!(e, Error::BlackHole) {
                 // As REGISTRY_ONLY's refusal names it wherever it happens.
                 let black_hole: Arc<str> = Arc::from(sluice_snapshot::BLACK_HOLE_CLUSTER);
@@ -528,9 +542,11 @@ enum Plan {
         transport: Transport,
         passthrough: bool,
     },
-    /// Decided by what the tunnel carries: plain HTTP (each request is routed on its own),
-    /// TLS terminated here, a port that takes both TLS and plain bytes for this host, or a
-    /// TLS port reached by IP address (the ClientHello's SNI picks the chain).
+    /// Plain HTTP, each request routed on its own by `routes` ([`warm`] connects the
+    /// destinations of the host's routes first).
+    Http { info: Box<ConnInfo>, routes: Routes },
+    /// A chain that terminates TLS: never compiled for a sidecar (its outbound chains pass
+    /// TLS through or read plain bytes), served by what the tunnel carries if one appears.
     Inside,
 }
 
@@ -563,19 +579,28 @@ async fn plan(conn: &Conn, runtime: &Runtime, host: &Host, port: u16) -> Result<
         listener.chains.iter().position(|c| std::ptr::eq(c, chain))
     };
     let plain = index(Transport::Plain, None);
+    // The transport the tunnel is expected to carry, and the chain it takes then. When the
+    // bytes turn out otherwise (plain where TLS was expected, TLS naming another chain's
+    // server), the connection made for the expectation is closed unused and the tunnel is
+    // routed by what it carries ([`tunnel`]).
     let (transport, chain) = if listener.inspects_tls() {
         let tls = match host {
             Host::Name(name) => index(Transport::Tls, Some(name)),
             Host::Ip(_) => index(Transport::Tls, None),
         };
-        // Expected: TLS naming the host (the fronting check allows no other name).
         match (host, tls, plain) {
+            // TLS naming the host (the fronting check allows no other name), unless the
+            // host's only chain on this port is a plain one.
             (Host::Name(name), tls @ Some(_), _) | (Host::Name(name), tls @ None, None) => {
                 info.sni = Some(name.clone());
                 (Transport::Tls, tls)
             }
+            (Host::Name(_), None, plain @ Some(_)) => (Transport::Plain, plain),
+            // By address: TLS without a server name (an address is no SNI) where a chain
+            // takes that, else the plain chain, else the fallback's TLS.
+            (Host::Ip(_), tls @ Some(_), _) => (Transport::Tls, tls),
+            (Host::Ip(_), None, plain @ Some(_)) => (Transport::Plain, plain),
             (Host::Ip(_), None, None) => (Transport::Tls, None),
-            _ => return Ok(Plan::Inside),
         }
     } else {
         (Transport::Plain, plain)
@@ -589,11 +614,18 @@ async fn plan(conn: &Conn, runtime: &Runtime, host: &Host, port: u16) -> Result<
             passthrough,
         });
     };
-    let (None, App::Tcp { routes }) = (&chain.tls, &chain.app) else {
-        if refuses_every_request(snapshot, &chain.app, host) {
-            return Err(Error::BlackHole);
+    let routes = match (&chain.tls, &chain.app, transport) {
+        (None, App::Tcp { routes }, _) => routes,
+        (None, App::Http { .. }, Transport::Plain) => {
+            if refuses_every_request(snapshot, &chain.app, host) {
+                return Err(Error::BlackHole);
+            }
+            return Ok(Plan::Http {
+                info: Box::new(info),
+                routes: Routes::Chain(index),
+            });
         }
-        return Ok(Plan::Inside);
+        _ => return Ok(Plan::Inside),
     };
     if info.original_dst.is_none() && routes_need_destination(routes) {
         info.original_dst = destination(&conn.shared, &host.to_string(), port).await;
@@ -613,6 +645,103 @@ async fn plan(conn: &Conn, runtime: &Runtime, host: &Host, port: u16) -> Result<
         transport,
         passthrough,
     })
+}
+
+/// Clusters connected at most before a plain-HTTP CONNECT is answered (the distinct
+/// destinations of one virtual host's routes; more are rare, and are left to the requests).
+const WARM_MAX: usize = 8;
+
+/// Plain HTTP through a tunnel: each request is routed on its own, but the destinations the
+/// host's virtual host forwards to are the host's alone, and they are connected before the
+/// CONNECT is answered, as Squid and Smokescreen connect first: for each cluster, one endpoint
+/// picked by its load balancer (the IP guard checks it), its connection made (TLS or the mesh
+/// hop's mTLS included) and left in the cluster's pool, where the tunnel's requests find it.
+/// Refused when no request inside could be served: every cluster failed and no route answers
+/// locally (a redirect or direct response needs no upstream). On refusal, the record of the
+/// first failure, to log it with.
+async fn warm(
+    conn: &Conn,
+    runtime: &Arc<Runtime>,
+    info: ConnInfo,
+    routes: Routes,
+) -> Result<(), (Record, Error)> {
+    let ctx = conn.flow(runtime, info, routes);
+    let Some((host, _)) = ctx.info.requested.as_ref() else {
+        return Ok(());
+    };
+    let Some(vh) = ctx.virtual_host(host) else {
+        return Ok(());
+    };
+    let (clusters, local) = destinations(&vh.routes);
+    if clusters.is_empty() {
+        return Ok(());
+    }
+    let made =
+        futures_util::future::join_all(clusters.iter().map(|c| connect_cluster(conn, &ctx, c)))
+            .await;
+    let refusals: Vec<_> = made.into_iter().filter_map(Result::err).collect();
+    let servable = local || refusals.len() < clusters.len();
+    let mut refusals = refusals.into_iter();
+    // Refused with the first failure; the others (or all, when some request could be
+    // served) are not logged now: a request that meets them is refused, and logged, then.
+    let first = if servable { None } else { refusals.next() };
+    for (mut rec, _) in refusals {
+        rec.disarm();
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// One connection to cluster `name` for the tunnel of `ctx`, left in the cluster's pool.
+async fn connect_cluster(conn: &Conn, ctx: &ConnCtx, name: &str) -> Result<(), (Record, Error)> {
+    let mut rec = conn.record(&ctx.runtime, Kind::Connection, None);
+    let Some(c) = ctx.runtime.cluster(name) else {
+        return Err((rec, Error::UnknownCluster(name.to_owned())));
+    };
+    rec.cluster = Some(c.name.clone());
+    rec.service = Some(c.service_for(ctx.info.requested.as_ref()));
+    let ups = &conn.shared.upstreams;
+    let requested = ctx.info.requested.as_ref().map(|(h, p)| (h.as_str(), *p));
+    let made = async {
+        let candidates = ups
+            .endpoints(c, requested.map(|r| r.0), ctx.info.original_dst, requested)
+            .await?;
+        let (candidate, _inflight) = c
+            .state
+            .pick(&c.cluster.lb, &candidates, None)
+            .ok_or(Error::NoHealthyUpstream("no endpoint".into()))?;
+        rec.upstream_host = Some(candidate.addr);
+        let pooled = ups.http_connection(c, candidate).await?;
+        pooled.release(&c.state.pool);
+        Ok::<(), Error>(())
+    }
+    .await;
+    match made {
+        Ok(()) => {
+            // Not a flow of its own: the tunnel's requests are logged as they are served.
+            rec.disarm();
+            Ok(())
+        }
+        Err(e) => Err((rec, e)),
+    }
+}
+
+/// The distinct clusters `routes` forward to (at most [`WARM_MAX`]), and whether some route
+/// answers locally (a redirect, a direct response).
+fn destinations(routes: &[sluice_snapshot::route::Route]) -> (Vec<&str>, bool) {
+    let mut clusters: Vec<&str> = Vec::new();
+    let mut local = false;
+    for route in routes {
+        let sluice_snapshot::route::RouteAction::Forward(fwd) = &route.action else {
+            local = true;
+            continue;
+        };
+        for wc in &fwd.clusters {
+            if clusters.len() < WARM_MAX && !clusters.contains(&wc.cluster.as_str()) {
+                clusters.push(&wc.cluster);
+            }
+        }
+    }
+    (clusters, local)
 }
 
 /// True when plain HTTP through a tunnel to `host` could only meet REGISTRY_ONLY's catch-all
@@ -642,21 +771,8 @@ async fn dial(
     transport: Transport,
     passthrough: bool,
 ) -> Result<Dialed, (Record, Error)> {
-    let ctx = ConnCtx::new(
-        info,
-        runtime.clone(),
-        conn.shared.clone(),
-        runtime.sinks.clone(),
-        routes,
-    );
-    let mut rec = Record::new(
-        conn.shared.telemetry.clone(),
-        runtime.sinks.clone(),
-        Kind::Tcp,
-        conn.local,
-        conn.peer,
-        ctx.info.sni.clone(),
-    );
+    let ctx = conn.flow(runtime, info, routes);
+    let mut rec = conn.record(runtime, Kind::Tcp, ctx.info.sni.clone());
     let req = authz::connection_request(&ctx.info);
     match authz::authorize(
         &ctx.runtime.snapshot,
@@ -801,14 +917,7 @@ async fn tunnel(
 fn refuse_connection(info: &ConnInfo, conn: &Conn, dialed: Option<Dialed>, e: &Error) {
     let mut rec = match dialed {
         Some(d) => d.rec,
-        None => Record::new(
-            conn.shared.telemetry.clone(),
-            conn.runtime.get().sinks.clone(),
-            Kind::Connection,
-            conn.local,
-            conn.peer,
-            None,
-        ),
+        None => conn.record(&conn.runtime.get(), Kind::Connection, None),
     };
     rec.sni = info.sni.clone();
     rec.fail(e);

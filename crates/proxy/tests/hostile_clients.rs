@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use sluice_test_support::HttpUpstream;
-use sluice_test_support::client::{http_get, raw_tcp};
+use sluice_test_support::client::{http_get, raw_tcp, statuses};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -238,11 +238,7 @@ async fn smuggling_shapes_are_refused() {
         .await
         .expect("request");
     let reply = String::from_utf8_lossy(&reply);
-    let statuses: Vec<&str> = reply
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &reply[i + 9..i + 12])
-        .collect();
-    assert_eq!(statuses, ["200", "200", "200", "400"], "{reply}");
+    assert_eq!(statuses(&reply), ["200", "200", "200", "400"], "{reply}");
     proxy
         .wait_lines(
             &[

@@ -1214,7 +1214,9 @@ spec:
 /// A CONNECT to a plain-HTTP port is routed per request inside the tunnel, each request for
 /// the tunnel's host; under REGISTRY_ONLY a host only the catch-all would take is refused at
 /// the CONNECT (`403`, as Squid and Smokescreen refuse), not answered `200` with every request
-/// inside then `502`. A registered host gets its `200` and its requests served.
+/// inside then `502`. A registered host whose routes all go to one cluster is connected
+/// before the `200` (a host whose endpoint refuses gets `502 UF` instead), and the tunnel's
+/// first request rides that connection.
 #[tokio::test]
 async fn connect_to_a_plain_http_port_is_refused_when_no_request_could_be_served() {
     let up = sluice_test_support::HttpUpstream::start(
@@ -1239,13 +1241,33 @@ spec:
 "#,
         ip = up.addr().ip()
     );
+    // Port 80 of an address nothing listens on.
+    let down = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: down, namespace: default}}
+spec:
+  hosts: [down.example]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+"#,
+        ip = free_loopback_addr()
+    );
     let snapshot = compile_snapshot(
         &CompileOptions::sidecar("default"),
-        &[gateway_service(free_loopback_addr()), entry],
+        &[gateway_service(free_loopback_addr()), entry, down],
     );
     assert_eq!(snapshot.outbound_policy, OutboundPolicy::RegistryOnly);
     let sidecar = start_sidecar(&snapshot, None, dns.addr()).await;
     let proxy = sidecar.addr(PROXY_PORT);
+
+    let (_tcp, head) = open_tunnel(proxy, "down.example:80").await;
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    sidecar
+        .log_line(&["down.example", " UF ", "outbound|80||down.example"])
+        .await;
 
     let (_tcp, head) = open_tunnel(proxy, "unregistered.example:80").await;
     assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
@@ -1258,12 +1280,24 @@ spec:
         head.starts_with("HTTP/1.1 200 Connection Established\r\n"),
         "{head}"
     );
+    // Connected at the CONNECT, before any request: the upstream accepts it (its accept
+    // loop may count it a moment after the sidecar's connect returned).
+    let deadline = std::time::Instant::now() + STEP;
+    while up.connections() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((up.connections(), up.requests()), (1, 0));
     tcp.write_all(b"GET /inside HTTP/1.1\r\nhost: plain.example\r\n\r\n")
         .await
         .expect("write");
     let head = common::read_head(&mut tcp).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(up.requests(), 1);
+    assert_eq!(
+        up.connections(),
+        1,
+        "the request rode the connection made for it"
+    );
 }
 
 /// Request smuggling shapes at the explicit proxy (security issue), as Envoy's codec refuses
@@ -1337,11 +1371,7 @@ async fn smuggling_shapes_are_refused_at_the_sidecar() {
         .await
         .expect("request");
     let reply = String::from_utf8_lossy(&reply);
-    let statuses: Vec<&str> = reply
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &reply[i + 9..i + 12])
-        .collect();
-    assert_eq!(statuses, ["200", "200", "400"], "{reply}");
+    assert_eq!(client::statuses(&reply), ["200", "200", "400"], "{reply}");
     sidecar
         .wait_lines(
             &[" 400 DPE http1.content_length_and_chunked_not_allowed "],
@@ -1402,4 +1432,198 @@ async fn slow_request_heads_at_the_sidecar_are_cut_off_and_counted() {
         "{metrics}"
     );
     assert_eq!(up.requests(), 1);
+}
+
+/// A port that takes TLS for some hosts and plain bytes for others: a CONNECT by name to a
+/// host whose only chain there is a plain (TCP) one, or by address to a host registered by
+/// address, is connected to that chain's upstream before it is answered, like any other
+/// CONNECT (`502` when the endpoint refuses, `200` and the banner when it accepts) — not
+/// answered `200` and left to the bytes inside.
+#[tokio::test]
+async fn connect_to_a_port_taking_tls_and_plain_is_connected_first() {
+    let up_ip = free_loopback_addr();
+    let banner = sluice_test_support::TcpUpstream::start(SocketAddr::new(up_ip, 443), "tcp443")
+        .await
+        .expect("upstream");
+    let down_ip = free_loopback_addr();
+    let dns = DnsServer::start([("up.example", vec![up_ip]), ("down.example", vec![down_ip])])
+        .await
+        .expect("dns");
+    let tcp_entry = |name: &str, ip: IpAddr| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.example]
+  addresses: [{ip}/32]
+  ports: [{{number: 443, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+"#
+        )
+    };
+    let tls_entry = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls, namespace: default}
+spec:
+  hosts: [tls.example]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+"#;
+    let snapshot = compile_snapshot(
+        &CompileOptions::sidecar("default"),
+        &[
+            gateway_service(free_loopback_addr()),
+            tcp_entry("up", up_ip),
+            tcp_entry("down", down_ip),
+            tls_entry.to_owned(),
+        ],
+    );
+    let listener = snapshot
+        .listeners
+        .iter()
+        .find(|l| l.port == 443)
+        .expect("a 443 listener");
+    assert!(
+        listener.inspects_tls(),
+        "the port must take both: {listener:?}"
+    );
+    let sidecar = start_sidecar(&snapshot, None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    for target in ["down.example:443".to_owned(), format!("{down_ip}:443")] {
+        let (_tcp, head) = open_tunnel(proxy, &target).await;
+        assert!(head.starts_with("HTTP/1.1 502 "), "{target}: {head}");
+    }
+    sidecar
+        .wait_lines(&["outbound|443||down.example", " UF "], 2)
+        .await;
+    for target in ["up.example:443".to_owned(), format!("{up_ip}:443")] {
+        let (mut tcp, head) = open_tunnel(proxy, &target).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200 Connection Established\r\n"),
+            "{target}: {head}"
+        );
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(STEP, tcp.read(&mut buf))
+            .await
+            .expect("banner in time")
+            .expect("banner");
+        assert_eq!(&buf[..n], b"tcp443\n", "{target}");
+    }
+    assert_eq!(banner.connections(), 2);
+}
+
+/// A CONNECT to an HTTP port whose host's routes go to several destinations connects each of
+/// them before it is answered: `200` when one is reachable (a request to the other is refused
+/// inside, on its own), `502 UF` when none is, `200` without a dial when the routes answer
+/// locally (a direct response needs no upstream).
+#[tokio::test]
+async fn connect_to_an_http_port_connects_every_destination_of_the_host() {
+    let up = sluice_test_support::HttpUpstream::start(
+        SocketAddr::new(free_loopback_addr(), 80),
+        "split",
+    )
+    .await
+    .expect("upstream");
+    let dns = DnsServer::start(Vec::<(&str, Vec<IpAddr>)>::new())
+        .await
+        .expect("dns");
+    let entry = |name: &str, ip: IpAddr| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.example]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+"#
+        )
+    };
+    // Port 80 of an address nothing listens on.
+    let down_ip = free_loopback_addr();
+    let routes = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: split, namespace: default}
+spec:
+  hosts: [split.example]
+  http:
+  - match: [{uri: {prefix: /down}}]
+    route: [{destination: {host: down.example}}]
+  - route: [{destination: {host: split.example}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: dead, namespace: default}
+spec:
+  hosts: [dead.example]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: down.example}}]
+  - route: [{destination: {host: dead.example}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: local, namespace: default}
+spec:
+  hosts: [local.example]
+  http:
+  - directResponse: {status: 418, body: {string: teapot}}
+"#;
+    let snapshot = compile_snapshot(
+        &CompileOptions::sidecar("default"),
+        &[
+            gateway_service(free_loopback_addr()),
+            entry("split", up.addr().ip()),
+            entry("down", down_ip),
+            entry("dead", down_ip),
+            entry("local", down_ip),
+            routes.to_owned(),
+        ],
+    );
+    let sidecar = start_sidecar(&snapshot, None, dns.addr()).await;
+    let proxy = sidecar.addr(PROXY_PORT);
+
+    // Neither destination of dead.example is reachable.
+    let (_tcp, head) = open_tunnel(proxy, "dead.example:80").await;
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    sidecar.log_line(&["dead.example", " UF "]).await;
+
+    // Only a direct response: nothing to connect, answered inside.
+    let (mut tcp, head) = open_tunnel(proxy, "local.example:80").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: local.example\r\n\r\n")
+        .await
+        .expect("write");
+    let head = common::read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 418 "), "{head}");
+
+    // One of two reachable: 200, connected before any request; the reachable route is
+    // served on that connection, the other refused on its own.
+    let (mut tcp, head) = open_tunnel(proxy, "split.example:80").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let deadline = std::time::Instant::now() + STEP;
+    while up.connections() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((up.connections(), up.requests()), (1, 0));
+    tcp.write_all(b"GET /ok HTTP/1.1\r\nhost: split.example\r\n\r\n")
+        .await
+        .expect("write");
+    let head = common::read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    tcp.write_all(b"GET /down HTTP/1.1\r\nhost: split.example\r\n\r\n")
+        .await
+        .expect("write");
+    // (What is read holds the first response's body, then this head.)
+    let head = common::read_head(&mut tcp).await;
+    assert!(head.contains("HTTP/1.1 503 "), "{head}");
+    assert_eq!((up.connections(), up.requests()), (1, 1));
 }

@@ -194,6 +194,15 @@ where
     result
 }
 
+/// The status codes of the HTTP/1.1 responses in `reply` (bytes read from a connection), in
+/// order: `["200", "400"]`.
+pub fn statuses(reply: &str) -> Vec<&str> {
+    reply
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| reply.get(i + 9..i + 12))
+        .collect()
+}
+
 /// Connects to `addr`, writes `bytes`, then reads until the peer closes or `read_timeout`
 /// has passed (since the write), returning what was read. For malformed inputs.
 pub async fn raw_tcp(

@@ -246,6 +246,24 @@ impl Pool {
 }
 
 impl Pooled {
+    /// Returns a connection that carried no request to the pool, ready for the next one (an
+    /// HTTP/2 connection is shared there already).
+    pub fn release(self, pool: &Pool) {
+        if let Sender::H1 { tx, served, born } = self.sender {
+            pool.put_back(
+                self.key,
+                Idle {
+                    tx,
+                    since: Instant::now(),
+                    born,
+                    served,
+                    local: self.local,
+                },
+            );
+            pool.freed.notify_waiters();
+        }
+    }
+
     pub fn is_h2(&self) -> bool {
         matches!(self.sender, Sender::H2(_))
     }
