@@ -33,6 +33,21 @@ pub struct Shared {
 }
 
 /// Resolves once `rx` holds `true` (or its sender is gone).
+///
+/// A connection's `select!` polls this on every wake-up of its task — every request. Once the
+/// first poll has registered the task's waker (which stays registered, and a task's waker
+/// does not change), a later poll while nothing was sent is one version check, not a
+/// re-registration with the channel's waiter list.
 pub(crate) async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await.is_ok();
+    let probe = rx.clone();
+    let mut waiting = std::pin::pin!(rx.wait_for(|v| *v));
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if registered && !probe.has_changed().unwrap_or(true) {
+            return std::task::Poll::Pending;
+        }
+        registered = true;
+        waiting.as_mut().poll(cx).map(|_| ())
+    })
+    .await;
 }

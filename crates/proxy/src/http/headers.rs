@@ -5,8 +5,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sluice_snapshot::route::HeaderOps;
 
 /// Connection-specific headers (RFC 9110 §7.6.1), never forwarded. Parsed names, so that
-/// checking for them per request costs no parsing.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// checking for them per request costs no parsing; a `static`, not a `const`: a `const` array
+/// of `HeaderName` is built and dropped anew at every use (per header of every message).
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
