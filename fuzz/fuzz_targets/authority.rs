@@ -8,7 +8,9 @@
 //! - a canonical name is lower-case ASCII with no empty label and no trailing dot, and is not
 //!   read as an IP address;
 //! - `Authority::parse` and `Host::parse` agree on a host without a port;
-//! - `same_authority` / `same_host` hold between an input and its canonical form.
+//! - `same_authority` / `same_host` hold between an input and its canonical form;
+//! - `canonical_name_authority` (the per-request fast path) takes only what `Authority::parse`
+//!   parses to that name and prints back unchanged.
 #![no_main]
 
 use std::net::IpAddr;
@@ -59,6 +61,19 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let auth = Authority::parse(s);
+    // The per-request fast path agrees with the long way: what it takes as canonical parses to
+    // that very name and prints back as the input.
+    if let Some(host) = authority::canonical_name_authority(s) {
+        let a = auth
+            .as_ref()
+            .expect("the fast path took what Authority::parse refuses");
+        assert_eq!(a.host, Host::Name(host.to_owned()));
+        assert_eq!(
+            a.to_string(),
+            s,
+            "the fast path took a non-canonical authority"
+        );
+    }
     if let Ok(a) = &auth {
         if let Host::Name(n) = &a.host {
             check_name(n);

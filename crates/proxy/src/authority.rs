@@ -154,15 +154,32 @@ pub fn canonical_name_authority(s: &str) -> Option<&str> {
     {
         return None;
     }
-    let plain = host.bytes().all(|b| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
-    });
-    // A name ending in a digit may be an IP literal: the long way decides.
-    let ip_like = host.ends_with(|c: char| c.is_ascii_digit());
-    if !plain || ip_like || host.ends_with('.') || check_labels(host, host).is_err() {
-        return None;
+    plain_canonical_name(host).then_some(host)
+}
+
+/// True when `host` is a name [`check_labels`] accepts, already canonical (lower case, no
+/// trailing dot), and not possibly an IP literal (its last byte is no digit: the long way
+/// decides those) — in one pass over its bytes, as every request's authority is checked.
+fn plain_canonical_name(host: &str) -> bool {
+    let bytes = host.as_bytes();
+    if bytes.len() > 253 {
+        return false;
     }
-    Some(host)
+    let (mut label_start, mut label_len) = (0, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'.' if label_len > 0 => (label_start, label_len) = (i + 1, 0),
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' if label_len < 63 => label_len += 1,
+            _ => return false,
+        }
+    }
+    let last = &bytes[label_start..];
+    // Empty (no name, or a trailing dot); ends in a digit; a hexadecimal number (`0x1f`).
+    !(last.is_empty()
+        || last.last().is_some_and(u8::is_ascii_digit)
+        || (last.len() > 2
+            && last.starts_with(b"0x")
+            && last[2..].iter().all(u8::is_ascii_hexdigit)))
 }
 
 /// `host[:port]`, canonical.
@@ -274,6 +291,8 @@ mod tests {
             "a-b_c.example.com:8080",
             "x.y.z:1",
             "api.github.com:65535",
+            "0x1g.example",
+            &format!("{}.com", "a".repeat(63)),
         ] {
             let host = canonical_name_authority(s).expect(s);
             let parsed = Authority::parse(s).expect(s);
@@ -297,6 +316,11 @@ mod tests {
             "user@example.com",
             "ex ample.com",
             "",
+            "a.0x1f",
+            "a.0x1f:80",
+            "abc1",
+            &format!("{}.com", "a".repeat(64)),
+            &format!("{}.com", "a.".repeat(126)),
         ] {
             assert_eq!(canonical_name_authority(s), None, "{s}");
         }
