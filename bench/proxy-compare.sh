@@ -1021,14 +1021,18 @@ if idle:
     for r in res:
         groups.setdefault(r["name"], []).append(r)
     ng = med(r["per"] for r in groups.get("nginx", []))
+    # The target: sluice's idle tunnel no larger than the best peer's.
+    peers = [p for p in (med(r["per"] for r in rs) for n, rs in groups.items() if n != "sluice") if p]
+    best = min(peers) if peers else None
     print()
-    print("| mode | proxy | connections held | RSS before | RSS after | KiB per connection | ÷ nginx | closed while idle | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| mode | proxy | connections held | RSS before | RSS after | KiB per connection | ÷ nginx | ÷ best peer | closed while idle | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rs in groups.items():
         per = med(r["per"] for r in rs)
         pn = f"{per / ng:.2f}" if per is not None and ng else "–"
+        pb = f"{per / best:.2f}" if per is not None and best else "–"
         print(f"| idle-memory | {name} | {med(r['n'] for r in rs):,.0f} | {med(r['before'] for r in rs) / 1024:.1f} MiB"
-              f" | {med(r['after'] for r in rs) / 1024:.1f} MiB | {per:.1f} | {pn} | {','.join(str(r['closed']) for r in rs)}"
+              f" | {med(r['after'] for r in rs) / 1024:.1f} MiB | {per:.2f} | {pn} | {pb} | {','.join(str(r['closed']) for r in rs)}"
               f" | {sum(r['errs'] for r in rs)} |")
 if int(sys.argv[4]) > 1:
     print()

@@ -10,6 +10,8 @@
 //! (`--identity-dir`), or when the handshake fails, the connection is closed: identity never
 //! comes from anything else, and traffic without the mesh layer has no principal.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +53,49 @@ type MeshIo = Box<dyn Io>;
 /// recorded, and the stream inside goes through chain selection again (inner TLS by its SNI,
 /// inner plain by the plain chain), once. A server with `tls.mode: ISTIO_MUTUAL` terminates
 /// mesh mTLS as its own TLS.
-pub async fn serve_connection<S>(io: S, info: ConnInfo, runtime: Arc<Runtime>, shared: Arc<Shared>)
+pub fn serve_connection<S>(
+    io: S,
+    info: ConnInfo,
+    runtime: Arc<Runtime>,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    staged(Box::pin(open_connection(io, info, runtime, shared)))
+}
+
+/// What is left of a connection once it is set up: its requests served, or its bytes
+/// forwarded. It owns everything it uses.
+pub(crate) type Tail = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `setup`, then the [`Tail`] it returns. The setup phases run in a box of their own
+/// that is freed before the tail starts: a task is as large as its largest state, for its
+/// whole life, and an idle tunnel should hold only what forwarding needs, not room for the
+/// inspection, handshakes and dialing behind it. (A plain function, not an `async fn`, whose
+/// arguments would stay in the task.)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of `setup`"
+)]
+pub(crate) fn staged<F>(setup: Pin<Box<F>>) -> impl Future<Output = ()> + Send
+where
+    F: Future<Output = Option<Tail>> + Send + ?Sized + 'static,
+{
+    async move {
+        if let Some(tail) = setup.await {
+            tail.await;
+        }
+    }
+}
+
+/// Every phase of a connection before its [`Tail`]; `None` when it ended there (recorded).
+pub(crate) async fn open_connection<S>(
+    io: S,
+    info: ConnInfo,
+    runtime: Arc<Runtime>,
+    shared: Arc<Shared>,
+) -> Option<Tail>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -74,7 +118,7 @@ where
     };
     let Some(listener) = snapshot.listener(flow.info.listener_port) else {
         flow.rec.fail(&Error::NoFilterChain);
-        return;
+        return None;
     };
     let gateway = snapshot.role == Role::Gateway;
 
@@ -90,7 +134,7 @@ where
     let (io, transport) = match first_bytes {
         Some(first_bytes) => match flow.inspect(io, first_bytes).await {
             Some(found) => found,
-            None => return,
+            None => return None,
         },
         None => (Rewind::new(Bytes::new(), io), Transport::Plain),
     };
@@ -112,14 +156,13 @@ where
     {
         // Boxed, like every phase that only some connections take: a connection's task is as
         // large as its largest state, and an idle tunnel should carry no room for the others.
-        Box::pin(flow.mesh_hop(io)).await;
-        return;
+        return Box::pin(flow.mesh_hop(io)).await;
     }
     let Some(chain) = chain else {
         flow.rec.fail(&Error::NoFilterChain);
-        return;
+        return None;
     };
-    flow.run_chain(io, transport, chain).await;
+    flow.run_chain(io, transport, chain).await
 }
 
 /// The index of the chain `Listener::select` chooses.
@@ -154,14 +197,16 @@ fn alpn_h2(alpn: Option<&[u8]>) -> Option<bool> {
 }
 
 /// A stream the sidecar's front end found no listener or chain for: the snapshot's fallback
-/// TCP route (its outbound policy) takes it, through the same phases as any TCP chain.
-pub async fn serve_fallback_stream<S>(
+/// TCP route (its outbound policy) takes it, through the same phases as any TCP chain. The
+/// setup of the stream; its [`Tail`] forwards it.
+pub(crate) async fn open_fallback_stream<S>(
     io: S,
     info: ConnInfo,
     runtime: Arc<Runtime>,
     shared: Arc<Shared>,
     passthrough: bool,
-) where
+) -> Option<Tail>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let log = runtime.sinks.clone();
@@ -180,7 +225,7 @@ pub async fn serve_fallback_stream<S>(
         log,
         rec,
     };
-    flow.run_tcp(io, Routes::Fallback, passthrough).await;
+    flow.run_tcp(io, Routes::Fallback, passthrough).await
 }
 
 /// One connection on its way through the phases.
@@ -288,26 +333,19 @@ impl Flow {
 
     /// The mesh hop on a server that is not ISTIO_MUTUAL: terminate it, then choose the chain
     /// for what is inside, as if it had arrived on its own.
-    async fn mesh_hop<S: Io + 'static>(mut self, io: Rewind<S>) {
-        let Some(stream) = self.accept_mesh(io).await else {
-            return;
-        };
+    async fn mesh_hop<S: Io + 'static>(mut self, io: Rewind<S>) -> Option<Tail> {
+        let stream = self.accept_mesh(io).await?;
         self.info.mesh_sni = self.info.sni.take();
         self.info.alpn.clear();
         let inner: MeshIo = Box::new(stream);
         let snapshot = self.runtime.snapshot.clone();
         let Some(listener) = snapshot.listener(self.info.listener_port) else {
             self.rec.fail(&Error::NoFilterChain);
-            return;
+            return None;
         };
         let (io, transport) = if listener.inspects_tls() {
-            match self
-                .inspect(inner, self.shared.config.tls_inspect_timeout)
-                .await
-            {
-                Some(found) => found,
-                None => return,
-            }
+            let wait = self.shared.config.tls_inspect_timeout;
+            self.inspect(inner, wait).await?
         } else {
             (Rewind::new(Bytes::new(), inner), Transport::Plain)
         };
@@ -315,14 +353,14 @@ impl Flow {
         self.rec.sni = self.info.sni.clone().or_else(|| self.info.mesh_sni.clone());
         let Some(chain) = chain_index(listener, transport, self.info.sni.as_deref()) else {
             self.rec.fail(&Error::NoFilterChain);
-            return;
+            return None;
         };
         if listener.chains.get(chain).is_some_and(is_istio_mutual) {
             self.rec
                 .fail(&Error::MeshTls("mesh mTLS nested in mesh mTLS".into()));
-            return;
+            return None;
         }
-        self.run_chain(io, transport, chain).await;
+        self.run_chain(io, transport, chain).await
     }
 
     /// Terminates the chain's TLS, if any, then runs its application.
@@ -331,26 +369,24 @@ impl Flow {
         io: Rewind<T>,
         transport: Transport,
         index: usize,
-    ) {
+    ) -> Option<Tail> {
         let snapshot = self.runtime.snapshot.clone();
         let Some(chain) = snapshot
             .listener(self.info.listener_port)
             .and_then(|l| l.chains.get(index))
         else {
             self.rec.fail(&Error::NoFilterChain);
-            return;
+            return None;
         };
         self.rec.route_name = Some(chain.name.clone());
         let Some(server_tls) = &chain.tls else {
             let passthrough = transport == Transport::Tls;
-            self.run_app(io, chain, index, None, passthrough).await;
-            return;
+            return self.run_app(io, chain, index, None, passthrough).await;
         };
         if server_tls.mode == ServerTlsMode::IstioMutual {
-            Box::pin(self.run_istio_mutual(io, chain, index, server_tls)).await;
-            return;
+            return Box::pin(self.run_istio_mutual(io, chain, index, server_tls)).await;
         }
-        Box::pin(self.run_terminated(io, chain, index, server_tls)).await;
+        Box::pin(self.run_terminated(io, chain, index, server_tls)).await
     }
 
     /// Terminates the chain's own TLS (SIMPLE / MUTUAL), then runs its application.
@@ -360,7 +396,7 @@ impl Flow {
         chain: &FilterChain,
         index: usize,
         server_tls: &ServerTls,
-    ) {
+    ) -> Option<Tail> {
         let default_alpn: &[&str] = match chain.app {
             App::Http { .. } => &["h2", "http/1.1"],
             App::Tcp { .. } => &[],
@@ -370,7 +406,7 @@ impl Flow {
             Err(e) => {
                 tracing::warn!(error = %e, chain = chain.name, "tls termination");
                 self.rec.fail(&e);
-                return;
+                return None;
             }
         };
         let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
@@ -379,12 +415,12 @@ impl Flow {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     self.rec.fail(&Error::DownstreamTls(e.to_string()));
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     self.rec
                         .fail(&Error::DownstreamTls("handshake timeout".into()));
-                    return;
+                    return None;
                 }
             };
         let conn = stream.get_ref().1;
@@ -397,12 +433,12 @@ impl Flow {
                 self.rec.fail(&Error::DownstreamTls(
                     "client certificate carries none of the subject alt names".into(),
                 ));
-                return;
+                return None;
             }
         }
         let h2 = conn.alpn_protocol() == Some(b"h2");
         self.info.tls = true;
-        self.run_app(stream, chain, index, Some(h2), false).await;
+        self.run_app(stream, chain, index, Some(h2), false).await
     }
 
     /// A server with `tls.mode: ISTIO_MUTUAL`: mesh mTLS is its TLS. Inside an HTTPS server
@@ -414,10 +450,8 @@ impl Flow {
         chain: &FilterChain,
         index: usize,
         server_tls: &ServerTls,
-    ) {
-        let Some(stream) = self.accept_mesh(io).await else {
-            return;
-        };
+    ) -> Option<Tail> {
+        let stream = self.accept_mesh(io).await?;
         if !server_tls.subject_alt_names.is_empty() {
             let allowed = self.info.peer_identity.as_ref().is_some_and(|id| {
                 let (uri, principal) = (id.to_string(), id.principal());
@@ -430,7 +464,7 @@ impl Flow {
                 self.rec.fail(&Error::MeshTls(
                     "the peer identity is none of the server's subjectAltNames".into(),
                 ));
-                return;
+                return None;
             }
         }
         self.info.mesh_sni = self.info.sni.clone();
@@ -439,14 +473,12 @@ impl Flow {
             App::Http { .. } => self.run_app(stream, chain, index, h2, false).await,
             App::Tcp { .. } => {
                 self.info.alpn.clear();
-                let Some((inner, transport)) = self.inspect(stream, MESH_DETECT_WAIT).await else {
-                    return;
-                };
+                let (inner, transport) = self.inspect(stream, MESH_DETECT_WAIT).await?;
                 if transport == Transport::Tls {
                     self.rec.sni = self.info.sni.clone();
                 }
                 let passthrough = transport == Transport::Tls;
-                self.run_app(inner, chain, index, None, passthrough).await;
+                self.run_app(inner, chain, index, None, passthrough).await
             }
         }
     }
@@ -460,11 +492,11 @@ impl Flow {
         index: usize,
         h2: Option<bool>,
         passthrough: bool,
-    ) {
+    ) -> Option<Tail> {
         match &chain.app {
             App::Http { .. } => {
                 let ctx = self.into_ctx(Routes::Chain(index));
-                Box::pin(http::serve(io, ctx, h2)).await;
+                Some(Box::pin(http::serve(io, ctx, h2)))
             }
             App::Tcp { .. } => self.run_tcp(io, Routes::Chain(index), passthrough).await,
         }
@@ -481,19 +513,27 @@ impl Flow {
             mut rec,
         } = self;
         rec.disarm();
-        Arc::new(ConnCtx::new(info, runtime, shared, log, routes))
+        Arc::new(ConnCtx::new(info, runtime, shared, log, routes).for_http(Arc::default()))
     }
 
-    /// A TLS or TCP stream: authorized once, then routed and forwarded by [`tcp`].
-    async fn run_tcp<T: Io + 'static>(self, io: T, routes: Routes, passthrough: bool) {
+    /// A TLS or TCP stream: authorized once, routed and connected by [`tcp`]; the tail
+    /// forwards its bytes.
+    async fn run_tcp<T: Io + 'static>(
+        self,
+        io: T,
+        routes: Routes,
+        passthrough: bool,
+    ) -> Option<Tail> {
         let Flow {
-            info,
+            mut info,
             runtime,
             shared,
             log,
             mut rec,
         } = self;
         rec.kind = Kind::Tcp;
+        // Read only to choose the chain (the mesh hop's ALPN); the tunnel need not keep it.
+        info.alpn = Vec::new();
         let ctx = ConnCtx::new(info, runtime, shared, log, routes);
         let req = authz::connection_request(&ctx.info);
         match authz::authorize(
@@ -505,10 +545,11 @@ impl Flow {
             Ok(by) => rec.allowed_by = by,
             Err(e) => {
                 rec.fail(&e);
-                return;
+                return None;
             }
         }
-        Box::pin(tcp::proxy(io, &ctx, &mut rec, passthrough)).await;
+        let opened = tcp::open_or_fail(&ctx, &mut rec, passthrough).await?;
+        Some(Box::pin(tcp::proxy_opened(io, ctx, rec, opened)))
     }
 }
 
@@ -518,6 +559,43 @@ mod tests {
     use sluice_snapshot::route::TcpRoute;
 
     use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, A, B, C, D, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn future_size5<F, A, B, C, D, E, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A connection's task is allocated at the size of its largest state, for its whole life:
+    /// the setup phases (kilobytes: inspection, handshakes, dialing) live in a box freed before
+    /// the tail, so what the task itself keeps is two pointers and a state, in any profile.
+    /// An idle tunnel's memory is its tail; docs/performance.md has the measured figures.
+    #[test]
+    fn a_connection_task_keeps_no_room_for_its_setup() {
+        let task = future_size(serve_connection::<tokio::net::TcpStream>);
+        let setup = future_size(open_connection::<tokio::net::TcpStream>);
+        assert!(task <= 64, "serve_connection's future is {task} bytes");
+        assert!(
+            setup > 1024,
+            "the setup is boxed for a reason: {setup} bytes"
+        );
+        // The sidecar's explicit proxy: a CONNECT tunnel does not keep the HTTP connection
+        // that asked for it.
+        let sidecar = |io, local, peer, runtime, shared| {
+            crate::sidecar::serve::<tokio::net::TcpStream>(io, local, peer, runtime, shared)
+        };
+        let task = future_size5(sidecar);
+        assert!(task <= 64, "sidecar::serve's future is {task} bytes");
+    }
 
     fn chain(app: App) -> FilterChain {
         FilterChain {

@@ -82,11 +82,14 @@ pub struct ConnCtx {
     /// Where the snapshot's records are written (`Runtime::sinks`).
     pub log: Option<Arc<Sinks>>,
     pub routes: Routes,
-    /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection.
+    /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection
+    /// ([`ConnCtx::for_http`]; empty in a stream's context).
     pub peer_ip: HeaderValue,
     /// What the scan of an HTTP/1 connection's request heads found ([`crate::framing`]);
-    /// shared by every context the connection is rebound to.
-    pub framing: Arc<Framing>,
+    /// shared by every context the connection is rebound to. `None` in the context of a
+    /// stream (TCP, TLS passthrough), which has no request heads: an open tunnel keeps its
+    /// context, and nothing in it should be unused.
+    pub framing: Option<Arc<Framing>>,
 }
 
 impl ConnCtx {
@@ -97,17 +100,24 @@ impl ConnCtx {
         log: Option<Arc<Sinks>>,
         routes: Routes,
     ) -> ConnCtx {
-        let peer_ip = HeaderValue::try_from(info.peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnCtx {
             info,
             runtime,
             shared,
             log,
             routes,
-            peer_ip,
-            framing: Arc::default(),
+            peer_ip: HeaderValue::from_static(""),
+            framing: None,
         }
+    }
+
+    /// The context of an HTTP connection (or request) whose heads `framing` watches: with
+    /// what only HTTP reads, which a stream's context does without.
+    pub fn for_http(mut self, framing: Arc<Framing>) -> ConnCtx {
+        self.peer_ip = HeaderValue::try_from(self.info.peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        self.framing = Some(framing);
+        self
     }
 
     pub fn chain(&self) -> Option<&FilterChain> {
@@ -189,6 +199,7 @@ impl ConnCtx {
         let log = runtime.sinks.clone();
         let mut ctx = ConnCtx::new(self.info.clone(), runtime, self.shared.clone(), log, routes);
         ctx.framing = self.framing.clone();
+        ctx.peer_ip = self.peer_ip.clone();
         (ctx, close)
     }
 }

@@ -139,10 +139,13 @@ where
     let bound = Arc::new(Bound::new(ctx.clone()));
     let svc_bound = bound.clone();
     let svc_idle = idle.clone();
-    let framing = ctx.framing.clone();
+    // `Flow::into_ctx` gives every HTTP connection its own; one made here would do the same
+    // job, short of learning from the forward path that the connection switched protocols.
+    let framing = ctx.framing.clone().unwrap_or_default();
+    let svc_framing = framing.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = svc_bound.current();
-        if !h2 && framing.take_request() {
+        if !h2 && svc_framing.take_request() {
             req.extensions_mut().insert(BothFramings);
         }
         if h2 {
@@ -152,7 +155,7 @@ where
     });
     // HTTP/1 heads are watched for what hyper accepts and Envoy refuses (crate::framing);
     // HTTP/2 has no such framing.
-    let io = HeadScan::new(io, ctx.framing.clone(), !h2);
+    let io = HeadScan::new(io, framing, !h2);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.shared.drain.clone();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use sluice_snapshot::{Role, Snapshot};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use crate::Error;
 use crate::accept::{self, ConnLimit};
@@ -322,26 +322,38 @@ async fn accept_loop(
         };
         let runtime = runtimes.borrow().clone();
         let shared = shared.clone();
-        let tracker = tracker.clone();
-        let mut hard_stop = hard_stop.clone();
-        tokio::spawn(async move {
-            let _tracker = tracker;
-            let _permit = permit;
-            let serve = async move {
-                match entry {
-                    Entry::Port(port) => {
-                        let info = ConnInfo::new(local, peer, port);
-                        serve_connection(stream, info, runtime, shared).await;
-                    }
-                    Entry::ExplicitProxy => {
-                        crate::sidecar::serve(stream, local, peer, runtime, shared).await;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = serve => {}
-                _ = wait_true(&mut hard_stop) => {}
+        let held = (tracker.clone(), permit, hard_stop.clone());
+        match entry {
+            Entry::Port(port) => {
+                let info = ConnInfo::new(local, peer, port);
+                spawn_connection(serve_connection(stream, info, runtime, shared), held);
             }
-        });
+            Entry::ExplicitProxy => {
+                let serve = crate::sidecar::serve(stream, local, peer, runtime, shared);
+                spawn_connection(serve, held);
+            }
+        }
     }
+}
+
+/// Runs a connection until it ends or the hard stop comes, holding its places in the drain
+/// tracker and the connection limit. The connection's future is made before the spawn, so
+/// the task holds it and nothing it was made from (every idle tunnel pays for this task).
+fn spawn_connection<F>(
+    serve: F,
+    (tracker, permit, mut hard_stop): (
+        mpsc::Sender<()>,
+        OwnedSemaphorePermit,
+        watch::Receiver<bool>,
+    ),
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = serve => {}
+            _ = wait_true(&mut hard_stop) => {}
+        }
+        drop((tracker, permit));
+    });
 }

@@ -49,6 +49,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ use sluice_snapshot::route::TcpRoute;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::authority::Host;
-use crate::conn::{serve_connection, serve_fallback_stream};
+use crate::conn::{Tail, open_connection, open_fallback_stream, staged};
 use crate::flow::{ConnCtx, ConnInfo, Latest, Routes};
 use crate::framing::{Framing, HeadScan};
 use crate::runtime::Runtime;
@@ -133,18 +134,14 @@ struct Dialed {
 
 impl Dialed {
     /// Forwards the tunnel to the connection made for it.
-    async fn forward<S>(self, io: S, alpn: Vec<String>)
+    fn forward<S>(self, io: S) -> Tail
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Dialed {
-            mut ctx,
-            mut rec,
-            opened,
-            ..
+            ctx, rec, opened, ..
         } = self;
-        ctx.info.alpn = alpn;
-        tcp::proxy_opened(io, &ctx, &mut rec, opened).await;
+        Box::pin(tcp::proxy_opened(io, ctx, rec, opened))
     }
 
     /// Closes the connection unused; its record says why.
@@ -155,13 +152,14 @@ impl Dialed {
 
 /// Serves one connection accepted by the explicit proxy, each request with the runtime in use
 /// when it starts (a tunnel with the one its CONNECT was decided by, re-checked after).
-pub async fn serve<S>(
+pub fn serve<S>(
     io: S,
     local: SocketAddr,
     peer: SocketAddr,
     runtime: Arc<Runtime>,
     shared: Arc<Shared>,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(Conn {
@@ -173,12 +171,21 @@ pub async fn serve<S>(
         pending: Mutex::new(None),
         framing: Arc::default(),
     });
-    serve_http(Box::new(io), conn).await;
+    // A CONNECT tunnel is the tail: the HTTP connection that asked for it is not kept.
+    staged(serve_http(Box::new(io), conn))
 }
 
+/// What [`serve_http`] returns, boxed under a named type: a tunnel may carry HTTP, served by
+/// `serve_http` again, and the recursion needs a type that is `Send` by declaration.
+type HttpSetup = Pin<Box<dyn Future<Output = Option<Tail>> + Send>>;
+
 /// HTTP/1.1 on `io`: each request routed on its own; a CONNECT turns the connection into a
-/// tunnel once its `200` is written.
-async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
+/// tunnel once its `200` is written, and the tunnel is what is left ([`Tail`]).
+fn serve_http(io: BoxStream, conn: Arc<Conn>) -> HttpSetup {
+    Box::pin(serve_http_setup(io, conn))
+}
+
+async fn serve_http_setup(io: BoxStream, conn: Arc<Conn>) -> Option<Tail> {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -216,18 +223,18 @@ async fn serve_http(io: BoxStream, conn: Arc<Conn>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
-    if let Some(t) = pending {
-        match t.upgrade.await {
-            Ok(upgraded) => {
-                let io = Box::new(TokioIo::new(upgraded));
-                tunnel(io, t.host, t.port, t.dialed, &conn).await;
+    let t = pending?;
+    match t.upgrade.await {
+        Ok(upgraded) => {
+            let io = Box::new(TokioIo::new(upgraded));
+            tunnel(io, t.host, t.port, t.dialed, &conn).await
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, host = %t.host, "CONNECT tunnel not established");
+            if let Some(d) = t.dialed {
+                d.close("downstream_remote_disconnect");
             }
-            Err(e) => {
-                tracing::debug!(error = %e, host = %t.host, "CONNECT tunnel not established");
-                if let Some(d) = t.dialed {
-                    d.close("downstream_remote_disconnect");
-                }
-            }
+            None
         }
     }
 }
@@ -326,9 +333,9 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     info.original_dst = target.host.ip().map(|ip| SocketAddr::new(ip, target.port));
     info.requested = Some((target.host.to_string(), target.port));
     let log = runtime.sinks.clone();
-    let mut ctx = ConnCtx::new(info, runtime, conn.shared.clone(), log, routes);
     // An upgrade the request makes switches this connection (crate::framing).
-    ctx.framing = conn.framing.clone();
+    let ctx = ConnCtx::new(info, runtime, conn.shared.clone(), log, routes)
+        .for_http(conn.framing.clone());
     let ctx = Arc::new(ctx);
     crate::http::handle(req, ctx)
         .await
@@ -802,7 +809,7 @@ async fn tunnel(
     port: u16,
     mut dialed: Option<Dialed>,
     conn: &Arc<Conn>,
-) {
+) -> Option<Tail> {
     let runtime = &conn.runtime.get();
     let snapshot = &runtime.snapshot;
     let shared = &conn.shared;
@@ -846,7 +853,7 @@ async fn tunnel(
             Ok(t) => t,
             Err(e) => {
                 refuse_connection(&info, conn, dialed, &e);
-                return;
+                return None;
             }
         };
         (io, transport)
@@ -858,19 +865,18 @@ async fn tunnel(
     };
     if let Some(d) = dialed.take() {
         if d.transport == transport && d.ctx.info.sni == info.sni {
-            d.forward(io, info.alpn).await;
-            return;
+            return Some(d.forward(io));
         }
         // Not what the connection was made for: routed by what was sent, on a connection
         // of its own.
         d.close("connect_dial_unused");
     }
     let Some(listener) = listener else {
-        return serve_fallback_stream(io, info, runtime.clone(), shared.clone(), false).await;
+        return open_fallback_stream(io, info, runtime.clone(), shared.clone(), false).await;
     };
     let passthrough = transport == Transport::Tls;
     let Some(chain) = listener.select(transport, info.sni.as_deref()) else {
-        return serve_fallback_stream(io, info, runtime.clone(), shared.clone(), passthrough).await;
+        return open_fallback_stream(io, info, runtime.clone(), shared.clone(), passthrough).await;
     };
     match (&chain.tls, &chain.app) {
         (None, App::Http { .. }) => {
@@ -884,7 +890,7 @@ async fn tunnel(
                 pending: Mutex::new(None),
                 framing: Arc::default(),
             });
-            Box::pin(serve_http(Box::new(io), inner)).await;
+            Some(Box::pin(staged(serve_http(Box::new(io), inner))))
         }
         (_, App::Tcp { routes }) => {
             if info.original_dst.is_none() && routes_need_destination(routes) {
@@ -895,7 +901,7 @@ async fn tunnel(
                 .iter()
                 .any(|r| r.matches(info.sni.as_deref(), Some(dest)))
             {
-                return serve_fallback_stream(
+                return open_fallback_stream(
                     io,
                     info,
                     runtime.clone(),
@@ -904,10 +910,10 @@ async fn tunnel(
                 )
                 .await;
             }
-            serve_connection(io, info, runtime.clone(), shared.clone()).await;
+            open_connection(io, info, runtime.clone(), shared.clone()).await
         }
         (Some(_), App::Http { .. }) => {
-            serve_connection(io, info, runtime.clone(), shared.clone()).await;
+            open_connection(io, info, runtime.clone(), shared.clone()).await
         }
     }
 }

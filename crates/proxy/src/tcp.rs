@@ -12,7 +12,7 @@ pub mod pipe;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,23 +34,24 @@ use crate::{Error, authz};
 /// Envoy's default TCP proxy idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Forwards `io` by the flow's TCP routes. `passthrough`: the bytes are the client's own TLS.
-pub async fn proxy<S>(io: S, ctx: &ConnCtx, rec: &mut Record, passthrough: bool)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if let Err(e) = run(io, ctx, rec, passthrough).await {
-        tracing::debug!(error = %e, sni = ?ctx.info.sni, "tcp proxy");
-        rec.fail(&e);
+/// [`open`], the failure recorded: `None` when the stream has no upstream.
+pub(crate) async fn open_or_fail(
+    ctx: &ConnCtx,
+    rec: &mut Record,
+    passthrough: bool,
+) -> Option<Opened> {
+    match open(ctx, rec, passthrough).await {
+        Ok(opened) => Some(opened),
+        Err(e) => {
+            failed(ctx, rec, &e);
+            None
+        }
     }
 }
 
-async fn run<S>(io: S, ctx: &ConnCtx, rec: &mut Record, passthrough: bool) -> Result<(), Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let opened = open(ctx, rec, passthrough).await?;
-    forward(io, ctx, rec, opened).await
+fn failed(ctx: &ConnCtx, rec: &mut Record, e: &Error) {
+    tracing::debug!(error = %e, sni = ?ctx.info.sni, "tcp proxy");
+    rec.fail(e);
 }
 
 /// A stream's upstream connection, established: the cluster it belongs to, and the places it
@@ -62,15 +63,58 @@ pub(crate) struct Opened {
     _slot: Slot,
 }
 
-/// Forwards `io` to an upstream [`open`] already connected (the sidecar dials before it
-/// answers a CONNECT).
-pub(crate) async fn proxy_opened<S>(io: S, ctx: &ConnCtx, rec: &mut Record, opened: Opened)
+/// Forwards `io` to an upstream [`open`] already connected, until the stream ends; the record
+/// is logged then. It owns what it uses, so an open tunnel is this future and nothing around
+/// it: keep it lean, it is what every idle tunnel costs. (Plain functions returning `async`
+/// blocks here, not `async fn`s: those keep a second copy of their arguments.)
+pub(crate) fn proxy_opened<S>(
+    io: S,
+    ctx: ConnCtx,
+    mut rec: Record,
+    opened: Opened,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Err(e) = forward(io, ctx, rec, opened).await {
-        tracing::debug!(error = %e, sni = ?ctx.info.sni, "tcp proxy");
-        rec.fail(&e);
+    let limits = Limits {
+        idle: (opened.cluster.cluster.limits.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        until: (ctx.shared.config.tunnel_max_lifetime).map(|d| ctx.info.start + d),
+    };
+    let mut snapshots = ctx.shared.snapshots.clone();
+    let epoch = Instant::now();
+    let mut down = Counted {
+        inner: io,
+        counts: rec.counts.clone(),
+        epoch,
+    };
+    let Opened {
+        cluster: c,
+        io: mut upstream,
+        _inflight,
+        _slot,
+    } = opened;
+    async move {
+        let recheck = |snapshot: &Snapshot| revoked(&ctx, snapshot, &c.name);
+        let stats = &c.state.stats;
+        stats.upstream_cx_active.inc();
+        // A snapshot published while the upstream was being dialed (or, at the sidecar,
+        // between the CONNECT and its tunnel's first byte) was never checked: check it
+        // before any byte. Later ones are checked as they come (`changed` below).
+        let current = snapshots.borrow_and_update().clone();
+        let stale = !Arc::ptr_eq(&current, &ctx.runtime.snapshot);
+        let result = match stale.then(|| recheck(&current)).flatten() {
+            Some(e) => Err(CopyEnd::Revoked(e)),
+            None => {
+                drop(current);
+                copy(&mut down, &mut upstream, &limits, &mut snapshots, recheck).await
+            }
+        };
+        stats.upstream_cx_active.dec();
+        // The stream's places in its cluster's limits, held until here.
+        drop((_inflight, _slot));
+        if let Err(e) = ended(result, &ctx, &mut rec, &c.name) {
+            failed(&ctx, &mut rec, &e);
+        }
     }
 }
 
@@ -151,51 +195,23 @@ pub(crate) async fn open(
     })
 }
 
-/// Copies bytes between `io` and the opened upstream until the stream ends.
-async fn forward<S>(io: S, ctx: &ConnCtx, rec: &mut Record, opened: Opened) -> Result<(), Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let Opened {
-        cluster: c,
-        io: upstream,
-        _inflight,
-        _slot,
-    } = opened;
-    let (cluster, state) = (&c.cluster, &c.state);
-    state.stats.upstream_cx_active.inc();
-    let limits = Limits {
-        idle: cluster.limits.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
-        until: ctx
-            .shared
-            .config
-            .tunnel_max_lifetime
-            .map(|d| ctx.info.start + d),
-    };
-    let cluster_name = c.name.clone();
-    let recheck = |snapshot: &Snapshot| revoked(ctx, snapshot, &cluster_name);
-    let snapshots = ctx.shared.snapshots.clone();
-    let result = copy(
-        io,
-        upstream,
-        rec.counts.clone(),
-        limits,
-        (snapshots, &ctx.runtime.snapshot),
-        recheck,
-    )
-    .await;
-    state.stats.upstream_cx_active.dec();
+/// Records how a stream's copy ended; `Err` when the stream failed.
+fn ended(
+    result: Result<(), CopyEnd>,
+    ctx: &ConnCtx,
+    rec: &mut Record,
+    cluster: &str,
+) -> Result<(), Error> {
+    let metrics = &ctx.shared.telemetry.metrics;
     match result {
         Ok(()) => Ok(()),
         Err(CopyEnd::Idle) => {
             rec.termination = Some("idle_timeout".into());
-            let metrics = &ctx.shared.telemetry.metrics;
             metrics.refused("limit", "tunnel_idle_timeout");
             Ok(())
         }
         Err(CopyEnd::Lifetime) => {
             rec.termination = Some("max_duration_timeout".into());
-            let metrics = &ctx.shared.telemetry.metrics;
             metrics.refused("limit", "tunnel_max_lifetime");
             Ok(())
         }
@@ -204,11 +220,11 @@ where
                 target: "sluice::refused",
                 peer = %ctx.info.peer,
                 sni = ctx.info.sni.as_deref().unwrap_or("-"),
-                cluster = %c.name,
+                cluster = %cluster,
                 error = %e,
                 "open stream closed: the new configuration no longer allows it"
             );
-            ctx.shared.telemetry.metrics.refused("revoked", e.details());
+            metrics.refused("revoked", e.details());
             Err(e)
         }
         Err(CopyEnd::Io(e)) => {
@@ -282,54 +298,40 @@ enum CopyEnd {
 }
 
 /// Copies both ways until either side closes, the stream idles, its lifetime ends, or a new
-/// snapshot no longer allows it (`recheck`, run once per snapshot other than `decided`, the
-/// one the flow was routed by).
+/// snapshot no longer allows it (`recheck`, run on each one published). It borrows what the
+/// tunnel owns: an idle tunnel's state is [`proxy_opened`]'s, once.
 async fn copy<D, U>(
-    downstream: D,
-    mut upstream: U,
-    counts: Arc<ByteCounts>,
-    limits: Limits,
-    (mut snapshots, decided): (watch::Receiver<Arc<Snapshot>>, &Arc<Snapshot>),
+    down: &mut Counted<D>,
+    upstream: &mut U,
+    limits: &Limits,
+    snapshots: &mut watch::Receiver<Arc<Snapshot>>,
     recheck: impl Fn(&Snapshot) -> Option<Error>,
 ) -> Result<(), CopyEnd>
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let idle = limits.idle;
-    // A snapshot published while the upstream was being dialed (or, at the sidecar, between
-    // the CONNECT and its tunnel's first byte) was never checked: check it before any byte.
-    let current = snapshots.borrow_and_update().clone();
-    if !Arc::ptr_eq(&current, decided)
-        && let Some(e) = recheck(&current)
-    {
-        return Err(CopyEnd::Revoked(e));
-    }
-    let mut watching = true;
-    let lifetime = async {
-        match limits.until {
-            Some(t) => tokio::time::sleep_until(t).await,
-            None => std::future::pending().await,
-        }
+    let (epoch, counts) = (down.epoch, down.counts.clone());
+    // When bytes last moved; saturating, as a DestinationRule may set an idle timeout of
+    // centuries.
+    let idle_at = || {
+        let moved = epoch + Duration::from_millis(counts.last_moved_ms.load(Ordering::Relaxed));
+        moved
+            .checked_add(limits.idle)
+            .unwrap_or(moved + Duration::from_secs(100 * 365 * 86_400))
     };
-    tokio::pin!(lifetime);
-    let epoch = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut down = Counted {
-        inner: downstream,
-        counts,
-        epoch,
-        last: last.clone(),
-    };
-    let copy = pipe::bidirectional(&mut down, &mut upstream);
+    // One timer for both limits, set to the earlier of the two; when it fires and bytes moved
+    // since, it is set again to the new idle deadline (one wake-up per idle period of a busy
+    // stream, none in between).
+    let deadline = |idle_at: Instant| limits.until.map_or(idle_at, |t| t.min(idle_at));
+    let timer = tokio::time::sleep_until(deadline(idle_at()));
+    tokio::pin!(timer);
+    let copy = pipe::bidirectional(down, upstream);
     tokio::pin!(copy);
-    let tick = idle
-        .min(Duration::from_secs(5))
-        .max(Duration::from_millis(10));
+    let mut watching = true;
     loop {
         tokio::select! {
             r = &mut copy => return r.map_err(CopyEnd::Io),
-            _ = &mut lifetime => return Err(CopyEnd::Lifetime),
             changed = snapshots.changed(), if watching => {
                 if changed.is_err() {
                     watching = false;
@@ -340,11 +342,16 @@ where
                     return Err(CopyEnd::Revoked(e));
                 }
             }
-            _ = tokio::time::sleep(tick) => {
-                let since = (epoch.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
-                if Duration::from_millis(since) >= idle {
+            () = &mut timer => {
+                let now = Instant::now();
+                if limits.until.is_some_and(|t| now >= t) {
+                    return Err(CopyEnd::Lifetime);
+                }
+                let idle_at = idle_at();
+                if now >= idle_at {
                     return Err(CopyEnd::Idle);
                 }
+                timer.as_mut().reset(deadline(idle_at));
             }
         }
     }
@@ -355,13 +362,12 @@ struct Counted<S> {
     inner: S,
     counts: Arc<ByteCounts>,
     epoch: Instant,
-    last: Arc<AtomicU64>,
 }
 
 impl<S> Counted<S> {
     fn touch(&self) {
-        self.last
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.counts.last_moved_ms.store(ms, Ordering::Relaxed);
     }
 }
 

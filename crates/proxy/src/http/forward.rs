@@ -298,7 +298,9 @@ pub async fn forward(
     let switched = upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if switched {
         // What the client sends from now on is no request: not scanned as one.
-        ctx.framing.switch();
+        if let Some(framing) = &ctx.framing {
+            framing.switch();
+        }
         let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let upstream = hyper::upgrade::on(&mut resp);
         match downstream {

@@ -36,6 +36,9 @@ pub struct ByteCounts {
     pub received: AtomicU64,
     /// To the downstream.
     pub sent: AtomicU64,
+    /// When bytes last moved, in milliseconds since the stream's copy began (a TCP stream's
+    /// idle timeout reads it; HTTP bodies leave it at 0).
+    pub last_moved_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
