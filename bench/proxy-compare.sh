@@ -4,16 +4,17 @@
 #
 # Usage: bench/proxy-compare.sh [seconds]      (default 10 s per measurement, after a 2 s warm-up)
 # Environment: MODES="http tls-origination passthrough passthrough-newconn absolute-uri
-#              connect-tls mesh-hop idle-memory" (that order, all by default), CONNS=50 (client
+#              connect-tls mesh-hop idle-memory idle-connect" (that order, all by default), CONNS=50 (client
 #              connections), ROUNDS=1 (measure every peer this many times, interleaved: round 1
 #              runs each peer once, then round 2…; the table shows medians), RATE=1000 (req/s of
-#              mesh-hop's fixed-rate run), IDLE_CONNS=5000 (idle-memory), KEEP=1 (keep the temp
+#              mesh-hop's fixed-rate run), IDLE_CONNS=5000 (idle-memory, idle-connect), KEEP=1 (keep the temp
 #              dir with the configs).
 #
 # The proxy modes (http … passthrough-newconn) measure sluice's gateway. absolute-uri and
 # connect-tls measure `sluice sidecar` as the app's explicit proxy; mesh-hop the sidecar and the
 # gateway together (mesh mTLS between them, as in docs/mesh.md); idle-memory the gateway's TLS
-# passthrough holding idle connections. The modes wrk cannot drive (CONNECT, a fixed rate,
+# passthrough holding idle connections, idle-connect the sidecar's CONNECT tunnels (TLS inside)
+# against squid's. The modes wrk cannot drive (CONNECT, a fixed rate,
 # holding connections) use bench/loadgen, a small Rust client built here on its own.
 #
 # Installs what it needs on Debian (nginx-light, libnginx-mod-stream, haproxy, squid, wrk) and
@@ -26,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${CONNS:-50}
-modes=${MODES:-"http tls-origination passthrough passthrough-newconn absolute-uri connect-tls mesh-hop idle-memory"}
+modes=${MODES:-"http tls-origination passthrough passthrough-newconn absolute-uri connect-tls mesh-hop idle-memory idle-connect"}
 rounds=${ROUNDS:-1}
 rate=${RATE:-1000}
 idle_conns=${IDLE_CONNS:-5000}
@@ -38,7 +39,7 @@ wants() { # wants MODE...: true when MODES names one of them
 }
 for m in $modes; do
   case $m in
-    http|tls-origination|passthrough|passthrough-newconn|absolute-uri|connect-tls|mesh-hop|idle-memory) ;;
+    http|tls-origination|passthrough|passthrough-newconn|absolute-uri|connect-tls|mesh-hop|idle-memory|idle-connect) ;;
     *) echo "unknown mode $m" >&2; exit 1 ;;
   esac
 done
@@ -73,7 +74,7 @@ echo "building sluice (release)…" >&2
 nice -n 10 cargo build --release -q -p sluice
 sluice_bin=$PWD/target/release/sluice
 loadgen_bin=$PWD/bench/loadgen/target/release/sluice-loadgen
-if wants connect-tls mesh-hop idle-memory; then
+if wants connect-tls mesh-hop idle-memory idle-connect; then
   echo "building bench/loadgen (release)…" >&2
   nice -n 10 cargo build --release -q --manifest-path bench/loadgen/Cargo.toml
 fi
@@ -104,12 +105,13 @@ all_ports="18080 18443 18100 18101 18102 18103 18104 18201 18202 18203 18301 183
 wants absolute-uri connect-tls && all_ports+=" 18400 18401 18402 18403 18404"
 wants mesh-hop && all_ports+=" 18500 18501 18502 18510 18511 18522"
 wants idle-memory && all_ports+=" 18600 18601 18602 18603"
+wants idle-connect && all_ports+=" 18604 18605 18606"
 for p in $all_ports; do
   if (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "port 127.0.0.1:$p is already in use; stop what holds it first" >&2; exit 1
   fi
 done
-if wants connect-tls && (echo >/dev/tcp/127.0.18.43/443) 2>/dev/null; then
+if wants connect-tls idle-connect && (echo >/dev/tcp/127.0.18.43/443) 2>/dev/null; then
   echo "127.0.18.43:443 is already in use; stop what holds it first" >&2; exit 1
 fi
 
@@ -149,11 +151,11 @@ chmod 644 "$dir"/*.pem "$dir"/*.key
 body=$(printf 'x%.0s' $(seq 99))
 mkdir -p "$dir/upstream" "$dir/nginx"
 up_conns=4096
-wants idle-memory && up_conns=$((idle_conns + 4096))
+wants idle-memory idle-connect && up_conns=$((idle_conns + 4096))
 # connect-tls: squid tunnels a CONNECT to an originserver peer only when the peer's port is the
 # CONNECT's (443), so the upstream also answers HTTPS on 127.0.18.43:443 (same server, same worker).
 up_connect_listen=""
-wants connect-tls && up_connect_listen="listen 127.0.18.43:443 ssl;"
+wants connect-tls idle-connect && up_connect_listen="listen 127.0.18.43:443 ssl;"
 cat > "$dir/upstream/nginx.conf" <<EOF
 daemon off;
 master_process on;
@@ -397,7 +399,7 @@ EOF
 # The sidecar's Istio YAML: two external services, STATIC to the upstream (targetPort maps the
 # service ports 80/443 to the upstream's 18080/18443). No DestinationRule asks for ISTIO_MUTUAL
 # and no VirtualService names the egress gateway, so the sidecar forwards straight to them.
-if wants absolute-uri connect-tls; then
+if wants absolute-uri connect-tls idle-connect; then
   mkdir -p "$dir/sidecar" "$dir/squidfwd"
   cat > "$dir/sidecar/bench.yaml" <<EOF
 apiVersion: networking.istio.io/v1
@@ -448,6 +450,11 @@ pid_filename $dir/squidfwd/squid.pid
 coredump_dir $dir/squidfwd
 shutdown_lifetime 0 seconds
 EOF
+  # idle-connect: a fresh squid per round, on its own port and files.
+  mkdir -p "$dir/squididle"
+  sed -e 's/127.0.0.1:18404/127.0.0.1:18606/' -e "s#$dir/squidfwd/#$dir/squididle/#" \
+    "$dir/squidfwd.conf" > "$dir/squididle.conf"
+  echo "max_filedescriptors $((2 * idle_conns + 1024))" >> "$dir/squididle.conf"
 fi
 
 # --- mesh-hop: sidecar → mesh mTLS → gateway, and nginx → nginx over mutual TLS ------------------
@@ -789,15 +796,16 @@ measure_lg() { # measure_lg MODE NAME PID [loadgen args...]: as measure, with be
   echo "  $mode / $name: $out" >&2
 }
 
-# idle-memory: VmRSS of a fresh proxy before and after the loadgen holds IDLE_CONNS TLS
-# connections through it (handshake completed with the upstream, then idle).
+# idle-memory, idle-connect: VmRSS of a fresh proxy before and after the loadgen holds
+# IDLE_CONNS TLS connections through it (handshake completed with the upstream, then idle).
 idle=$dir/idle.tsv
 : > "$idle"
-measure_idle() { # measure_idle NAME PID PORT
-  local name=$1 pid=$2 port=$3 before after lg line end_line
+measure_idle() { # measure_idle MODE NAME PID LOADGEN-ARGS...
+  local mode=$1 name=$2 pid=$3 before after lg line end_line
+  shift 3
   sleep 1
   before=$(rss_kib "$pid")
-  taskset -c $LOAD_CORE "$loadgen_bin" --url https://pass.bench.test/ --addr "127.0.0.1:$port" \
+  taskset -c $LOAD_CORE "$loadgen_bin" "$@" \
     --ca "$dir/ca.pem" --hold "$idle_conns" -c 64 -d 4 >"$dir/hold-$name.out" 2>&1 &
   lg=$!
   pids+=("$lg")
@@ -815,8 +823,8 @@ measure_idle() { # measure_idle NAME PID PORT
   after=$(rss_kib "$pid")
   wait "$lg" 2>/dev/null || true
   end_line=$(grep '^HOLD_END ' "$dir/hold-$name.out" || true)
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$before" "$after" "$line" "$end_line" >> "$idle"
-  echo "  idle-memory / $name: RSS $before → $after KiB; $line; $end_line" >&2
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$before" "$after" "$line" "$end_line" >> "$idle"
+  echo "  $mode / $name: RSS $before → $after KiB; $line; $end_line" >&2
 }
 
 host_hdr() { echo "Host: $1"; }
@@ -924,18 +932,35 @@ for mode in $modes; do
         start idlesluice $PROXY_CORE env SLUICE_LOG=warn "$sluice_bin" gateway -c "$dir/idle" --bind 127.0.0.1 --admin 127.0.0.1:18600
         wait_ready 18600 idlesluice
         check https://pass.bench.test:18601/ --resolve pass.bench.test:18601:127.0.0.1 --cacert "$dir/ca.pem"
-        measure_idle sluice "$pid_idlesluice" 18601
+        measure_idle idle-memory sluice "$pid_idlesluice" --url https://pass.bench.test/ --addr 127.0.0.1:18601
         stop "$pid_idlesluice"
         start idlenginx $PROXY_CORE nginx -c "$dir/idle-nginx/nginx.conf" -p "$dir/idle-nginx" -e "$dir/idle-nginx/error.log"
         wait_port 18602 idlenginx
         check https://pass.bench.test:18602/ --resolve pass.bench.test:18602:127.0.0.1 --cacert "$dir/ca.pem"
-        measure_idle nginx "$pid_idlenginx" 18602
+        measure_idle idle-memory nginx "$pid_idlenginx" --url https://pass.bench.test/ --addr 127.0.0.1:18602
         stop "$pid_idlenginx"
         start idlehaproxy $PROXY_CORE haproxy -db -f "$dir/idle-haproxy.cfg"
         wait_port 18603 idlehaproxy
         check https://pass.bench.test:18603/ --resolve pass.bench.test:18603:127.0.0.1 --cacert "$dir/ca.pem"
-        measure_idle haproxy "$pid_idlehaproxy" 18603
+        measure_idle idle-memory haproxy "$pid_idlehaproxy" --url https://pass.bench.test/ --addr 127.0.0.1:18603
         stop "$pid_idlehaproxy"
+      done
+      ;;
+    idle-connect)
+      # CONNECT tls.bench.test:443 and TLS inside, held idle; one fresh proxy at a time.
+      t=(--url https://tls.bench.test/ --connect)
+      for _ in $(seq "$rounds"); do
+        start idlesc $PROXY_CORE env SLUICE_LOG=warn "$sluice_bin" sidecar -c "$dir/sidecar" --namespace default \
+          --service-account bench --listen 127.0.0.1:18605 --admin 127.0.0.1:18604
+        wait_ready 18604 idlesc
+        check https://tls.bench.test/ -x http://127.0.0.1:18605 --cacert "$dir/ca.pem"
+        measure_idle idle-connect "sluice sidecar" "$pid_idlesc" "${t[@]}" 127.0.0.1:18605
+        stop "$pid_idlesc"
+        start idlesquid $PROXY_CORE squid -N -f "$dir/squididle.conf"
+        wait_port 18606 idlesquid
+        check https://tls.bench.test/ -x http://127.0.0.1:18606 --cacert "$dir/ca.pem"
+        measure_idle idle-connect squid "$pid_idlesquid" "${t[@]}" 127.0.0.1:18606
+        stop "$pid_idlesquid"
       done
       ;;
     *) echo "unknown mode $mode" >&2; exit 1 ;;
@@ -1011,27 +1036,28 @@ for mode in dict.fromkeys(r["mode"] for r in rows):
 idle = [l.rstrip("\n").split("\t") for l in open(sys.argv[3])]
 if idle:
     res = []
-    for name, before, after, hold, end in idle:
+    for mode, name, before, after, hold, end in idle:
         kv = dict(x.split("=") for x in (hold + " " + end).split() if "=" in x)
         n = int(kv.get("opened", 0))
-        res.append(dict(name=name, n=n, before=int(before), after=int(after),
+        res.append(dict(mode=mode, name=name, n=n, before=int(before), after=int(after),
                         per=(int(after) - int(before)) / n if n else None,
                         closed=kv.get("closed_while_idle", "?"), errs=int(kv.get("errors", 0))))
     groups = {}
     for r in res:
-        groups.setdefault(r["name"], []).append(r)
-    ng = med(r["per"] for r in groups.get("nginx", []))
-    # The target: sluice's idle tunnel no larger than the best peer's.
-    peers = [p for p in (med(r["per"] for r in rs) for n, rs in groups.items() if n != "sluice") if p]
-    best = min(peers) if peers else None
+        groups.setdefault((r["mode"], r["name"]), []).append(r)
     print()
     print("| mode | proxy | connections held | RSS before | RSS after | KiB per connection | ÷ nginx | ÷ best peer | closed while idle | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rs in groups.items():
+    for (mode, name), rs in groups.items():
+        ng = med(r["per"] for r in groups.get((mode, "nginx"), []))
+        # The target: sluice's idle tunnel no larger than the best peer's (same mode).
+        peers = [p for p in (med(r["per"] for r in g) for (m, n), g in groups.items()
+                             if m == mode and not n.startswith("sluice")) if p]
+        best = min(peers) if peers else None
         per = med(r["per"] for r in rs)
         pn = f"{per / ng:.2f}" if per is not None and ng else "–"
         pb = f"{per / best:.2f}" if per is not None and best else "–"
-        print(f"| idle-memory | {name} | {med(r['n'] for r in rs):,.0f} | {med(r['before'] for r in rs) / 1024:.1f} MiB"
+        print(f"| {mode} | {name} | {med(r['n'] for r in rs):,.0f} | {med(r['before'] for r in rs) / 1024:.1f} MiB"
               f" | {med(r['after'] for r in rs) / 1024:.1f} MiB | {per:.2f} | {pn} | {pb} | {','.join(str(r['closed']) for r in rs)}"
               f" | {sum(r['errs'] for r in rs)} |")
 if int(sys.argv[4]) > 1:
@@ -1072,6 +1098,8 @@ Modes: http = small GET over client keep-alive, proxy keeps upstream connections
     proxy_pass https with a client certificate → nginx (ssl_verify_client on, subject allowed by a map)
     → upstream. Closed loop (bench/loadgen, CONNS connections), then "@RATE/s" at a fixed rate,
     where p99 is counted from when each request was due; "p99 added" = proxy p99 − direct p99.
+  idle-connect = a fresh proxy (sluice sidecar, squid) holds IDLE_CONNS CONNECT tls.bench.test:443 tunnels
+    with a completed TLS handshake inside each (bench/loadgen --hold --connect), then idle; as idle-memory.
   idle-memory = a fresh proxy (sluice gateway TLS PASSTHROUGH, nginx stream ssl_preread, HAProxy mode tcp)
     holds IDLE_CONNS TLS connections opened by bench/loadgen --hold (handshake completed with the
     upstream, then idle); KiB per connection = (VmRSS after − VmRSS before) ÷ connections, VmRSS summed
