@@ -76,9 +76,13 @@ pub(crate) fn proxy_opened<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (idle, lifetime) = (
+        opened.cluster.cluster.limits.idle_timeout,
+        ctx.shared.config.tunnel_max_lifetime,
+    );
     let limits = Limits {
-        idle: (opened.cluster.cluster.limits.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT),
-        until: (ctx.shared.config.tunnel_max_lifetime).map(|d| ctx.info.start + d),
+        idle: idle.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        until: lifetime.map(|d| ctx.info.start + d),
     };
     let mut snapshots = ctx.shared.snapshots.clone();
     let epoch = Instant::now();
