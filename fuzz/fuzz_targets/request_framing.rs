@@ -68,6 +68,12 @@ fn reference(mut b: &[u8]) -> Reference {
         b = &b[n..];
         if te {
             loop {
+                // hyper wants a digit first; httparse also reads an empty size (`;ext`) as 0.
+                match b.first() {
+                    None => return Reference::Clean,
+                    Some(c) if !c.is_ascii_hexdigit() => return Reference::Refused(place),
+                    Some(_) => {}
+                }
                 let (used, size) = match httparse::parse_chunk_size(b) {
                     Ok(httparse::Status::Complete(c)) => c,
                     Ok(httparse::Status::Partial) => return Reference::Clean,
