@@ -8,7 +8,8 @@
 #              connections), ROUNDS=1 (measure every peer this many times, interleaved: round 1
 #              runs each peer once, then round 2…; the table shows medians), RATE=1000 (req/s of
 #              mesh-hop's fixed-rate run), IDLE_CONNS=5000 (idle-memory, idle-connect), KEEP=1 (keep the temp
-#              dir with the configs).
+#              dir with the configs), SLUICE_BIN (a sluice binary to measure instead of
+#              building this checkout: to compare two commits, run once with each).
 #
 # The proxy modes (http … passthrough-newconn) measure sluice's gateway. absolute-uri and
 # connect-tls measure `sluice sidecar` as the app's explicit proxy; mesh-hop the sidecar and the
@@ -70,9 +71,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ "$(nproc)" -ge 2 ] || { echo "needs at least 2 cores (proxy on core 1, load on core 0)" >&2; exit 1; }
 
-echo "building sluice (release)…" >&2
-nice -n 10 cargo build --release -q -p sluice
-sluice_bin=$PWD/target/release/sluice
+if [ -n "${SLUICE_BIN:-}" ]; then
+  sluice_bin=$SLUICE_BIN
+else
+  echo "building sluice (release)…" >&2
+  nice -n 10 cargo build --release -q -p sluice
+  sluice_bin=$PWD/target/release/sluice
+fi
 loadgen_bin=$PWD/bench/loadgen/target/release/sluice-loadgen
 if wants connect-tls mesh-hop idle-memory idle-connect; then
   echo "building bench/loadgen (release)…" >&2

@@ -179,9 +179,7 @@ pub(crate) async fn open(
         passthrough,
     )?;
     rec.upstream_host = Some(candidate.addr);
-    let dialed = upstreams
-        .dial(cluster, state, candidate.addr, origination)
-        .await;
+    let dialed = crate::upstream::dial(cluster, state, candidate.addr, origination).await;
     if let Some(d) = &state.outlier {
         let outcome = match &dialed {
             Ok(_) => Outcome::Connected,

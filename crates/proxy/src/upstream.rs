@@ -415,34 +415,11 @@ impl Upstreams {
         }
     }
 
-    /// Dials one endpoint (TCP, then TLS when `tls` is given), counting the cluster's stats.
-    pub async fn dial(
-        &self,
-        cluster: &Cluster,
-        state: &ClusterState,
-        addr: SocketAddr,
-        tls: Option<Origination>,
-    ) -> Result<Dialed, Error> {
-        state.stats.upstream_cx_total.inc();
-        let r = connect::dial(
-            addr,
-            cluster.connect_timeout,
-            cluster.limits.tcp_keepalive.as_ref(),
-            cluster.tunnel.as_ref(),
-            tls,
-        )
-        .await;
-        if r.is_err() {
-            state.stats.upstream_cx_connect_fail.inc();
-        }
-        r
-    }
-
     /// A connection for one HTTP request to `candidate` of `c`: pooled if one is idle, else
     /// dialed, within the cluster's connection limits.
     pub async fn http_connection(
         &self,
-        c: &ClusterRt,
+        c: &Arc<ClusterRt>,
         candidate: &Candidate,
     ) -> Result<Pooled, Error> {
         let (cluster, state) = (&c.cluster, &c.state);
@@ -495,15 +472,49 @@ impl Upstreams {
                         }
                     },
                 };
-                let dialed = self
-                    .dial(cluster, state, candidate.addr, origination.take())
-                    .await?;
-                let guard = lb::ConnGuard::new(state.stats.upstream_cx_active.clone(), slot);
-                return state
-                    .pool
-                    .handshake(&key, cluster.http2, dialed, guard, per_connection)
-                    .await
-                    .map_err(|e| Error::UpstreamReset(e.to_string()));
+                if cluster.http2 {
+                    let dialed = dial(cluster, state, candidate.addr, origination.take()).await?;
+                    let guard = lb::ConnGuard::new(state.stats.upstream_cx_active.clone(), slot);
+                    return state
+                        .pool
+                        .handshake(&key, true, dialed, guard, per_connection)
+                        .await
+                        .map_err(|e| Error::UpstreamReset(e.to_string()));
+                }
+                // As Envoy's HTTP/1.1 pool does, the new connection is made for the pool, not
+                // for this request, which takes whichever is ready first: it, or a pooled
+                // connection another request returns meanwhile. A dial and a TLS handshake
+                // take longer than most requests in flight; waiting for its own connection
+                // would add them to this request's latency.
+                let mut made =
+                    connect_ahead(c, candidate.addr, key.clone(), origination.take(), slot);
+                loop {
+                    let freed = state.pool.freed.notified();
+                    tokio::pin!(freed);
+                    freed.as_mut().enable();
+                    if let Some(p) = state
+                        .pool
+                        .checkout(
+                            &key,
+                            false,
+                            idle_timeout,
+                            per_connection,
+                            cluster.limits.max_connection_duration,
+                        )
+                        .await
+                    {
+                        return Ok(p);
+                    }
+                    tokio::select! {
+                        biased;
+                        made = &mut made => {
+                            return made.unwrap_or_else(|_| {
+                                Err(Error::UpstreamReset("the connection attempt ended".into()))
+                            });
+                        }
+                        () = freed => {}
+                    }
+                }
             }
             if pending.is_none() {
                 state.stats.upstream_cx_overflow.inc();
@@ -527,4 +538,59 @@ impl Upstreams {
             let _ = tokio::time::timeout(wait, state.pool.freed.notified()).await;
         }
     }
+}
+
+/// Dials one endpoint (TCP, then TLS when `tls` is given), counting the cluster's stats.
+pub async fn dial(
+    cluster: &Cluster,
+    state: &ClusterState,
+    addr: SocketAddr,
+    tls: Option<Origination>,
+) -> Result<Dialed, Error> {
+    state.stats.upstream_cx_total.inc();
+    let r = connect::dial(
+        addr,
+        cluster.connect_timeout,
+        cluster.limits.tcp_keepalive.as_ref(),
+        cluster.tunnel.as_ref(),
+        tls,
+    )
+    .await;
+    if r.is_err() {
+        state.stats.upstream_cx_connect_fail.inc();
+    }
+    r
+}
+
+/// Makes a new HTTP/1.1 connection to `addr` for `c`'s pool, holding `slot` (the cluster's
+/// connection limit) while it lives, in a task of its own: the request that asked for it gets
+/// it, or its failure, from the returned receiver; when that request has taken another
+/// connection meanwhile (or is gone), the new one goes to the pool.
+fn connect_ahead(
+    c: &Arc<ClusterRt>,
+    addr: SocketAddr,
+    key: PoolKey,
+    tls: Option<Origination>,
+    slot: Slot,
+) -> tokio::sync::oneshot::Receiver<Result<Pooled, Error>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let c = c.clone();
+    tokio::spawn(async move {
+        let (cluster, state) = (&c.cluster, &c.state);
+        let made = async {
+            let dialed = dial(cluster, state, addr, tls).await?;
+            let guard = lb::ConnGuard::new(state.stats.upstream_cx_active.clone(), slot);
+            let per_connection = cluster.limits.max_requests_per_connection;
+            state
+                .pool
+                .handshake(&key, false, dialed, guard, per_connection)
+                .await
+                .map_err(|e| Error::UpstreamReset(e.to_string()))
+        }
+        .await;
+        if let Err(Ok(pooled)) = tx.send(made) {
+            pooled.release(&state.pool);
+        }
+    });
+    rx
 }

@@ -437,6 +437,58 @@ async fn requests_per_connection_and_idle_timeout_retire_connections() {
     }
 }
 
+/// An idle pooled HTTP/1.1 connection that its upstream closes is released by the gateway
+/// without waiting for a request to find it closed, or for the idle timeout (300 s by
+/// default): its slot in `upstream_cx_active` frees and its socket closes. The next request
+/// goes on a new connection, unharmed.
+#[tokio::test]
+async fn a_pooled_connection_closed_by_its_upstream_is_released_while_idle() {
+    let listener = TcpListener::bind((sluice_test_support::free_loopback_addr(), 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let seen = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            seen.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                if read_request_head(&mut tcp).await.is_none() {
+                    return;
+                }
+                let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, reply).await;
+                // Keep-alive was offered; the server closes the connection a moment later.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    let gw = gateway(&istio("HTTP", &[addr], &rule(""), "{}")).await;
+    const ACTIVE: &str = "envoy_cluster_upstream_cx_active";
+    assert_eq!(get(&gw, "/one").await.0, 200);
+    wait_until(|| gw.metric(ACTIVE, CLUSTER) == 0).await;
+    assert_eq!(
+        gw.metric(ACTIVE, CLUSTER),
+        0,
+        "the closed connection is released while idle"
+    );
+    let close_wait = std::process::Command::new("ss")
+        .args(["-tn", "state", "close-wait"])
+        .arg(format!("dport = :{}", addr.port()))
+        .output()
+        .expect("ss (iproute2)");
+    let lines = String::from_utf8_lossy(&close_wait.stdout).lines().count();
+    assert!(lines <= 1, "no socket left half-closed: {lines} lines");
+    assert_eq!(get(&gw, "/two").await.0, 200);
+    assert_eq!(
+        accepted.load(SeqCst),
+        2,
+        "the second request on a new connection"
+    );
+    gw.wait_lines(&[" 200 "], 2).await;
+    server.abort();
+}
+
 /// `tcp.maxConnectionDuration`: a connection older than this takes no new request (HTTP/1.1
 /// and HTTP/2), though it is neither idle past its timeout nor at its request cap.
 #[tokio::test]

@@ -246,3 +246,149 @@ async fn termination_simple_and_mutual() {
         .await;
     proxy.stop().await;
 }
+
+/// An HTTPS upstream whose second connection's TLS handshake waits for `handshake_gate`, and
+/// whose `/hold` requests wait for `hold_gate`. Responses carry `x-conn`: the connection's
+/// number (1, 2, …).
+struct GatedHttps {
+    addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    held: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    handshake_gate: tokio::sync::watch::Sender<bool>,
+    hold_gate: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GatedHttps {
+    async fn start(ca: &TestCa) -> GatedHttps {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind(local0()).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            ca.server_cert(&["api.github.com"]).server_config(),
+        ));
+        let (handshake_gate, handshake_rx) = tokio::sync::watch::channel(false);
+        let (hold_gate, hold_rx) = tokio::sync::watch::channel(false);
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (seen, holding) = (accepted.clone(), held.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let n = seen.fetch_add(1, SeqCst) + 1;
+                let (acceptor, holding) = (acceptor.clone(), holding.clone());
+                let (mut handshake_rx, hold_rx) = (handshake_rx.clone(), hold_rx.clone());
+                tokio::spawn(async move {
+                    if n == 2 {
+                        let _ = handshake_rx.wait_for(|open| *open).await;
+                    }
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                        let (mut hold_rx, holding) = (hold_rx.clone(), holding.clone());
+                        async move {
+                            if req.uri().path() == "/hold" {
+                                holding.fetch_add(1, SeqCst);
+                                let _ = hold_rx.wait_for(|open| *open).await;
+                            }
+                            let _: &hyper::body::Incoming = req.body();
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("x-conn", n.to_string())
+                                    .body(http_body_util::Full::new(bytes::Bytes::from("ok")))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        GatedHttps {
+            addr,
+            accepted,
+            held,
+            handshake_gate,
+            hold_gate,
+            task,
+        }
+    }
+}
+
+/// Envoy's HTTP/1.1 connection pool: a request that finds no idle connection has a new one
+/// made for the pool, but takes whichever is ready first — here the connection another
+/// request returns while the new one's TLS handshake is still held by the upstream. The new
+/// connection then joins the pool.
+#[tokio::test]
+async fn a_request_takes_a_returned_connection_before_its_new_one_is_ready() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const PROMPT: std::time::Duration = std::time::Duration::from_secs(5);
+    let ca = TestCa::new("origin-ca");
+    let dir = TempDir::new("connect-ahead");
+    let trust = json!({"file": ca.write_ca_pem(dir.path())});
+    let up = GatedHttps::start(&ca).await;
+    let snap = origination_snapshot(vec![(
+        "slow.test",
+        up.addr,
+        json!({"tls": {"mode": "SIMPLE", "sni": "api.github.com", "trust": trust}}),
+    )]);
+    let proxy = start(snap, None).await;
+    let addr = proxy.addr(PORT);
+    let wait_until = |done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + PROMPT;
+        let ok = loop {
+            if done() {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert!(ok, "condition within {PROMPT:?}");
+    };
+
+    // A holds connection 1.
+    let a = tokio::spawn(async move { http_get(addr, "slow.test", "/hold").await });
+    let held = up.held.clone();
+    tokio::task::spawn_blocking(move || wait_until(&|| held.load(SeqCst) == 1))
+        .await
+        .expect("join");
+    // B finds no idle connection: connection 2 is dialed, its handshake held.
+    let b = tokio::spawn(async move { http_get(addr, "slow.test", "/b").await });
+    let accepted = up.accepted.clone();
+    tokio::task::spawn_blocking(move || wait_until(&|| accepted.load(SeqCst) == 2))
+        .await
+        .expect("join");
+    // A ends: connection 1 returns to the pool and B takes it.
+    up.hold_gate.send_replace(true);
+    let (status, _, _) = a.await.expect("join").expect("a");
+    assert_eq!(status, 200);
+    let (status, headers, _) = tokio::time::timeout(PROMPT, b)
+        .await
+        .expect("B served while connection 2's handshake is still held")
+        .expect("join")
+        .expect("b");
+    assert_eq!((status, headers["x-conn"].to_str().ok()), (200, Some("1")));
+
+    // Connection 2 completes and is the pool's: two connections, and both serve.
+    up.handshake_gate.send_replace(true);
+    let active = r#"envoy_cluster_upstream_cx_active"#;
+    let labels = r#"cluster_name="slow.test""#;
+    for _ in 0..(PROMPT.as_millis() / 10) {
+        if proxy.metric(active, labels) == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.metric(active, labels), 2);
+    for _ in 0..3 {
+        let (status, _, _) = http_get(addr, "slow.test", "/c").await.expect("c");
+        assert_eq!(status, 200);
+    }
+    assert_eq!(up.accepted.load(SeqCst), 2, "no third connection");
+    up.task.abort();
+    proxy.stop().await;
+}

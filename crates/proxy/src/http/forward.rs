@@ -567,7 +567,7 @@ impl RetryOn {
 #[allow(clippy::too_many_arguments)]
 async fn attempts(
     ctx: &Arc<ConnCtx>,
-    c: &ClusterRt,
+    c: &Arc<ClusterRt>,
     dns_host: &str,
     out: &mut Outgoing,
     policy: Option<&RetryPolicy>,
@@ -650,7 +650,7 @@ const HOST_SELECTION_RETRIES: usize = 5;
 /// response head.
 async fn attempt(
     ctx: &Arc<ConnCtx>,
-    c: &ClusterRt,
+    c: &Arc<ClusterRt>,
     dns_host: &str,
     out: &mut Outgoing,
     upstream: &mut Upstream,
@@ -712,7 +712,7 @@ fn outcome<B>(r: &Result<(Response<B>, Guards), Error>) -> Option<Outcome> {
 /// The request on a connection to the picked endpoint, up to the response head.
 async fn exchange(
     ctx: &Arc<ConnCtx>,
-    c: &ClusterRt,
+    c: &Arc<ClusterRt>,
     candidate: &Candidate,
     inflight: InflightGuard,
     out: &mut Outgoing,
