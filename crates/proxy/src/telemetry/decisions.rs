@@ -40,8 +40,14 @@ const BUCKETS: usize = 6;
 const QUEUE: usize = 4096;
 /// How long a reader waits for the decisions queued before it.
 const SETTLE: Duration = Duration::from_millis(50);
-/// How often the aggregator looks for new decisions.
+/// How often the aggregator looks for new decisions while they arrive.
 const POLL: Duration = Duration::from_millis(5);
+/// The longest it sleeps once none arrive (the wait doubles from [`POLL`] per empty look): an
+/// idle proxy's aggregator wakes a few times a second, not 200. A reader, or a queue filling
+/// up, wakes it at once.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Decisions waiting that wake a sleeping aggregator (a burst after a quiet spell).
+const WAKE_AT: u64 = QUEUE as u64 / 4;
 /// Decisions applied under one taking of the lock (readers get their turn in between).
 const BATCH: usize = 256;
 /// A pair idle this long is dropped when the table is full, to make room for new pairs.
@@ -223,6 +229,10 @@ struct State {
     /// Decisions queued and applied: a reader waits (briefly) for what was queued before it.
     sent: AtomicU64,
     applied: AtomicU64,
+    /// The aggregator thread, to wake from its sleep.
+    thread: OnceLock<std::thread::Thread>,
+    /// How many times the aggregator has looked at the queue.
+    looks: AtomicU64,
 }
 
 /// The recent decisions and per-edge counters of one proxy.
@@ -326,6 +336,8 @@ impl Decisions {
                 missed: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
                 applied: AtomicU64::new(0),
+                thread: OnceLock::new(),
+                looks: AtomicU64::new(0),
             }),
             base: Instant::now(),
             queue: OnceLock::new(),
@@ -353,7 +365,10 @@ impl Decisions {
                         |e| tracing::warn!(error = %e, "the egress map cannot record decisions"),
                     )
                     .ok()
-                    .map(|_| tx)
+                    .map(|handle| {
+                        let _ = self.state.thread.set(handle.thread().clone());
+                        tx
+                    })
             })
             .as_ref()
     }
@@ -399,7 +414,12 @@ impl Decisions {
         };
         let queued = self.queue().is_some_and(|q| q.try_send(finished).is_ok());
         if queued {
-            self.state.sent.fetch_add(1, Ordering::Release);
+            let sent = self.state.sent.fetch_add(1, Ordering::Release) + 1;
+            // Only a burst after a quiet spell (or a backlog) gets here: at a steady rate it
+            // looks every `POLL`, long before a quarter of the queue has filled.
+            if sent.saturating_sub(self.state.applied.load(Ordering::Relaxed)) >= WAKE_AT {
+                self.state.wake();
+            }
         } else {
             self.state.missed.fetch_add(1, Ordering::Relaxed);
         }
@@ -409,6 +429,9 @@ impl Decisions {
     /// reader sees the records finished before it asked.
     fn settle(&self) {
         let target = self.state.sent.load(Ordering::Acquire);
+        if self.state.applied.load(Ordering::Acquire) < target {
+            self.state.wake();
+        }
         let deadline = std::time::Instant::now() + SETTLE;
         while self.state.applied.load(Ordering::Acquire) < target
             && std::time::Instant::now() < deadline
@@ -482,11 +505,22 @@ impl Decisions {
 
 /// The aggregator: applies queued decisions in batches until the proxy drops its
 /// [`Decisions`] (the queue's sender).
+impl State {
+    fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+}
+
 fn aggregate(state: &State, rx: &Receiver<Finished>) {
     // Polls rather than blocks: a sender then never has to wake this thread (a futex call
     // and a context switch per request on the data plane). The queue holds what arrives
-    // between polls many times over at any rate the proxy reaches.
+    // between polls many times over at any rate the proxy reaches; once decisions stop, the
+    // polls space out to `IDLE_POLL`.
+    let mut wait = POLL;
     loop {
+        state.looks.fetch_add(1, Ordering::Relaxed);
         let mut n = 0;
         let mut gone = false;
         {
@@ -511,8 +545,13 @@ fn aggregate(state: &State, rx: &Receiver<Finished>) {
         if gone {
             return;
         }
+        wait = if n > 0 {
+            POLL
+        } else {
+            (wait * 2).min(IDLE_POLL)
+        };
         if n < BATCH {
-            std::thread::sleep(POLL);
+            std::thread::park_timeout(wait);
         }
     }
 }
