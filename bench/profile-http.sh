@@ -3,7 +3,10 @@
 # noisy machine where wall-clock profiles are not. Loopback only.
 #
 # Usage: bench/profile-http.sh [seconds]   (default 5 s of measured load, after a warm-up)
-# Environment: CONNS=8 (wrk connections), SLUICE_BIN (default: a release build with line
+# Environment: MODE=http (requests by Host over kept-alive connections) or tcp-newconn (every
+#              request a new connection through a TCP route: the per-connection cost of the
+#              stream path, which TLS passthrough shares; nginx's comparison is its stream
+#              proxy), CONNS=8 (wrk connections), SLUICE_BIN (default: a release build with line
 #              tables in target/prof), OUT (default target/prof/callgrind.out), NGINX=1 also
 #              measures nginx proxying the same requests (`--trace-children`), for the ratio.
 #
@@ -15,6 +18,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 conns=${CONNS:-8}
+mode=${MODE:-http}
+case $mode in
+  http) wrk_extra=() ;;
+  tcp-newconn) wrk_extra=(-H 'Connection: close') ;;
+  *) echo "MODE is http or tcp-newconn" >&2; exit 1 ;;
+esac
 for t in valgrind callgrind_control callgrind_annotate nginx wrk; do
   command -v "$t" >/dev/null || { echo "needs $t (apt-get install valgrind nginx-light wrk)" >&2; exit 1; }
 done
@@ -34,7 +43,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-for p in 18080 18100 18101 18102; do
+for p in 18080 18100 18101 18102 18111 18112; do
   if (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "port 127.0.0.1:$p is in use" >&2; exit 1
   fi
@@ -70,6 +79,8 @@ spec:
   servers:
   - port: {number: 18101, name: http-plain, protocol: HTTP}
     hosts: [plain.bench.test]
+  - port: {number: 18111, name: tcp-plain, protocol: TCP}
+    hosts: ["*"]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -89,6 +100,16 @@ spec:
   gateways: [egress]
   http:
   - route: [{destination: {host: plain.bench.test, port: {number: 18080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: plain-tcp, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [egress]
+  tcp:
+  - match: [{port: 18111}]
+    route: [{destination: {host: plain.bench.test, port: {number: 18080}}}]
 EOF
 SLUICE_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
   "$SLUICE_BIN" gateway -c "$dir/sluice" --bind 127.0.0.1 --admin 127.0.0.1:18100 \
@@ -98,6 +119,7 @@ pids+=($vg)
 if [ "${NGINX:-0}" = 1 ]; then
   mkdir -p "$dir/px/tmp"
   cat > "$dir/px/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
 master_process off;
 worker_processes 1;
@@ -113,6 +135,9 @@ http {
     listen 127.0.0.1:18102;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
+}
+stream {
+  server { listen 127.0.0.1:18112; proxy_pass 127.0.0.1:18080; }
 }
 EOF
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out.nginx" \
@@ -130,10 +155,10 @@ done
 # measure PID PORT LABEL: warm up, then count instructions over a measured run.
 measure() {
   local pid=$1 port=$2 label=$3 file=$4
-  wrk -t1 -c"$conns" -d2s -H 'Host: plain.bench.test' "http://127.0.0.1:$port/" >/dev/null
+  wrk -t1 -c"$conns" -d2s -H 'Host: plain.bench.test' "${wrk_extra[@]}" "http://127.0.0.1:$port/" >/dev/null
   callgrind_control -i on "$pid" >/dev/null
   local reqs
-  reqs=$(wrk -t1 -c"$conns" -d"${secs}s" -H 'Host: plain.bench.test' "http://127.0.0.1:$port/" |
+  reqs=$(wrk -t1 -c"$conns" -d"${secs}s" -H 'Host: plain.bench.test' "${wrk_extra[@]}" "http://127.0.0.1:$port/" |
     awk '/requests in/ {print $1}')
   callgrind_control -i off "$pid" >/dev/null
   callgrind_control -d "$pid" >/dev/null
@@ -145,11 +170,13 @@ measure() {
   echo "$label: $reqs requests, $total Ir, $((total / reqs)) Ir/request  ($dump)"
   LAST_DUMP=$dump
 }
-measure "$vg" 18101 sluice "$out"
+port_sluice=18101 port_nginx=18102
+[ "$mode" = tcp-newconn ] && port_sluice=18111 port_nginx=18112
+measure "$vg" $port_sluice sluice "$out"
 sluice_dump=$LAST_DUMP
 if [ "${NGINX:-0}" = 1 ]; then
-  until curl -fsS -o /dev/null -H 'Host: plain.bench.test' http://127.0.0.1:18102/ 2>/dev/null; do sleep 0.5; done
-  measure "$ng" 18102 nginx "$out.nginx"
+  until curl -fsS -o /dev/null -H 'Host: plain.bench.test' http://127.0.0.1:$port_nginx/ 2>/dev/null; do sleep 0.5; done
+  measure "$ng" $port_nginx nginx "$out.nginx"
 fi
 echo
 echo "== sluice, inclusive (top 40)"

@@ -9,7 +9,11 @@
 #              runs each peer once, then round 2…; the table shows medians), RATE=1000 (req/s of
 #              mesh-hop's fixed-rate run), IDLE_CONNS=5000 (idle-memory, idle-connect), KEEP=1 (keep the temp
 #              dir with the configs), SLUICE_BIN (a sluice binary to measure instead of
-#              building this checkout: to compare two commits, run once with each).
+#              building this checkout: to compare two commits, run once with each), PERF=DIR
+#              (profile each proxy over its measured runs: `perf record` call graphs and
+#              `perf stat` syscall counts per request into DIR, summed up in DIR/summary.txt;
+#              the profilers cost the proxy CPU, so a run with PERF is for its profile, not its
+#              table).
 #
 # The proxy modes (http … passthrough-newconn) measure sluice's gateway. absolute-uri and
 # connect-tls measure `sluice sidecar` as the app's explicit proxy; mesh-hop the sidecar and the
@@ -771,17 +775,54 @@ check() { # check URL CURL-ARGS...: one request must answer 200 with the 100-byt
 }
 
 results=$dir/results.tsv
+# PERF=DIR: the proxy's processes (each named PID and its children) sampled by `perf record`
+# and their system calls counted by `perf stat` while the measured run lasts.
+prof_syscalls="accept4 read write recvfrom sendto readv writev recvmsg sendmsg epoll_wait epoll_pwait epoll_ctl connect setsockopt getsockopt getsockname getpeername close shutdown socket futex splice sched_yield ioctl fcntl mmap munmap madvise brk"
+prof_pids=""
+prof_start() { # prof_start MODE NAME PID
+  prof_pids=""
+  [ -n "${PERF:-}" ] && [ "$3" != - ] || return 0
+  mkdir -p "$PERF"
+  local top p pids=() events="task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter"
+  for top in ${3//,/ }; do
+    pids+=("$top")
+    for p in $(ps -o pid= --ppid "$top"); do pids+=("$p"); done
+  done
+  prof_pids=$(IFS=,; echo "${pids[*]}")
+  prof_tag=$(printf '%s--%s' "$1" "$2" | tr -c 'a-zA-Z0-9@.-' '_')
+  for p in $prof_syscalls; do events+=",syscalls:sys_enter_$p"; done
+  perf record -q -F 1999 -g -p "$prof_pids" -o "$PERF/$prof_tag.data" >/dev/null 2>&1 &
+  prof_rec=$!
+  perf stat -x, -e "$events" -p "$prof_pids" -o "$PERF/$prof_tag.stat" >/dev/null 2>&1 &
+  prof_stat=$!
+  sleep 0.2 # both attached before the measured run begins
+}
+prof_stop() { # prof_stop RESULT-LINE
+  [ -n "$prof_pids" ] || return 0
+  kill -INT "$prof_rec" "$prof_stat" 2>/dev/null || true
+  wait "$prof_rec" "$prof_stat" 2>/dev/null || true
+  echo "$1" > "$PERF/$prof_tag.result"
+  perf report -i "$PERF/$prof_tag.data" --no-children --stdio -g none --percent-limit 0.4 \
+    --sort dso,sym > "$PERF/$prof_tag.top.txt" 2>/dev/null || true
+  perf report -i "$PERF/$prof_tag.data" --no-children --stdio -g none \
+    --sort dso > "$PERF/$prof_tag.dso.txt" 2>/dev/null || true
+  perf report -i "$PERF/$prof_tag.data" --no-children --stdio -g caller,0.5,callee --percent-limit 2 \
+    --sort sym > "$PERF/$prof_tag.graph.txt" 2>/dev/null || true
+  prof_pids=""
+}
 : > "$results"
 wrk_script=$dir/bench.lua
 measure() { # measure MODE NAME PID URL [wrk args...]   (PID "-" for direct; PID,PID for a pair)
   local mode=$1 name=$2 pid=$3 url=$4; shift 4
   taskset -c $LOAD_CORE wrk -t1 -c"$conns" -d${warmup}s -s "$wrk_script" "$@" "$url" >/dev/null 2>&1 || true
   local c0=0 c1=0 t0 t1 out
+  prof_start "$mode" "$name" "$pid"
   [ "$pid" = - ] || c0=$(cpu_ticks "$pid")
   t0=$(date +%s%N)
   out=$(taskset -c $LOAD_CORE wrk -t1 -c"$conns" -d"${secs}s" -s "$wrk_script" "$@" "$url" 2>&1 | grep '^RESULT' || true)
   t1=$(date +%s%N)
   [ "$pid" = - ] || c1=$(cpu_ticks "$pid")
+  prof_stop "$out"
   if [ -z "$out" ]; then echo "wrk failed for $mode/$name ($url)" >&2; return 0; fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$pid" "$(( (c1 - c0) ))" "$(( (t1 - t0) / 1000 ))" "$out" >> "$results"
   echo "  $mode / $name: $out" >&2
@@ -791,11 +832,13 @@ measure_lg() { # measure_lg MODE NAME PID [loadgen args...]: as measure, with be
   local mode=$1 name=$2 pid=$3; shift 3
   taskset -c $LOAD_CORE "$loadgen_bin" -c "$conns" -d "$warmup" "$@" >/dev/null 2>&1 || true
   local c0=0 c1=0 t0 t1 out
+  prof_start "$mode" "$name" "$pid"
   [ "$pid" = - ] || c0=$(cpu_ticks "$pid")
   t0=$(date +%s%N)
   out=$(taskset -c $LOAD_CORE "$loadgen_bin" -c "$conns" -d "$secs" "$@" 2>"$dir/loadgen.err" | grep '^RESULT' || true)
   t1=$(date +%s%N)
   [ "$pid" = - ] || c1=$(cpu_ticks "$pid")
+  prof_stop "$out"
   if [ -z "$out" ]; then echo "loadgen failed for $mode/$name ($*):" >&2; cat "$dir/loadgen.err" >&2; return 0; fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$name" "$pid" "$(( (c1 - c0) ))" "$(( (t1 - t0) / 1000 ))" "$out" >> "$results"
   echo "  $mode / $name: $out" >&2
@@ -1112,3 +1155,47 @@ Modes: http = small GET over client keep-alive, proxy keeps upstream connections
 CPU µs/req = proxy utime+stime over the run ÷ requests; "proxy core busy" = that CPU time ÷ wall time
 (near 100% means the proxy was the bottleneck).
 EOF
+
+# --- PERF=DIR: per request, what each profiled proxy spent and which system calls it made ----------
+if [ -n "${PERF:-}" ] && ls "$PERF"/*.stat >/dev/null 2>&1; then
+  python3 - "$PERF" > "$PERF/summary.txt" <<'PY'
+import glob, os, sys
+d = sys.argv[1]
+print("per request (requests from the client's RESULT line; perf's own overhead included)")
+for stat in sorted(glob.glob(os.path.join(d, "*.stat"))):
+    tag = os.path.basename(stat)[:-5]
+    try:
+        res = open(os.path.join(d, tag + ".result")).read().split()
+        req = int(dict(x.split("=") for x in res[1:])["requests"])
+    except (OSError, KeyError, ValueError):
+        continue
+    if not req:
+        continue
+    ev = {}
+    for line in open(stat):
+        f = line.strip().split(",")
+        if len(f) > 2 and f[0] and f[0][0].isdigit():
+            try:
+                ev[f[2]] = float(f[0])
+            except ValueError:
+                pass
+    kernel = user = 0.0
+    dso = os.path.join(d, tag + ".dso.txt")
+    if os.path.exists(dso):
+        for line in open(dso):
+            f = line.split()
+            if len(f) >= 2 and f[0].endswith("%") and f[0][0].isdigit():
+                share = float(f[0][:-1])
+                if f[1] == "[kernel.kallsyms]":
+                    kernel += share
+                else:
+                    user += share
+    print(f"\n{tag}: {req} requests, task-clock {ev.get('task-clock', 0) * 1e3 / req:.1f} µs, "
+          f"context switches {ev.get('context-switches', 0) / req:.2f}, "
+          f"syscalls {ev.get('raw_syscalls:sys_enter', 0) / req:.2f}; samples in the kernel {kernel:.0f} %, "
+          f"in user space {user:.0f} % (≈ {ev.get('task-clock', 0) * 1e3 / req * user / 100:.1f} µs)")
+    calls = sorted(((v / req, k.split("sys_enter_")[1]) for k, v in ev.items() if "sys_enter_" in k), reverse=True)
+    print("  " + ", ".join(f"{n} {c:.2f}" for c, n in calls if c >= 0.01))
+PY
+  cat "$PERF/summary.txt"
+fi

@@ -278,7 +278,7 @@ spec:
     let (a, _) = compile_for(&[doc("zeta"), doc("alpha")].join("---\n"), "default", &[]);
     let (b, _) = compile_for(&[doc("alpha"), doc("zeta")].join("---\n"), "default", &[]);
     assert_eq!(a, b);
-    assert_eq!(a.deny[0].name, "ns[default]-policy[alpha]");
+    assert_eq!(&*a.deny[0].name, "ns[default]-policy[alpha]");
     let d = a.evaluate(&Request::new(ip("10.0.0.1"), 1));
     assert_eq!(d.matched, Some(("ns[default]-policy[alpha]".into(), 0)));
 }

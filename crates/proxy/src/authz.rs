@@ -25,6 +25,7 @@
 //! so evaluating the workload's policies there would judge the wrong direction.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use http::request::Parts;
 use sluice_snapshot::authz::{Decision, HttpAttrs, Peer, Request};
@@ -33,7 +34,7 @@ use sluice_snapshot::{Role, Snapshot};
 use crate::Error;
 use crate::flow::ConnInfo;
 use crate::telemetry::Telemetry;
-use crate::telemetry::metrics::{AuthzLabels, DryRunLabels};
+use crate::telemetry::metrics::{AuthzKey, DryRunLabels};
 
 /// The peer as authorization sees it: the verified mesh identity, or nobody.
 pub fn peer(info: &ConnInfo) -> Option<Peer> {
@@ -118,7 +119,7 @@ pub fn authorize(
     telemetry: &Telemetry,
     protocol: Protocol,
     req: &Request,
-) -> Result<Option<(String, usize)>, Error> {
+) -> Result<Option<(Arc<str>, usize)>, Error> {
     if !enforced(snapshot) {
         return Ok(None);
     }
@@ -132,21 +133,12 @@ pub fn authorize(
 }
 
 fn report(telemetry: &Telemetry, protocol: Protocol, req: &Request, decision: &Decision) {
-    let rule = decision
-        .matched
-        .as_ref()
-        .map(|(policy, index)| format!("{policy}-rule[{index}]"));
     let metrics = &telemetry.metrics;
-    metrics.authz(&AuthzLabels {
-        protocol: protocol.label().to_owned(),
-        decision: if decision.allowed {
-            "allowed"
-        } else {
-            "denied"
-        }
-        .to_owned(),
-        policy: rule.clone().unwrap_or_else(|| "none".to_owned()),
-        audit: decision.audit.to_string(),
+    metrics.authz(&AuthzKey {
+        protocol: protocol.label(),
+        allowed: decision.allowed,
+        rule: decision.matched.clone(),
+        audit: decision.audit,
     });
     let principal = req.peer.as_ref().map(|p| p.principal.as_str());
     for (action, shadow) in [
@@ -189,7 +181,12 @@ fn report(telemetry: &Telemetry, protocol: Protocol, req: &Request, decision: &D
     } else if decision.audit {
         tracing::info!(
             target: "sluice::authz",
-            rule = rule.as_deref().unwrap_or("-"),
+            rule = decision
+                .matched
+                .as_ref()
+                .map(|(policy, index)| format!("{policy}-rule[{index}]"))
+                .as_deref()
+                .unwrap_or("-"),
             principal = principal.unwrap_or("-"),
             host = req.host.as_deref().unwrap_or("-"),
             port = req.destination_port,

@@ -109,13 +109,13 @@ where
         info.peer,
         None,
     );
-    let mut flow = Flow {
+    let mut flow = Box::new(Flow {
         info,
         runtime,
         shared,
         log,
         rec,
-    };
+    });
     let Some(listener) = snapshot.listener(flow.info.listener_port) else {
         flow.rec.fail(&Error::NoFilterChain);
         return None;
@@ -218,13 +218,13 @@ where
         info.peer,
         info.sni.clone(),
     );
-    let flow = Flow {
+    let flow = Box::new(Flow {
         info,
         runtime,
         shared,
         log,
         rec,
-    };
+    });
     flow.run_tcp(io, Routes::Fallback, passthrough).await
 }
 
@@ -333,7 +333,7 @@ impl Flow {
 
     /// The mesh hop on a server that is not ISTIO_MUTUAL: terminate it, then choose the chain
     /// for what is inside, as if it had arrived on its own.
-    async fn mesh_hop<S: Io + 'static>(mut self, io: Rewind<S>) -> Option<Tail> {
+    async fn mesh_hop<S: Io + 'static>(mut self: Box<Self>, io: Rewind<S>) -> Option<Tail> {
         let stream = self.accept_mesh(io).await?;
         self.info.mesh_sni = self.info.sni.take();
         self.info.alpn.clear();
@@ -365,7 +365,7 @@ impl Flow {
 
     /// Terminates the chain's TLS, if any, then runs its application.
     async fn run_chain<T: Io + 'static>(
-        mut self,
+        mut self: Box<Self>,
         io: Rewind<T>,
         transport: Transport,
         index: usize,
@@ -391,7 +391,7 @@ impl Flow {
 
     /// Terminates the chain's own TLS (SIMPLE / MUTUAL), then runs its application.
     async fn run_terminated<T: Io + 'static>(
-        mut self,
+        mut self: Box<Self>,
         io: Rewind<T>,
         chain: &FilterChain,
         index: usize,
@@ -445,7 +445,7 @@ impl Flow {
     /// is HTTP; inside a TLS server either the app's own TLS (passed through, routed by its
     /// SNI) or plain bytes (routed by the mesh SNI).
     async fn run_istio_mutual<T: Io + 'static>(
-        mut self,
+        mut self: Box<Self>,
         io: Rewind<T>,
         chain: &FilterChain,
         index: usize,
@@ -486,7 +486,7 @@ impl Flow {
     /// The chain's application on `io`. TLS/TCP connections are authorized first (Envoy's
     /// network RBAC filter precedes the TCP proxy); HTTP requests one by one.
     async fn run_app<T: Io + 'static>(
-        self,
+        self: Box<Self>,
         io: T,
         chain: &FilterChain,
         index: usize,
@@ -504,14 +504,14 @@ impl Flow {
 
     /// The HTTP requests of this connection log themselves: the connection's record is not
     /// written.
-    fn into_ctx(self, routes: Routes) -> Arc<ConnCtx> {
+    fn into_ctx(self: Box<Self>, routes: Routes) -> Arc<ConnCtx> {
         let Flow {
             info,
             runtime,
             shared,
             log,
             mut rec,
-        } = self;
+        } = *self;
         rec.disarm();
         Arc::new(ConnCtx::new(info, runtime, shared, log, routes).for_http(Arc::default()))
     }
@@ -519,7 +519,7 @@ impl Flow {
     /// A TLS or TCP stream: authorized once, routed and connected by [`tcp`]; the tail
     /// forwards its bytes.
     async fn run_tcp<T: Io + 'static>(
-        self,
+        self: Box<Self>,
         io: T,
         routes: Routes,
         passthrough: bool,
@@ -530,7 +530,7 @@ impl Flow {
             shared,
             log,
             mut rec,
-        } = self;
+        } = *self;
         rec.kind = Kind::Tcp;
         // Read only to choose the chain (the mesh hop's ALPN); the tunnel need not keep it.
         info.alpn = Vec::new();

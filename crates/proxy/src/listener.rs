@@ -306,6 +306,12 @@ async fn accept_loop(
         Entry::ExplicitProxy => "explicit proxy",
     };
     let limit = ConnLimit::new(shared.config.max_connections);
+    // A socket accepted on a specific address has that address: asked of the kernel only
+    // when the listener is on a wildcard one.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
@@ -317,7 +323,7 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Ok(local) = stream.local_addr() else {
+        let Some(local) = bound.or_else(|| stream.local_addr().ok()) else {
             continue;
         };
         let runtime = runtimes.borrow().clone();

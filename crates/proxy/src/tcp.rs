@@ -188,7 +188,11 @@ pub(crate) async fn open(
         d.report(candidate.addr, outcome);
     }
     let dialed = dialed?;
-    rec.upstream_local = dialed.local;
+    // Only a sink reads it (`%UPSTREAM_LOCAL_ADDRESS%`, CEL's `upstream.local_address`): a
+    // new connection without one spares the system call.
+    if ctx.log.is_some() {
+        rec.upstream_local = dialed.io.local_addr();
+    }
     Ok(Opened {
         cluster: c.clone(),
         io: dialed.io,

@@ -114,6 +114,21 @@ async fn tls_passthrough_by_sni_and_unknown_sni_is_closed_and_logged() {
 
     let line = proxy.log_line(&[GITHUB, "api.github.com"]).await;
     assert!(line.contains(&format!("\"{gh_ip}:443\"")), "{line}");
+    // Istio's format: "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS%
+    // %DOWNSTREAM_LOCAL_ADDRESS%. The downstream local address of a listener on a specific
+    // address is that address (not asked of the kernel); the upstream's is the socket's own.
+    let after_host = line
+        .split(&format!("\"{gh_ip}:443\" "))
+        .nth(1)
+        .expect("upstream host");
+    let fields: Vec<&str> = after_host.split(' ').take(3).collect();
+    assert_eq!(fields[0], GITHUB, "{line}");
+    let upstream_local: SocketAddr = fields[1].parse().expect("upstream local address");
+    assert!(
+        upstream_local.ip().is_loopback() && upstream_local.port() != 0,
+        "{line}"
+    );
+    assert_eq!(fields[2], proxy.addr(443).to_string(), "{line}");
     assert!(line.contains(" - - "), "no flags, no http method: {line}");
     let refused = proxy
         .log_line(&["evil.example.com", "filter_chain_not_found"])

@@ -37,6 +37,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -224,8 +225,8 @@ pub struct Policies {
 /// One AuthorizationPolicy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
-    /// `ns[<namespace>]-policy[<name>]`.
-    pub name: String,
+    /// `ns[<namespace>]-policy[<name>]`. Shared with every decision it makes.
+    pub name: Arc<str>,
     /// In the policy's order; a request matches the policy when it matches one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
@@ -250,7 +251,7 @@ impl Policy {
     /// A policy named as Istio names it.
     pub fn new(namespace: &str, name: &str, rules: Vec<Rule>) -> Policy {
         Policy {
-            name: format!("ns[{namespace}]-policy[{name}]"),
+            name: format!("ns[{namespace}]-policy[{name}]").into(),
             rules,
             invalid: None,
             custom_provider: None,
@@ -697,7 +698,7 @@ pub struct Decision {
     /// The rule that decided, as (policy name, rule index): the CUSTOM or DENY rule that
     /// denied, or the ALLOW rule that allowed. `None` when no ALLOW policy applies (allowed) or
     /// none matched (denied).
-    pub matched: Option<(String, usize)>,
+    pub matched: Option<(Arc<str>, usize)>,
     /// An AUDIT rule matched: the request is marked for auditing.
     pub audit: bool,
     /// For a denial, Envoy's response-code (or connection-termination) details:

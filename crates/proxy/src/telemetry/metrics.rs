@@ -300,9 +300,64 @@ pub struct Metrics {
     pub listeners_unbound: Gauge,
     /// The four request metrics of each label set seen, so that a request costs one lookup
     /// with a fast hash instead of four SipHash lookups in the families (9 % of a request's
-    /// instructions in callgrind). The families are never cleared, so a cached handle stays
-    /// the exported series.
-    request_handles: RwLock<HashMap<RequestLabels, RequestHandles, foldhash::fast::RandomState>>,
+    /// instructions in callgrind).
+    request_handles: Handles<RequestLabels, RequestHandles>,
+    /// The same for the four TCP metrics, looked up once per connection: the four SipHash
+    /// lookups were a fifth of a new TCP connection's instructions (callgrind,
+    /// `MODE=tcp-newconn bench/profile-http.sh`).
+    tcp_handles: Handles<TcpLabels, TcpSeries>,
+    /// The authorization counter of each decision, by what decided it: no label is formatted
+    /// per request.
+    authz_handles: Handles<AuthzKey, Counter>,
+}
+
+/// Series of the families above by what their labels are made of, looked up with a fast
+/// hash. The families are never cleared, so a cached handle stays the exported series.
+struct Handles<K, V>(RwLock<HashMap<K, V, foldhash::fast::RandomState>>);
+
+impl<K, V> Default for Handles<K, V> {
+    fn default() -> Self {
+        Handles(RwLock::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Handles<K, V> {
+    /// `use_` on the handles of `key`, made by `make` the first time (and kept, up to
+    /// [`MAX_CACHED_LABEL_SETS`]).
+    fn with<R>(&self, key: &K, make: impl FnOnce() -> V, use_: impl FnOnce(&V) -> R) -> R {
+        if let Ok(cache) = self.0.read()
+            && let Some(v) = cache.get(key)
+        {
+            return use_(v);
+        }
+        let v = make();
+        let r = use_(&v);
+        if let Ok(mut cache) = self.0.write()
+            && cache.len() < MAX_CACHED_LABEL_SETS
+        {
+            cache.entry(key.clone()).or_insert(v);
+        }
+        r
+    }
+}
+
+/// What an authorization decision's labels are made of.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct AuthzKey {
+    /// `http` or `tcp`.
+    pub protocol: &'static str,
+    pub allowed: bool,
+    /// The rule that decided (policy name, rule index), if one did.
+    pub rule: Option<(Arc<str>, usize)>,
+    pub audit: bool,
+}
+
+/// The series of one TCP label set in Istio's four TCP metrics.
+struct TcpSeries {
+    opened: Counter,
+    closed: Counter,
+    sent: Counter,
+    received: Counter,
 }
 
 /// The series of one request label set in Istio's four request metrics.
@@ -322,7 +377,7 @@ impl RequestHandles {
     }
 }
 
-/// Label sets kept in [`Metrics::request_handles`]; beyond it (labels come only from config,
+/// Label sets kept in each [`Handles`]; beyond it (labels come only from config,
 /// so this is not expected) requests are recorded through the families, four lookups each.
 const MAX_CACHED_LABEL_SETS: usize = 16_384;
 
@@ -383,7 +438,9 @@ impl Metrics {
             refused: Family::default(),
             access_log_dropped: Counter::default(),
             listeners_unbound: Gauge::default(),
-            request_handles: RwLock::default(),
+            request_handles: Handles::default(),
+            tcp_handles: Handles::default(),
+            authz_handles: Handles::default(),
         };
         registry.register(
             "sluice_refused",
@@ -596,23 +653,16 @@ impl Metrics {
         req_bytes: u64,
         resp_bytes: u64,
     ) {
-        if let Ok(cache) = self.request_handles.read()
-            && let Some(h) = cache.get(labels)
-        {
-            return h.record(duration_ms, req_bytes, resp_bytes);
-        }
-        let h = RequestHandles {
-            count: self.requests.get_or_create_owned(labels),
-            duration: self.duration.get_or_create_owned(labels),
-            request_bytes: self.request_bytes.get_or_create_owned(labels),
-            response_bytes: self.response_bytes.get_or_create_owned(labels),
-        };
-        h.record(duration_ms, req_bytes, resp_bytes);
-        if let Ok(mut cache) = self.request_handles.write()
-            && cache.len() < MAX_CACHED_LABEL_SETS
-        {
-            cache.entry(labels.clone()).or_insert(h);
-        }
+        self.request_handles.with(
+            labels,
+            || RequestHandles {
+                count: self.requests.get_or_create_owned(labels),
+                duration: self.duration.get_or_create_owned(labels),
+                request_bytes: self.request_bytes.get_or_create_owned(labels),
+                response_bytes: self.response_bytes.get_or_create_owned(labels),
+            },
+            |h| h.record(duration_ms, req_bytes, resp_bytes),
+        )
     }
 
     /// Records one request in each metric that has labels (`None`: the metric is disabled by
@@ -684,8 +734,22 @@ impl Metrics {
         family.get_or_create(&l).inc();
     }
 
-    pub fn authz(&self, labels: &AuthzLabels) {
-        self.authz.get_or_create(labels).inc();
+    /// Counts one authorization decision in `sluice_authz_decisions_total`.
+    pub fn authz(&self, key: &AuthzKey) {
+        let labels = || AuthzLabels {
+            protocol: key.protocol.to_owned(),
+            decision: if key.allowed { "allowed" } else { "denied" }.to_owned(),
+            policy: match &key.rule {
+                Some((policy, index)) => format!("{policy}-rule[{index}]"),
+                None => "none".to_owned(),
+            },
+            audit: key.audit.to_string(),
+        };
+        self.authz_handles.with(
+            key,
+            || self.authz.get_or_create_owned(&labels()),
+            Counter::inc,
+        );
     }
 
     pub fn authz_dry_run(&self, labels: &DryRunLabels) {
@@ -694,7 +758,23 @@ impl Metrics {
 
     /// Handles for one TCP connection: `opened` is counted now.
     pub fn tcp_open(&self, labels: &TcpLabels) -> TcpHandles {
-        self.tcp_open_each([Some(labels); 4])
+        self.tcp_handles.with(
+            labels,
+            || TcpSeries {
+                opened: self.tcp_opened.get_or_create_owned(labels),
+                closed: self.tcp_closed.get_or_create_owned(labels),
+                sent: self.tcp_sent.get_or_create_owned(labels),
+                received: self.tcp_received.get_or_create_owned(labels),
+            },
+            |s| {
+                s.opened.inc();
+                TcpHandles {
+                    closed: Some(s.closed.clone()),
+                    sent: Some(s.sent.clone()),
+                    received: Some(s.received.clone()),
+                }
+            },
+        )
     }
 
     /// [`Metrics::tcp_open`] with labels per metric (`None`: disabled by Telemetry):
@@ -756,6 +836,83 @@ mod tests {
             "response_code=\"200\"",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+
+    /// Connections of one label set share one series in each TCP metric, whether their
+    /// handles came from the families or from the cache; another label set is its own series.
+    #[test]
+    fn tcp_connections_of_one_label_set_count_in_one_series() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let labels = |service: &str| TcpLabels {
+            reporter: "source",
+            source_workload: "unknown".into(),
+            source_principal: "unknown".into(),
+            destination_service: service.into(),
+            destination_service_name: service.into(),
+            destination_service_namespace: "unknown",
+            destination_cluster: "unknown",
+            request_protocol: "tcp",
+            response_flags: "-".into(),
+            connection_security_policy: "none",
+            tags: Tags::default(),
+        };
+        for (service, sent) in [("db.example", 10), ("db.example", 5), ("other.example", 7)] {
+            let h = m.tcp_open(&labels(service));
+            h.sent.expect("sent").inc_by(sent);
+            h.closed.expect("closed").inc();
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let series = |metric: &str, service: &str| {
+            let prefix = format!("{metric}{{");
+            let label = format!("destination_service=\"{service}\"");
+            text.lines()
+                .filter(|l| l.starts_with(&prefix) && l.contains(&label))
+                .map(|l| l.rsplit(' ').next().expect("value").to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            series("istio_tcp_connections_opened_total", "db.example"),
+            ["2"]
+        );
+        assert_eq!(
+            series("istio_tcp_connections_closed_total", "db.example"),
+            ["2"]
+        );
+        assert_eq!(series("istio_tcp_sent_bytes_total", "db.example"), ["15"]);
+        assert_eq!(series("istio_tcp_sent_bytes_total", "other.example"), ["7"]);
+        assert_eq!(
+            series("istio_tcp_connections_opened_total", "other.example"),
+            ["1"]
+        );
+    }
+
+    /// A decision's labels are formatted once (the rule as Envoy names it); the same decision
+    /// again counts in the same series.
+    #[test]
+    fn authorization_decisions_count_by_the_rule_that_decided() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let key = |allowed, rule: Option<(&str, usize)>| AuthzKey {
+            protocol: "http",
+            allowed,
+            rule: rule.map(|(p, i)| (Arc::from(p), i)),
+            audit: false,
+        };
+        let policy = "ns[istio-system]-policy[egress]";
+        for _ in 0..3 {
+            m.authz(&key(true, Some((policy, 1))));
+        }
+        m.authz(&key(false, None));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            r#"sluice_authz_decisions_total{protocol="http",decision="allowed",policy="ns[istio-system]-policy[egress]-rule[1]",audit="false"} 3"#,
+            r#"sluice_authz_decisions_total{protocol="http",decision="denied",policy="none",audit="false"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
     }
 

@@ -79,7 +79,7 @@ pub struct Record {
     pub termination: Option<Cow<'static, str>>,
     /// The ALLOW rule that let the flow through, as (Envoy's policy name, rule index), when
     /// ALLOW policies applied: what the egress map names beside an allowed decision.
-    pub allowed_by: Option<(String, usize)>,
+    pub allowed_by: Option<(Arc<str>, usize)>,
     pub transport_failure: Option<String>,
     /// Why the client's TLS (or mesh mTLS) handshake failed.
     pub downstream_failure: Option<String>,

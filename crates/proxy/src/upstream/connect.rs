@@ -25,9 +25,19 @@ pub enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Io {
+    /// The connection's local address (a `getsockname`: asked only where it is recorded).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Io::Plain(tcp) => tcp.local_addr(),
+            Io::Tls(tls) => tls.get_ref().0.local_addr(),
+        }
+        .ok()
+    }
+}
+
 pub struct Dialed {
     pub io: Io,
-    pub local: Option<SocketAddr>,
     /// ALPN chose h2.
     pub h2: bool,
 }
@@ -61,11 +71,9 @@ pub async fn dial(
                 .await
                 .map_err(|reason| Error::Connect { addr, reason })?;
         }
-        let local = tcp.local_addr().ok();
         let Some(tls) = tls else {
             return Ok(Dialed {
                 io: Io::Plain(tcp),
-                local,
                 h2: false,
             });
         };
@@ -79,7 +87,6 @@ pub async fn dial(
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok(Dialed {
             io: Io::Tls(Box::new(stream)),
-            local,
             h2,
         })
     };

@@ -57,7 +57,7 @@ pub struct Candidate {
 
 pub struct ClusterState {
     rr: AtomicUsize,
-    inflight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    inflight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>, foldhash::fast::RandomState>>,
     /// Upstream connections open now (max_connections).
     pub connections: AtomicU32,
     /// Requests waiting for a connection (max_pending_requests).
@@ -94,7 +94,7 @@ impl ClusterState {
         });
         ClusterState {
             rr: AtomicUsize::new(0),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::default(),
             connections: AtomicU32::new(0),
             pending: AtomicU32::new(0),
             requests: AtomicU32::new(0),

@@ -175,7 +175,7 @@ impl Pool {
         max_requests: Option<u32>,
     ) -> Result<Pooled, hyper::Error> {
         let is_tls = key.server_name.is_some();
-        let local = dialed.local;
+        let local = dialed.io.local_addr();
         let io = TokioIo::new(dialed.io);
         if http2 && (dialed.h2 || !is_tls) {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())

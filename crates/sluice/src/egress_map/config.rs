@@ -295,7 +295,7 @@ pub fn build(resources: &Resources, options: &CompileOptions, snapshot: &Snapsho
     ]
     .into_iter()
     .flatten()
-    .map(|p| p.name.as_str())
+    .map(|p| &*p.name)
     .collect();
     for p in &resources.authorization_policies {
         let name = format!("ns[{}]-policy[{}]", p.namespace(), p.name());
