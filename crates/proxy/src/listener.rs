@@ -307,7 +307,8 @@ async fn accept_loop(
     };
     let limit = ConnLimit::new(shared.config.max_connections);
     // A socket accepted on a specific address has that address: asked of the kernel only
-    // when the listener is on a wildcard one.
+    // when the listener is on a wildcard one. (True of every listener here; one made
+    // IP_TRANSPARENT would accept other destinations and need the question each time.)
     let bound = listener
         .local_addr()
         .ok()

@@ -435,18 +435,17 @@ impl Upstreams {
         let mut pending: Option<Slot> = None;
         let mut origination = origination;
         let per_connection = cluster.limits.max_requests_per_connection;
+        let checkout = || {
+            state.pool.checkout(
+                &key,
+                cluster.http2,
+                idle_timeout,
+                per_connection,
+                cluster.limits.max_connection_duration,
+            )
+        };
         loop {
-            if let Some(p) = state
-                .pool
-                .checkout(
-                    &key,
-                    cluster.http2,
-                    idle_timeout,
-                    per_connection,
-                    cluster.limits.max_connection_duration,
-                )
-                .await
-            {
+            if let Some(p) = checkout().await {
                 return Ok(p);
             }
             if let Some(slot) = Slot::try_take(
@@ -492,17 +491,7 @@ impl Upstreams {
                     let freed = state.pool.freed.notified();
                     tokio::pin!(freed);
                     freed.as_mut().enable();
-                    if let Some(p) = state
-                        .pool
-                        .checkout(
-                            &key,
-                            false,
-                            idle_timeout,
-                            per_connection,
-                            cluster.limits.max_connection_duration,
-                        )
-                        .await
-                    {
+                    if let Some(p) = checkout().await {
                         return Ok(p);
                     }
                     tokio::select! {

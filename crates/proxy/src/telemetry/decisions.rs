@@ -42,8 +42,10 @@ const BUCKETS: usize = 6;
 const QUEUE: usize = 4096;
 /// How long a reader waits for the decisions queued before it.
 const SETTLE: Duration = Duration::from_millis(50);
-/// How often the aggregator looks for new decisions while they arrive.
-const POLL: Duration = Duration::from_millis(5);
+/// How often the aggregator looks for new decisions while they arrive. Each look is a
+/// wake-up on a core the data plane uses (at 5 ms, 3 % of a mesh hop's CPU samples at
+/// 1,000 req/s); a burst fills a quarter of the queue and wakes it sooner, a reader at once.
+const POLL: Duration = Duration::from_millis(25);
 /// The longest it sleeps once none arrive (the wait doubles from [`POLL`] per empty look): an
 /// idle proxy's aggregator wakes a few times a second, not 200. A reader, or a queue filling
 /// up, wakes it at once.

@@ -362,12 +362,12 @@ fn an_idle_aggregator_sleeps_and_a_reader_wakes_it() {
     let t = telemetry(10, 100);
     http(&t, None, "a.example.com", 200, "-", None);
     assert_eq!(t.decisions.map().edges[0].total, 1);
-    // Well past the ramp from POLL to IDLE_POLL (5 + 10 + … + 200 ms < 1 s).
+    // Well past the ramp from POLL to IDLE_POLL (25 + 50 + 100 + 200 ms < 1 s).
     std::thread::sleep(Duration::from_secs(1));
     let before = t.decisions.state.looks.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(1));
     let looks = t.decisions.state.looks.load(Ordering::Relaxed) - before;
-    // A fixed POLL would look 200 times a second; IDLE_POLL at most 5 (+1 for a wake).
+    // A fixed POLL would look 40 times a second; IDLE_POLL at most 5 (+1 for a wake).
     assert!(looks <= 6, "{looks} looks in an idle second");
     http(&t, None, "a.example.com", 200, "-", None);
     assert_eq!(t.decisions.map().edges[0].total, 2, "seen by the next read");
