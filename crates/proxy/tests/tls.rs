@@ -284,22 +284,23 @@ impl GatedHttps {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
-                        let (mut hold_rx, holding) = (hold_rx.clone(), holding.clone());
-                        async move {
-                            if req.uri().path() == "/hold" {
-                                holding.fetch_add(1, SeqCst);
-                                let _ = hold_rx.wait_for(|open| *open).await;
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (mut hold_rx, holding) = (hold_rx.clone(), holding.clone());
+                            async move {
+                                if req.uri().path() == "/hold" {
+                                    holding.fetch_add(1, SeqCst);
+                                    let _ = hold_rx.wait_for(|open| *open).await;
+                                }
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .header("x-conn", n.to_string())
+                                        .body(http_body_util::Full::new(bytes::Bytes::from("ok")))
+                                        .expect("response"),
+                                )
                             }
-                            let _: &hyper::body::Incoming = req.body();
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .header("x-conn", n.to_string())
-                                    .body(http_body_util::Full::new(bytes::Bytes::from("ok")))
-                                    .expect("response"),
-                            )
-                        }
-                    });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                         .await;
@@ -336,32 +337,24 @@ async fn a_request_takes_a_returned_connection_before_its_new_one_is_ready() {
     )]);
     let proxy = start(snap, None).await;
     let addr = proxy.addr(PORT);
-    let wait_until = |done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + PROMPT;
-        let ok = loop {
-            if done() {
-                break true;
-            }
-            if std::time::Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        };
-        assert!(ok, "condition within {PROMPT:?}");
-    };
+    // Polls `done` until it holds (the proxy and the upstream run meanwhile).
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + PROMPT;
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} within {PROMPT:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 
     // A holds connection 1.
     let a = tokio::spawn(async move { http_get(addr, "slow.test", "/hold").await });
-    let held = up.held.clone();
-    tokio::task::spawn_blocking(move || wait_until(&|| held.load(SeqCst) == 1))
-        .await
-        .expect("join");
+    until("A held", || up.held.load(SeqCst) == 1).await;
     // B finds no idle connection: connection 2 is dialed, its handshake held.
     let b = tokio::spawn(async move { http_get(addr, "slow.test", "/b").await });
-    let accepted = up.accepted.clone();
-    tokio::task::spawn_blocking(move || wait_until(&|| accepted.load(SeqCst) == 2))
-        .await
-        .expect("join");
+    until("connection 2 accepted", || up.accepted.load(SeqCst) == 2).await;
     // A ends: connection 1 returns to the pool and B takes it.
     up.hold_gate.send_replace(true);
     let (status, _, _) = a.await.expect("join").expect("a");
@@ -377,13 +370,10 @@ async fn a_request_takes_a_returned_connection_before_its_new_one_is_ready() {
     up.handshake_gate.send_replace(true);
     let active = r#"envoy_cluster_upstream_cx_active"#;
     let labels = r#"cluster_name="slow.test""#;
-    for _ in 0..(PROMPT.as_millis() / 10) {
-        if proxy.metric(active, labels) == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(proxy.metric(active, labels), 2);
+    until("two pooled connections", || {
+        proxy.metric(active, labels) == 2
+    })
+    .await;
     for _ in 0..3 {
         let (status, _, _) = http_get(addr, "slow.test", "/c").await.expect("c");
         assert_eq!(status, 200);
