@@ -53,11 +53,11 @@ pub struct ProxyConfig {
     /// An HTTP client must send its first byte within this time, else the connection is
     /// closed (a TLS client its ClientHello: `tls_inspect_timeout`).
     pub first_byte_timeout: Duration,
-    /// An HTTP/1 request head must arrive whole within this time once the connection waits for
-    /// one (also the keep-alive idle time between requests).
+    /// An HTTP/1 request head must arrive whole within this time of its first byte (at the
+    /// sidecar's explicit proxy, of the connection's waiting for it: keep-alive included).
     pub request_head_timeout: Duration,
-    /// An HTTP/2 client connection with no request for this long is closed gracefully
-    /// (GOAWAY; streams in flight finish): Envoy's `idle_timeout`, 1h by default.
+    /// An HTTP client connection with no request for this long is closed gracefully (HTTP/2
+    /// GOAWAY; streams in flight finish): Envoy's `idle_timeout`, 1h by default.
     pub idle_timeout: Duration,
     /// This proxy's workload name (`source_workload` in Istio's metrics); `None`: `unknown`.
     pub workload_name: Option<String>,

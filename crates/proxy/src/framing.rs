@@ -25,8 +25,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%` for a request with both framings.
 pub const CONTENT_LENGTH_AND_CHUNKED: &str = "http1.content_length_and_chunked_not_allowed";
@@ -95,6 +97,48 @@ pub struct HeadScan<S> {
     inner: S,
     scan: Scan,
     framing: Arc<Framing>,
+    timer: Option<HeadTimer>,
+}
+
+/// The limit on one request head, from its first byte to its end: a connection between
+/// requests is idle, not slow (hyper's own head timeout also runs while a kept-alive
+/// connection waits for its next request, which made it the keep-alive limit).
+struct HeadTimer {
+    limit: Duration,
+    /// Made at the first head, reset at each one after.
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+/// What a connection ends with when a request head took longer than its limit (the
+/// `io::Error` hyper reports carries it; [`HeadTimedOut::is_cause_of`] finds it).
+#[derive(Debug)]
+pub struct HeadTimedOut;
+
+impl std::fmt::Display for HeadTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request head timeout")
+    }
+}
+
+impl std::error::Error for HeadTimedOut {}
+
+impl HeadTimedOut {
+    /// `e`, or an error it was caused by, is a head timeout.
+    pub fn is_cause_of(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            if e.is::<HeadTimedOut>()
+                || e.downcast_ref::<io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .is_some_and(|inner| inner.is::<HeadTimedOut>())
+            {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
 }
 
 impl<S> HeadScan<S> {
@@ -108,7 +152,20 @@ impl<S> HeadScan<S> {
             inner,
             scan: s,
             framing,
+            timer: None,
         }
+    }
+
+    /// Ends the connection with [`HeadTimedOut`] when a request head has not ended `limit`
+    /// after its first byte. Only while heads are scanned (not after a switch of protocols,
+    /// not on HTTP/2).
+    pub fn with_head_timeout(mut self, limit: Duration) -> Self {
+        self.timer = Some(HeadTimer {
+            limit,
+            sleep: None,
+            armed: false,
+        });
+        self
     }
 }
 
@@ -126,6 +183,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadScan<S> {
                 this.scan.state = State::Done;
             } else if let Some(place) = this.scan.feed(&buf.filled()[before..]) {
                 this.framing.flag(place);
+            }
+        }
+        if let Some(t) = &mut this.timer {
+            if !this.scan.in_head() {
+                t.armed = false;
+            } else if !t.armed {
+                t.armed = true;
+                let deadline = Instant::now() + t.limit;
+                match &mut t.sleep {
+                    Some(sleep) => sleep.as_mut().reset(deadline),
+                    None => t.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+            }
+            // Waiting for more of a head: the limit wakes this read if the bytes do not.
+            if t.armed
+                && r.is_pending()
+                && let Some(sleep) = &mut t.sleep
+                && sleep.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, HeadTimedOut)));
             }
         }
         r
@@ -336,6 +413,12 @@ impl Scan {
             }
         }
         None
+    }
+
+    /// Inside a request head: past its request line's first byte (the empty lines a client
+    /// may send between requests do not start one), before the empty line that ends it.
+    fn in_head(&self) -> bool {
+        self.state == State::Head && (self.line.started || self.line.in_fields)
     }
 
     /// The state after a request (head and body) ended: the next head.

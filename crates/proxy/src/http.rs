@@ -116,7 +116,10 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(ctx.shared.config.request_head_timeout)
+        // The head timeout runs from a head's first byte (HeadScan below): hyper's would also
+        // run while a kept-alive connection waits for its next request, which Envoy holds to
+        // the connection's idle timeout instead.
+        .header_read_timeout(None)
         // hyper's default already caps a head at 100 fields (Envoy's `max_headers_count`)
         // on the stack; setting `max_headers` would build that array anew per request.
         .max_buf_size(MAX_HEADER_BYTES);
@@ -133,8 +136,7 @@ where
     } else {
         builder.http1_only()
     };
-    // When the connection last started a request (HTTP/2's idle timeout); HTTP/1's idle time
-    // between requests is the head timeout above.
+    // When the connection last started a request (the idle timeout, Envoy's `idle_timeout`).
     let idle = Arc::new(Idle::default());
     let bound = Arc::new(Bound::new(ctx.clone()));
     let svc_bound = bound.clone();
@@ -148,22 +150,18 @@ where
         if !h2 && svc_framing.take_request() {
             req.extensions_mut().insert(BothFramings);
         }
-        if h2 {
-            svc_idle.touch();
-        }
+        svc_idle.touch();
         async move { Ok::<_, Infallible>(handle(req, ctx).await) }
     });
-    // HTTP/1 heads are watched for what hyper accepts and Envoy refuses (crate::framing);
-    // HTTP/2 has no such framing.
-    let io = HeadScan::new(io, framing, !h2);
+    // HTTP/1 heads are watched for what hyper accepts and Envoy refuses (crate::framing), and
+    // for how long each takes to arrive; HTTP/2 has no such framing.
+    let io =
+        HeadScan::new(io, framing, !h2).with_head_timeout(ctx.shared.config.request_head_timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = ctx.shared.drain.clone();
     let idle_timeout = ctx.shared.config.idle_timeout;
     let idled = async {
-        if !h2 {
-            return std::future::pending().await;
-        }
         loop {
             let deadline = idle.last() + idle_timeout;
             tokio::time::sleep_until(deadline).await;
@@ -194,7 +192,8 @@ where
             }
         }
         () = idled => {
-            // GOAWAY: streams still in flight finish, no new one starts.
+            // HTTP/2: GOAWAY, streams in flight finish, no new one starts. HTTP/1: closed
+            // now, or after the response in flight.
             ctx.shared.telemetry.metrics.refused("limit", "idle_timeout");
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
@@ -205,13 +204,14 @@ where
 }
 
 /// The `reason` of `sluice_refused_total{check="limit"}` when an HTTP/1 connection ended at
-/// one of hyper's head limits: the head timeout (a request head, or between requests the
-/// next one, did not arrive in time), or a head hyper answered `431` itself (more
+/// one of its head limits: the head timeout (the gateway's: a head did not end in time after
+/// its first byte, [`crate::framing::HeadTimedOut`]; the explicit proxy's, hyper's: a head,
+/// or between requests the next one, did not arrive in time), or a head hyper answered `431` itself (more
 /// bytes than `max_buf_size`, more than 100 fields; hyper's `is_parse_too_large`). Read once,
 /// from the error the connection ends with: no work per request.
 pub(crate) fn head_refused(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let e = e.downcast_ref::<hyper::Error>()?;
-    if e.is_timeout() {
+    if e.is_timeout() || crate::framing::HeadTimedOut::is_cause_of(e) {
         Some(REQUEST_HEAD_TIMEOUT)
     } else if e.is_parse_too_large() {
         Some(REQUEST_HEAD_TOO_LARGE)

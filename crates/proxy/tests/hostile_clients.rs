@@ -338,6 +338,76 @@ async fn idle_h2_connections_are_closed_at_the_idle_timeout() {
     wait_metric(&gw, r#"check="limit",reason="idle_timeout"} 1"#).await;
 }
 
+/// Sends one request on a kept-alive connection and reads its whole response (by its
+/// `content-length`); the status line.
+async fn exchange(tcp: &mut TcpStream, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: api.example.com\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let head = read_head(tcp).await;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    tcp.read_exact(&mut body).await.expect("body");
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Between requests a kept-alive HTTP/1.1 connection is idle, not slow, as Envoy sees it: the
+/// request head timeout runs from a head's first byte (so a connection quiet for longer than
+/// it is still served), a head that then stalls is cut off at it, and a connection left idle
+/// is closed at the idle timeout (Envoy's `idle_timeout`), each counted by its own reason.
+#[tokio::test]
+async fn kept_alive_connections_are_held_to_the_idle_timeout_and_heads_to_the_head_timeout() {
+    let up = HttpUpstream::start("127.0.0.1:0".parse().expect("addr"), "up")
+        .await
+        .expect("upstream");
+    let proxy = start_with(http_snapshot(up.addr()), |c| {
+        c.request_head_timeout = Duration::from_millis(300);
+        c.idle_timeout = Duration::from_millis(2000);
+    })
+    .await;
+    let gw = proxy.addr(PORT);
+
+    let mut quiet = TcpStream::connect(gw).await.expect("connect");
+    assert!(exchange(&mut quiet, "/one").await.contains(" 200 "));
+    // Quiet for three head timeouts (the scenario, not a wait for something to happen).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(exchange(&mut quiet, "/two").await.contains(" 200 "));
+    // A third head that stops halfway is cut off at the head timeout.
+    quiet
+        .write_all(b"GET /three HTTP/1.1\r\nHost: api.exa")
+        .await
+        .expect("write");
+    assert!(
+        closed_by_proxy(&mut quiet).await,
+        "a stalled head stayed open"
+    );
+    wait_metric(&proxy, r#"check="limit",reason="request_head_timeout"} 1"#).await;
+
+    // Left idle after a request: closed at the idle timeout.
+    let mut idle = TcpStream::connect(gw).await.expect("connect");
+    assert!(exchange(&mut idle, "/four").await.contains(" 200 "));
+    assert!(
+        closed_by_proxy(&mut idle).await,
+        "an idle connection stayed open"
+    );
+    wait_metric(&proxy, r#"check="limit",reason="idle_timeout"} 1"#).await;
+    assert!(
+        proxy
+            .metrics()
+            .contains(r#"check="limit",reason="request_head_timeout"} 1"#),
+        "the idle connection was not cut off as a slow head:\n{}",
+        proxy.metrics()
+    );
+    assert_eq!(up.requests(), 3);
+}
+
 /// Polls the proxy's metrics until `needle` shows (counters move when the connection's task
 /// ends, a moment after the client saw the close).
 async fn wait_metric(proxy: &Running, needle: &str) {

@@ -76,12 +76,12 @@ pub struct CommonArgs {
     /// connecting is closed.
     #[arg(long, default_value = "10s", env = "SLUICE_FIRST_BYTE_TIMEOUT", value_parser = crate::gateway::parse_duration)]
     pub first_byte_timeout: Duration,
-    /// An HTTP/1 request head must arrive whole within this time (also the keep-alive idle
-    /// time between requests).
+    /// An HTTP/1 request head must arrive whole within this time of its first byte (the
+    /// sidecar's explicit proxy: of the connection's waiting for it, keep-alive included).
     #[arg(long, default_value = "30s", env = "SLUICE_REQUEST_HEAD_TIMEOUT", value_parser = crate::gateway::parse_duration)]
     pub request_head_timeout: Duration,
-    /// An HTTP/2 client connection without a new request for this long is closed gracefully
-    /// (GOAWAY; requests in flight finish). Envoy's idle_timeout.
+    /// An HTTP client connection without a new request for this long is closed gracefully
+    /// (HTTP/2 GOAWAY; requests in flight finish). Envoy's idle_timeout.
     #[arg(long, default_value = "1h", env = "SLUICE_IDLE_TIMEOUT", value_parser = crate::gateway::parse_duration)]
     pub idle_timeout: Duration,
     /// TCP and TLS streams are closed this long after they opened, busy or not; 0 for never.
