@@ -571,6 +571,36 @@ mod tests {
         whole
     }
 
+    /// The head timer runs while a head is incomplete: from the request line's first byte
+    /// (blank lines between requests do not start one) to the empty line that ends the head;
+    /// not during a body, nor once nothing more is scanned.
+    #[test]
+    fn a_head_is_timed_from_its_first_byte_to_its_end() {
+        let mut scan = Scan::default();
+        let mut after = |bytes: &[u8]| {
+            scan.feed(bytes);
+            scan.in_head()
+        };
+        assert!(!after(b"\r\n\r\n"), "blank lines are not a head");
+        assert!(after(b"G"));
+        assert!(
+            after(b"ET / HTTP/1.1\r\n"),
+            "the request line ended, the head did not"
+        );
+        assert!(after(b"Content-Length: 4\r\n"));
+        assert!(!after(b"\r\n"), "the head ended: its body is not timed");
+        assert!(!after(b"ab"));
+        assert!(!after(b"cd"), "between requests");
+        assert!(after(b"POST /x HTTP/1.1\r\nHost: a\r\n"));
+        assert!(
+            !after(b"\r\nGET / HTTP/1.1\r\n\r\n"),
+            "two whole heads in one read"
+        );
+        assert!(after(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n"));
+        scan.state = State::Done;
+        assert!(!scan.in_head(), "nothing scanned, nothing timed");
+    }
+
     #[test]
     fn both_framings_in_the_first_head_are_seen_however_the_bytes_arrive() {
         let head: &[u8] = b"\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\ntransfer-ENCODING: chunked\r\n\r\n";
