@@ -206,9 +206,10 @@ where
 /// The `reason` of `sluice_refused_total{check="limit"}` when an HTTP/1 connection ended at
 /// one of its head limits: the head timeout (the gateway's: a head did not end in time after
 /// its first byte, [`crate::framing::HeadTimedOut`]; the explicit proxy's, hyper's: a head,
-/// or between requests the next one, did not arrive in time), or a head hyper answered `431` itself (more
-/// bytes than `max_buf_size`, more than 100 fields; hyper's `is_parse_too_large`). Read once,
-/// from the error the connection ends with: no work per request.
+/// or between requests the next one, did not arrive in time), or a head hyper answered `431`
+/// itself (more bytes than `max_buf_size`, more than 100 fields; hyper's
+/// `is_parse_too_large`). Read once, from the error the connection ends with: no work per
+/// request.
 pub(crate) fn head_refused(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let e = e.downcast_ref::<hyper::Error>()?;
     if e.is_timeout() || crate::framing::HeadTimedOut::is_cause_of(e) {
