@@ -27,6 +27,9 @@ esac
 for t in valgrind callgrind_control callgrind_annotate nginx wrk; do
   command -v "$t" >/dev/null || { echo "needs $t (apt-get install valgrind nginx-light wrk)" >&2; exit 1; }
 done
+if [ "${NGINX:-0}" = 1 ] && [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  echo "NGINX=1 needs nginx's stream module (apt-get install libnginx-mod-stream)" >&2; exit 1
+fi
 if [ -z "${SLUICE_BIN:-}" ]; then
   echo "building sluice (release, line tables) into target/prof…" >&2
   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only nice -n 5 \
